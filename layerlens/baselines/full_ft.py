@@ -1,0 +1,20 @@
+from dataclasses import dataclass
+
+from torch import nn
+
+from layerlens.baselines.validation import require_positive
+
+
+@dataclass
+class FullFineTuning:
+    """Every weight of the backbone and its head is trained."""
+
+    name: str = "full_ft"
+    lr: float = 5e-5
+
+    def __post_init__(self):
+        require_positive("baseline.lr", self.lr)
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        model.requires_grad_(True)
+        return model

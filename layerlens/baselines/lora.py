@@ -1,0 +1,56 @@
+from dataclasses import dataclass, field
+
+from peft import LoraConfig, TaskType, get_peft_model
+from torch import nn
+
+from layerlens.baselines.validation import require_positive
+from layerlens.errors import LayerLensError
+
+
+@dataclass
+class LoraBaseline:
+    """Fixed-rank LoRA through peft; the fields after `lr` are peft's LoraConfig fields."""
+
+    name: str = "lora"
+    lr: float = 5e-4
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    bias: str = "none"
+    use_rslora: bool = False
+    use_dora: bool = False
+    init_lora_weights: bool = True
+    layers_to_transform: list[int] | None = None
+    modules_to_save: list[str] | None = None
+
+    def __post_init__(self):
+        require_positive("baseline.lr", self.lr)
+        if not isinstance(self.r, int) or self.r < 1:
+            raise LayerLensError(f"baseline.r must be an integer >= 1, got {self.r!r}")
+        require_positive("baseline.lora_alpha", self.lora_alpha)
+        if not 0 <= self.lora_dropout < 1:
+            raise LayerLensError(f"baseline.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        if not self.target_modules:
+            raise LayerLensError("baseline.target_modules must name at least one module")
+
+    def lora_config(self) -> LoraConfig:
+        return LoraConfig(
+            task_type=TaskType.SEQ_CLS,
+            r=self.r,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=list(self.target_modules),
+            bias=self.bias,
+            use_rslora=self.use_rslora,
+            use_dora=self.use_dora,
+            init_lora_weights=self.init_lora_weights,
+            layers_to_transform=self.layers_to_transform,
+            modules_to_save=self.modules_to_save,
+        )
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        try:
+            return get_peft_model(model, self.lora_config())
+        except ValueError as err:  # peft's message for a target module the model does not have
+            raise LayerLensError(f"baseline.target_modules: {str(err).splitlines()[0]}") from None

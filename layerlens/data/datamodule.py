@@ -1,0 +1,54 @@
+import datasets
+import lightning as L
+from torch.utils.data import DataLoader
+from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
+
+from layerlens.data.glue_files import LABEL, TEXT_A, TEXT_B
+
+
+class GlueDataModule(L.LightningDataModule):
+    """Tokenised train/eval splits with dynamic padding (each batch padded to its longest row)."""
+
+    def __init__(
+        self,
+        splits: datasets.DatasetDict,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        train_split: str,
+        eval_split: str,
+        batch_size: int,
+        eval_batch_size: int,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.train_split, self.eval_split = train_split, eval_split
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_workers = num_workers
+        self.collate = DataCollatorWithPadding(tokenizer)
+        self.tokenised = {name: self._tokenise(split) for name, split in splits.items()}
+
+    def _tokenise(self, split: datasets.Dataset) -> datasets.Dataset:
+        def encode(rows):
+            texts = (rows[TEXT_A], rows[TEXT_B]) if TEXT_B in rows else (rows[TEXT_A],)
+            encoded = self.tokenizer(*texts, truncation=True, max_length=self.max_length)
+            encoded["labels"] = rows[LABEL]
+            return encoded
+
+        return split.map(encode, batched=True, remove_columns=split.column_names, keep_in_memory=True)
+
+    def loader(self, split: str, shuffle: bool = False, batch_size: int | None = None) -> DataLoader:
+        return DataLoader(
+            self.tokenised[split],
+            batch_size=batch_size or (self.batch_size if shuffle else self.eval_batch_size),
+            shuffle=shuffle,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.loader(self.train_split, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self.loader(self.eval_split)

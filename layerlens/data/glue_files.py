@@ -1,0 +1,84 @@
+"""Reading GLUE-format splits (the embedded TSVs, a user's TSVs, or the hub) into `datasets`."""
+
+import csv
+from pathlib import Path
+
+import datasets
+
+from layerlens.data.tasks import TaskSpec
+from layerlens.errors import LayerLensError
+
+TEXT_A, TEXT_B, LABEL = "text_a", "text_b", "label"
+HUB_SPLITS = {"dev": "validation"}
+
+
+def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
+    """One GLUE TSV (tab-separated, quoting off, BOM or not) as columns text_a[, text_b], label."""
+    path = Path(path)
+    if not path.is_file():
+        raise LayerLensError(f"{path}: task file not found")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            header = handle.readline().rstrip("\r\n").split("\t")
+        raw = datasets.load_dataset(
+            "csv",
+            data_files=str(path),
+            split="train",
+            delimiter="\t",
+            quoting=csv.QUOTE_NONE,
+            encoding="utf-8-sig",
+            keep_default_na=False,
+            # Every column as text, so a label is judged as written ("1.5" is not 1).
+            features=datasets.Features({name: datasets.Value("string") for name in header}),
+        )
+    except Exception as err:  # decoding, pandas and pyarrow raise many types for a malformed file
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise LayerLensError(f"{path}: not a readable tab-separated GLUE file ({detail})") from None
+    wanted = [*task.text_columns, task.label_column]
+    missing = [c for c in wanted if c not in raw.column_names]
+    if missing:
+        raise LayerLensError(
+            f"{path}: missing column(s) {', '.join(map(repr, missing))} for task {task.name} "
+            f"(found: {', '.join(map(repr, raw.column_names))})"
+        )
+    labels = [_class_id(value, task, path, line=i + 2) for i, value in enumerate(raw[task.label_column])]
+    return _normalised(raw, task.text_columns, labels)
+
+
+def _class_id(value: str, task: TaskSpec, path: Path, line: int) -> int:
+    value = value.strip()
+    if task.label_names is not None:
+        if value in task.label_names:
+            return task.label_names.index(value)
+        allowed = ", ".join(task.label_names)
+    else:
+        try:
+            label = int(value)
+        except ValueError:
+            label = -1
+        if 0 <= label < task.num_labels:
+            return label
+        allowed = f"integers 0..{task.num_labels - 1}"
+    raise LayerLensError(
+        f"{path}:{line}: label column {task.label_column!r} holds {value!r}, expected one of: {allowed}"
+    )
+
+
+def _normalised(raw: datasets.Dataset, text_columns, labels: list[int]) -> datasets.Dataset:
+    columns = {TEXT_A: raw[text_columns[0]]}
+    if len(text_columns) == 2:
+        columns[TEXT_B] = raw[text_columns[1]]
+    columns[LABEL] = labels
+    return datasets.Dataset.from_dict(columns)
+
+
+def load_task_splits(task: TaskSpec) -> datasets.DatasetDict:
+    """The task's train and eval splits, from the hub or from GLUE TSV files."""
+    splits = (task.train_split, task.eval_split)
+    if task.source == "hub":
+        hub = datasets.load_dataset(task.hub_path, task.hub_name)
+        parts = {split: hub[HUB_SPLITS.get(split, split)] for split in splits}
+        return datasets.DatasetDict(
+            {s: _normalised(d, task.hub_text_columns, d[task.hub_label_column]) for s, d in parts.items()}
+        )
+    return datasets.DatasetDict({split: read_glue_tsv(task.split_file(split), task) for split in splits})

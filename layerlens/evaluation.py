@@ -1,0 +1,64 @@
+"""Evaluating a finished run's best checkpoint on any GLUE-format TSV file."""
+
+import hashlib
+import re
+import tempfile
+from pathlib import Path
+
+import datasets
+import lightning as L
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+from omegaconf import OmegaConf
+
+from layerlens.data import GlueDataModule, read_glue_tsv
+from layerlens.errors import LayerLensError
+from layerlens.pipeline import build_classifier
+from layerlens.settings import resolve_settings
+from layerlens.tracking.mlflow_tracker import CONFIG_ARTIFACT
+from layerlens.training.classifier import SequenceClassifier
+
+EVAL_SPLIT = "file"
+
+
+def file_key(path: Path) -> str:
+    """A metric-name-safe label for a file, from its folder and name: .../MRPC/dev.tsv -> MRPC_dev."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{path.parent.name}_{path.stem}")
+
+
+def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: int = 64) -> dict[str, float]:
+    """Accuracy and F1 of the run's best checkpoint on `file`, logged to that run as eval/<file key>/*."""
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+    except MlflowException:
+        raise LayerLensError(f"run_id: no run {run_id!r} in {tracking_uri}") from None
+    checkpoint = run.data.tags.get("checkpoint")
+    if not checkpoint or not Path(checkpoint).is_file():
+        raise LayerLensError(f"run {run_id}: its checkpoint {checkpoint!r} is missing (only finished runs have one)")
+    with tempfile.TemporaryDirectory() as tmp:
+        config = OmegaConf.load(client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp))
+    s = resolve_settings(config)
+    path = Path(file).resolve()
+    rows = read_glue_tsv(path, s.task)
+    tokenizer = s.backbone.tokenizer()
+    data = GlueDataModule(
+        datasets.DatasetDict({EVAL_SPLIT: rows}), tokenizer, s.task.max_length,
+        train_split=EVAL_SPLIT, eval_split=EVAL_SPLIT, batch_size=batch_size, eval_batch_size=batch_size,
+    )
+    model, _ = build_classifier(s)
+    module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
+    # Not the run's own trainer config: its batch limits (e.g. trainer=debug) must not cut the file short.
+    trainer = L.Trainer(
+        accelerator=config.trainer.accelerator, devices=1, precision=config.trainer.precision,
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    )
+    scores = trainer.validate(module, dataloaders=data.val_dataloader(), ckpt_path=checkpoint, verbose=False)[0]
+    key = file_key(path)
+    metrics = {f"eval/{key}/{name.removeprefix('val/')}": float(v) for name, v in scores.items() if name in ("val/acc", "val/f1")}
+    metrics[f"eval/{key}/n_rows"] = float(len(rows))
+    for name, value in metrics.items():
+        client.log_metric(run_id, name, value)
+    client.set_tag(run_id, f"eval/{key}/file", str(path))
+    client.set_tag(run_id, f"eval/{key}/sha256", hashlib.sha256(path.read_bytes()).hexdigest())
+    return metrics

@@ -1,0 +1,108 @@
+"""One experiment: config -> data + backbone -> adapted model -> training -> best-checkpoint metrics."""
+
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
+from omegaconf import DictConfig
+from torch import nn
+
+from layerlens.data import GlueDataModule, load_task_splits
+from layerlens.provenance import git_commit, native_build
+from layerlens.settings import RunSettings, build, resolve_settings
+from layerlens.training.classifier import SequenceClassifier
+from layerlens.training.resources import FitTimer, peak_rss_mb, reset_peak_rss
+
+log = logging.getLogger(__name__)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def run_name(s: RunSettings) -> str:
+    return f"{s.baseline.name}-{s.task.name}-s{s.seed}"
+
+
+def run_tags(s: RunSettings, sweep: str | None) -> dict[str, str]:
+    tags = {
+        "baseline": s.baseline.name,
+        "task": s.task.name,
+        "model": s.backbone.name,
+        "seed": str(s.seed),
+        "mlflow.source.git.commit": git_commit(),
+        "native_build": native_build(),
+    }
+    if sweep:
+        tags["sweep"] = sweep
+    return tags
+
+
+def build_classifier(s: RunSettings) -> tuple[nn.Module, int]:
+    """The backbone with its task head and the baseline's adaptation applied, and its size before adaptation."""
+    model = s.backbone.classifier(s.task.num_labels)
+    backbone_params = count_parameters(model)
+    return s.baseline.apply(model), backbone_params
+
+
+def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:
+    return GlueDataModule(
+        load_task_splits(s.task),
+        tokenizer,
+        max_length=s.task.max_length,
+        train_split=s.task.train_split,
+        eval_split=s.task.eval_split,
+        batch_size=s.batch_size,
+        eval_batch_size=s.eval_batch_size,
+        num_workers=s.num_workers,
+    )
+
+
+def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) -> float:
+    """Train and evaluate one configuration; returns the task's headline metric on its eval split."""
+    s = resolve_settings(cfg)
+    reset_peak_rss()
+    with s.tracker.start_run(run_name(s), run_tags(s, sweep), cfg) as run:
+        L.seed_everything(s.seed, workers=True)
+        data = build_datamodule(s, s.backbone.tokenizer())
+        model, backbone_params = build_classifier(s)
+        trainable = count_parameters(model, trainable_only=True)
+        module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
+        timer = FitTimer()
+        checkpoint = ModelCheckpoint(
+            dirpath=Path(output_dir) / "checkpoints",
+            filename="best-{epoch}-{step}",
+            monitor=s.task.headline_metric,
+            mode="max",
+            save_top_k=1,
+        )
+        trainer = build(cfg, "trainer", callbacks=[timer, checkpoint], logger=run.lightning_logger(),
+                        default_root_dir=str(output_dir))
+        trainer.fit(module, datamodule=data)
+
+        trainer.loggers = []  # the best checkpoint's metrics are logged once, below, after the epoch curves
+        start = time.perf_counter()
+        best = trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)[0]
+        eval_s = time.perf_counter() - start
+        metrics = {
+            **{k: float(v) for k, v in best.items() if k.startswith("val/")},
+            "params/backbone": backbone_params,
+            "params/trainable": trainable,
+            "params/trainable_pct": 100.0 * trainable / backbone_params,
+            "time/train_s": timer.train_s,
+            "time/eval_s": eval_s,
+            "mem/peak_rss_mb": peak_rss_mb(),
+            "throughput/train_samples_per_s": timer.train_samples / timer.train_s,
+        }
+        run.log_metrics(metrics, step=trainer.global_step + 1)
+        run.set_tags({"checkpoint": checkpoint.best_model_path})
+    log.info(
+        "run %s (mlflow run %s): %s split %r, best checkpoint %s: acc %.4f, f1 %.4f; trainable %d (%.3f%% of backbone); "
+        "train %.1f s",
+        run_name(s), run.run_id, s.task.name, s.task.eval_split, Path(checkpoint.best_model_path).name,
+        metrics.get("val/acc", float("nan")), metrics.get("val/f1", float("nan")), trainable,
+        metrics["params/trainable_pct"], timer.train_s,
+    )
+    return metrics[s.task.headline_metric]

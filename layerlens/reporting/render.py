@@ -1,0 +1,62 @@
+"""The comparison table as Markdown, CSV and a terminal table, each saying where its numbers come from."""
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from layerlens.reporting.comparison import RATIOS, SUMMARISED, Target
+
+LABELS = {"acc": "acc", "f1": "F1", "trainable_pct": "trainable %", "train_s": "train s"}
+
+
+def provenance(tracking_uri: str, sweep: str | None, reference: str) -> str:
+    scope = f"sweep {sweep}" if sweep else "all finished runs"
+    return (
+        f"Source: MLflow store {tracking_uri}, {scope}. acc and F1: each run's best checkpoint on its task's "
+        f"dev split; mean ± sample std over the n seeds of each row. Ratios: row mean / {reference} mean for the "
+        f"same task and model. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
+    )
+
+
+def _mean_std(row: pd.Series, short: str) -> str:
+    mean, std = row[f"{short}_mean"], row[f"{short}_std"]
+    if pd.isna(mean):
+        return "–"
+    digits = 1 if short == "train_s" else 4 if short != "trainable_pct" else 3
+    return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
+
+
+def display_frame(table: pd.DataFrame, targets: list[Target]) -> pd.DataFrame:
+    shown = pd.DataFrame({"task": table["task"], "model": table["model"], "baseline": table["baseline"]})
+    shown["n seeds"] = table["n_runs"].astype(str) + " (" + table["seeds"] + ")"
+    for short in SUMMARISED.values():
+        shown[LABELS[short]] = table.apply(_mean_std, axis=1, short=short)
+    for short in RATIOS:
+        shown[f"{LABELS[short]} / ref"] = table[f"{short}_ratio"].map(lambda v: "–" if pd.isna(v) else f"{v:.3f}")
+    for target in targets:
+        shown[target.name] = table[target.name]
+    shown["runs"] = table["runs"]
+    return shown
+
+
+def write_report(table: pd.DataFrame, targets: list[Target], header: str, out_dir: Path, stem: str) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown, csv = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
+    shown = display_frame(table, targets)
+    markdown.write_text(f"# LayerLens comparison\n\n{header}\n\n{shown.to_markdown(index=False)}\n")
+    table.to_csv(csv, index=False)
+    return markdown, csv
+
+
+def print_report(table: pd.DataFrame, targets: list[Target], header: str, console: Console | None = None) -> None:
+    console = console or Console(width=250)
+    shown = display_frame(table, targets)
+    rich_table = Table(title="LayerLens comparison", caption=header, caption_justify="left")
+    for column in shown.columns:
+        rich_table.add_column(column, overflow="fold")
+    for row in shown.itertuples(index=False):
+        rich_table.add_row(*map(str, row))
+    console.print(rich_table)

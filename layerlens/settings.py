@@ -1,0 +1,67 @@
+"""The run config checked and turned into objects before any run is recorded."""
+
+from dataclasses import dataclass
+from typing import Any
+
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from layerlens.budget import Budget
+from layerlens.data.tasks import TaskSpec
+from layerlens.errors import LayerLensError
+
+
+@dataclass
+class RunSettings:
+    task: TaskSpec
+    backbone: Any
+    baseline: Any
+    budget: Budget
+    tracker: Any
+    seed: int
+    batch_size: int
+    eval_batch_size: int
+    num_workers: int
+    weight_decay: float
+    warmup_ratio: float
+
+
+def build(cfg: DictConfig, key: str, **kwargs):
+    """Instantiate the `_target_` node at `key`, with its errors as one line naming the node."""
+    try:
+        return instantiate(OmegaConf.select(cfg, key), _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, LayerLensError):
+            raise cause from None
+        detail = str(cause or err).strip().splitlines()[0]
+        raise LayerLensError(f"{key}: {detail}") from None
+
+
+def require_int(field: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LayerLensError(f"{field} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def resolve_settings(cfg: DictConfig) -> RunSettings:
+    require_int("trainer.max_epochs", cfg.trainer.get("max_epochs"), 1)
+    weight_decay, warmup_ratio = cfg.optim.weight_decay, cfg.optim.warmup_ratio
+    if not weight_decay >= 0:
+        raise LayerLensError(f"optim.weight_decay must be >= 0, got {weight_decay!r}")
+    if not 0 <= warmup_ratio < 1:
+        raise LayerLensError(f"optim.warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+    return RunSettings(
+        task=build(cfg, "task"),
+        backbone=build(cfg, "model"),
+        baseline=build(cfg, "baseline"),
+        budget=build(cfg, "budget"),
+        tracker=build(cfg, "logger"),
+        seed=require_int("seed", cfg.seed, 0),
+        batch_size=require_int("data.batch_size", cfg.data.batch_size, 1),
+        eval_batch_size=require_int("data.eval_batch_size", cfg.data.eval_batch_size, 1),
+        num_workers=require_int("data.num_workers", cfg.data.num_workers, 0),
+        weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio,
+    )

@@ -1,0 +1,53 @@
+import lightning as L
+import torch
+from torchmetrics import MetricCollection
+from torchmetrics.classification import Accuracy, F1Score
+from transformers import get_linear_schedule_with_warmup
+
+
+def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: matrices decay; biases and LayerNorm weights (1-d tensors) do not."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return [
+        {"params": [p for p in trainable if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def classification_metrics(num_labels: int, prefix: str) -> MetricCollection:
+    """Accuracy and F1; with two labels F1 is that of the positive class (1), as GLUE reports it."""
+    if num_labels == 2:
+        kind = {"task": "binary"}
+    else:
+        kind = {"task": "multiclass", "num_classes": num_labels, "average": "macro"}
+    return MetricCollection({"acc": Accuracy(**{**kind, "average": "micro"}), "f1": F1Score(**kind)}, prefix=prefix)
+
+
+class SequenceClassifier(L.LightningModule):
+    """Trains any transformers sequence classifier with AdamW and linear warmup/decay."""
+
+    def __init__(self, model: torch.nn.Module, num_labels: int, lr: float, weight_decay: float, warmup_ratio: float):
+        super().__init__()
+        self.model = model
+        self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
+        self.val_metrics = classification_metrics(num_labels, prefix="val/")
+
+    def training_step(self, batch, batch_idx):
+        loss = self.model(**batch).loss
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        out = self.model(**batch)
+        self.val_metrics.update(out.logits.argmax(dim=-1), batch["labels"])
+        self.log("val/loss", out.loss, batch_size=batch["labels"].shape[0])
+
+    def on_validation_epoch_end(self):
+        self.log_dict(self.val_metrics.compute(), prog_bar=True)
+        self.val_metrics.reset()
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(decay_groups(self.model, self.weight_decay), lr=self.lr)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
