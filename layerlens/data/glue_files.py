@@ -46,19 +46,14 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
 
 
 def _class_id(value: str, task: TaskSpec, path: Path, line: int) -> int:
+    """A label as written: a class id, or (for tasks with label_names) the class's name."""
     value = value.strip()
-    if task.label_names is not None:
-        if value in task.label_names:
-            return task.label_names.index(value)
-        allowed = ", ".join(task.label_names)
-    else:
-        try:
-            label = int(value)
-        except ValueError:
-            label = -1
-        if 0 <= label < task.num_labels:
-            return label
-        allowed = f"integers 0..{task.num_labels - 1}"
+    names = task.label_names or []
+    if value in names:
+        return names.index(value)
+    if value.isdigit() and int(value) < task.num_labels:
+        return int(value)
+    allowed = ", ".join([*names, f"integers 0..{task.num_labels - 1}"])
     raise LayerLensError(
         f"{path}:{line}: label column {task.label_column!r} holds {value!r}, expected one of: {allowed}"
     )

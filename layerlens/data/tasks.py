@@ -16,7 +16,7 @@ class TaskSpec:
     text_columns: list[str]
     label_column: str
     num_labels: int = 2
-    # Labels as written in the TSV, indexed by class id; None when the TSV holds class ids.
+    # Class names, indexed by class id, that a TSV may hold instead of the ids.
     label_names: list[str] | None = None
     max_length: int = 128
     source: str = "embedded"

@@ -56,7 +56,7 @@ def summarise(runs: pd.DataFrame, targets: list[Target], reference: str = "full_
     table = grouped.agg(
         n_runs=("run_id", "size"),
         seeds=("seed", lambda s: ",".join(sorted(set(s), key=_seed_order))),
-        runs=("run_name", lambda s: " ".join(s)),
+        runs=("run_name", lambda s: " ".join(sorted(s))),
     )
     for metric, short in SUMMARISED.items():
         table[f"{short}_mean"] = grouped[metric].mean()

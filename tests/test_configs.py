@@ -1,0 +1,62 @@
+"""Every option of every config group composes and turns into its objects."""
+
+import pytest
+from omegaconf import OmegaConf
+
+from layerlens.paths import CONF_DIR
+from layerlens.settings import build, resolve_settings
+from tests.conftest import compose_config
+
+GROUPS = ["model", "task", "baseline", "budget", "trainer", "logger"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_groups_hold_the_documented_options():
+    assert options("model") == ["bert_base", "minilm_l6", "tiny"]
+    assert options("task") == ["mrpc", "rte"]
+    assert set(options("baseline")) >= {"full_ft", "lora"}
+    for group in GROUPS:
+        assert options(group), group
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_instantiates(group, option, tracking_uri):
+    cfg = compose_config("run", [f"{group}={option}"])
+    assert OmegaConf.select(cfg, group) is not None
+    settings = resolve_settings(cfg)  # instantiates task, model, baseline, budget, logger; checks the rest
+    assert settings.task.name == cfg.task.name
+    trainer = build(cfg, "trainer", logger=False, enable_checkpointing=False)
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def test_defaults_are_the_offline_backbone_and_mrpc(tracking_uri):
+    cfg = compose_config("run")
+    assert (cfg.model.name, cfg.task.name, cfg.task.source) == ("minilm_l6", "mrpc", "embedded")
+    assert cfg.logger.tracking_uri == tracking_uri
+
+
+def test_default_tracking_store_is_sqlite_in_the_working_directory(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert compose_config("run").logger.tracking_uri == "sqlite:///mlflow.db"
+
+
+def test_overrides_reach_the_objects(tracking_uri):
+    cfg = compose_config("run", ["baseline=lora", "baseline.r=16", "trainer.max_epochs=1", "seed=3"])
+    settings = resolve_settings(cfg)
+    assert settings.baseline.r == 16 and settings.baseline.lora_config().r == 16
+    assert settings.seed == 3 and cfg.trainer.max_epochs == 1
+
+
+def test_experiment_config_holds_only_overrides(tracking_uri):
+    cfg = compose_config("run", ["experiment=smoke"])
+    assert cfg.model.name == "tiny" and cfg.trainer.limit_train_batches == 3
+
+
+def test_report_and_evaluate_configs_compose(tracking_uri):
+    report = compose_config("report")
+    assert report.targets.reference == "full_ft" and len(report.targets.checks) == 3
+    evaluate = compose_config("evaluate", ["run_id=abc", "file=x.tsv"])
+    assert evaluate.tracking_uri == tracking_uri

@@ -1,0 +1,110 @@
+import shutil
+from collections import Counter
+
+import datasets
+import pytest
+
+from layerlens.data import GlueDataModule, TaskSpec, load_task_splits, read_glue_tsv
+from layerlens.errors import LayerLensError
+from layerlens.models import RandomBertBackbone
+from layerlens.settings import build
+from tests.conftest import compose_config
+
+
+def task(name: str, **overrides) -> TaskSpec:
+    return build(compose_config("run", [f"task={name}", *(f"task.{k}={v}" for k, v in overrides.items())]), "task")
+
+
+@pytest.mark.parametrize(
+    "name,sizes,train_labels",
+    [("mrpc", (3668, 408), {1: 2474, 0: 1194}), ("rte", (2490, 277), {0: 1249, 1: 1241})],
+)
+def test_shipped_splits_load_with_their_documented_sizes(name, sizes, train_labels):
+    splits = load_task_splits(task(name))
+    assert (len(splits["train"]), len(splits["dev"])) == sizes
+    assert Counter(splits["train"]["label"]) == train_labels
+    assert splits["train"].column_names == ["text_a", "text_b", "label"]
+
+
+def test_mrpc_byte_order_mark_and_unbalanced_quotes_are_read_as_written():
+    mrpc = task("mrpc")
+    rows = read_glue_tsv(mrpc.split_file("train"), mrpc)
+    # A sentence with an unbalanced double quote stays one field (quoting is off).
+    assert any(text.count('"') % 2 == 1 for text in [*rows["text_a"], *rows["text_b"]])
+    assert rows[0]["text_a"].startswith("Amrozi accused his brother")
+
+
+def write_tsv(path, header, rows, bom=False):
+    text = "\t".join(header) + "\n" + "".join("\t".join(r) + "\n" for r in rows)
+    path.write_text(("\ufeff" if bom else "") + text, encoding="utf-8")
+    return path
+
+
+MRPC_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+
+
+def test_user_data_dir_is_read(tmp_path):
+    rows = [["1", "1", "2", "A cat sat.", "A cat was sitting."], ["0", "3", "4", "Rain.", "Sun."]]
+    write_tsv(tmp_path / "train.tsv", MRPC_HEADER, rows, bom=True)
+    write_tsv(tmp_path / "dev.tsv", MRPC_HEADER, rows[:1])
+    splits = load_task_splits(task("mrpc", data_dir=tmp_path))
+    assert splits["train"]["label"] == [1, 0] and splits["dev"]["text_b"] == ["A cat was sitting."]
+
+
+def test_missing_file_names_the_path(tmp_path):
+    with pytest.raises(LayerLensError, match=r"train\.tsv: task file not found"):
+        load_task_splits(task("mrpc", data_dir=tmp_path))
+
+
+def test_wrong_columns_name_the_missing_column(tmp_path):
+    path = write_tsv(tmp_path / "x.tsv", ["label", "sentence"], [["1", "hello"]])
+    with pytest.raises(LayerLensError, match=r"x\.tsv: missing column\(s\) '#1 String', '#2 String', 'Quality' for task mrpc \(found: 'label', 'sentence'\)"):
+        read_glue_tsv(path, task("mrpc"))
+
+
+@pytest.mark.parametrize("bad", ["abc", "1.5", "2", "-1", ""])
+def test_non_integer_or_out_of_range_label_names_file_line_and_value(tmp_path, bad):
+    rows = [["1", "1", "2", "a", "b"], [bad, "3", "4", "c", "d"]]
+    path = write_tsv(tmp_path / "x.tsv", MRPC_HEADER, rows)
+    with pytest.raises(LayerLensError, match=rf"x\.tsv:3: label column 'Quality' holds '{bad}'"):
+        read_glue_tsv(path, task("mrpc"))
+
+
+def test_named_labels_map_to_class_ids_and_unknown_names_fail(tmp_path):
+    header = ["sentence1", "sentence2", "label", "idx"]
+    good = write_tsv(tmp_path / "good.tsv", header, [["a", "b", "not_entailment", "0"], ["c", "d", "entailment", "1"], ["e", "f", "0", "2"]])
+    assert read_glue_tsv(good, task("rte"))["label"] == [1, 0, 0]
+    bad = write_tsv(tmp_path / "bad.tsv", header, [["a", "b", "maybe", "0"]])
+    with pytest.raises(LayerLensError, match="expected one of: entailment, not_entailment, integers 0..1"):
+        read_glue_tsv(bad, task("rte"))
+
+
+def test_hub_source_maps_hub_columns_and_validation_split(monkeypatch):
+    hub = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1], "idx": [0, 1]})
+            for split in ("train", "validation", "test")
+        }
+    )
+    calls = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda path, name: calls.append((path, name)) or hub)
+    splits = load_task_splits(task("mrpc", source="hub"))
+    assert calls == [("nyu-mll/glue", "mrpc")]
+    assert splits["dev"]["label"] == [0, 1] and splits["train"]["text_b"] == ["c", "d"]
+
+
+def test_hub_source_and_data_dir_exclude_each_other(tmp_path):
+    with pytest.raises(LayerLensError, match="task.data_dir and task.source=hub"):
+        task("mrpc", source="hub", data_dir=tmp_path)
+
+
+def test_batches_are_padded_to_their_longest_row_only():
+    mrpc = task("mrpc", max_length=128)
+    splits = load_task_splits(mrpc)
+    splits = datasets.DatasetDict({name: split.select(range(16)) for name, split in splits.items()})
+    tokenizer = RandomBertBackbone("tiny").tokenizer()
+    data = GlueDataModule(splits, tokenizer, 128, "train", "dev", batch_size=4, eval_batch_size=4)
+    lengths = [batch["input_ids"].shape[1] for batch in data.val_dataloader()]
+    assert max(lengths) <= 128 and len(set(lengths)) > 1
+    batch = next(iter(data.train_dataloader()))
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"} and batch["labels"].shape == (4,)

@@ -1,0 +1,147 @@
+"""Runs recorded in MLflow, the comparison report read back from the store, and evaluate."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from layerlens.errors import LayerLensError
+from layerlens.evaluation import evaluate_run
+from layerlens.paths import EMBEDDED_GLUE_DIR
+from layerlens.pipeline import run_experiment
+from layerlens.reporting.build import make_report
+from layerlens.reporting.comparison import Target, summarise
+from tests.conftest import compose_config
+
+METRICS = {
+    "val/acc", "val/f1", "params/trainable", "params/trainable_pct", "time/train_s", "time/eval_s",
+    "mem/peak_rss_mb", "throughput/train_samples_per_s",
+}
+
+
+def runs_of(tracking_uri: str):
+    client = MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    return client, client.search_runs(experiments, order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """Five tiny runs: full_ft and lora with seeds 0 and 1 in sweep s1, and lora seed 2 outside any sweep."""
+    root = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    overrides = ["model=tiny", "trainer=debug", f"logger.tracking_uri={uri}"]
+    values = {}
+    for baseline, seed, sweep in [("full_ft", 0, "s1"), ("full_ft", 1, "s1"), ("lora", 0, "s1"), ("lora", 1, "s1"), ("lora", 2, None)]:
+        cfg = compose_config("run", [*overrides, f"baseline={baseline}", f"seed={seed}"])
+        values[(baseline, seed)] = run_experiment(cfg, root / f"{baseline}-{seed}", sweep=sweep)
+    return uri, values, root
+
+
+def test_each_run_records_its_metrics_tags_config_and_checkpoint(store):
+    uri, values, _ = store
+    client, runs = runs_of(uri)
+    assert [r.info.status for r in runs] == ["FINISHED"] * 5
+    run = runs[2]
+    assert run.info.run_name == "lora-mrpc-s0"
+    assert METRICS <= set(run.data.metrics)
+    tags = run.data.tags
+    assert (tags["baseline"], tags["task"], tags["model"], tags["seed"], tags["sweep"]) == ("lora", "mrpc", "tiny", "0", "s1")
+    assert tags["mlflow.source.git.commit"] and tags["native_build"].startswith("layerlens._rank_alloc")
+    assert run.data.params["baseline.r"] == "8" and run.data.params["trainer.max_epochs"] == "2"
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert Path(tags["checkpoint"]).is_file()
+    assert client.get_experiment(run.info.experiment_id).name == "layerlens-mrpc"
+    assert values[("lora", 0)] == run.data.metrics["val/acc"]
+    assert 0 < run.data.metrics["params/trainable_pct"] < 5
+    assert runs[0].data.metrics["params/trainable_pct"] == pytest.approx(100.0)
+
+
+def test_final_val_metrics_are_the_best_checkpoints(store):
+    uri, _, _ = store
+    client, runs = runs_of(uri)
+    for run in runs:
+        history = client.get_metric_history(run.info.run_id, "val/acc")
+        per_epoch, final = history[:-1], history[-1]
+        assert len(per_epoch) == 2  # trainer=debug: 2 epochs
+        assert final.step > max(m.step for m in per_epoch)
+        assert final.value == pytest.approx(max(m.value for m in per_epoch))
+        assert run.data.metrics["val/acc"] == final.value
+
+
+def test_report_for_a_sweep_names_runs_seeds_ratios_and_targets(store, tmp_path):
+    uri, _, _ = store
+    cfg = compose_config("report", [f"tracking_uri={uri}", "sweep=s1", f"out_dir={tmp_path}"])
+    markdown, csv = make_report(cfg)
+    table = pd.read_csv(csv)
+    assert list(table["baseline"]) == ["full_ft", "lora"] and list(table["n_runs"]) == [2, 2]
+    assert list(table["seeds"]) == ["0,1", "0,1"]
+    assert table.loc[0, "acc_ratio"] == pytest.approx(1.0)
+    lora = table.iloc[1]
+    assert lora["train_s_ratio"] == pytest.approx(lora["train_s_mean"] / table.loc[0, "train_s_mean"])
+    assert lora["trainable <= 5%"] == "met" and table.loc[0, "trainable <= 5%"] == "not met"
+    text = markdown.read_text()
+    assert "sweep s1" in text and "lora-mrpc-s0 lora-mrpc-s1" in text and "dev split" in text
+
+
+def test_report_without_a_sweep_takes_every_finished_run(store, tmp_path):
+    uri, _, _ = store
+    markdown, csv = make_report(compose_config("report", [f"tracking_uri={uri}", f"out_dir={tmp_path}"]))
+    table = pd.read_csv(csv)
+    assert list(table["n_runs"]) == [2, 3] and markdown.name == "comparison-all.md"
+
+
+def test_report_latest_sweep_and_unknown_sweep(store, tmp_path):
+    uri, _, _ = store
+    _, csv = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=latest", f"out_dir={tmp_path}"]))
+    assert csv.name == "comparison-s1.csv"
+    with pytest.raises(LayerLensError, match="no finished LayerLens runs match"):
+        make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=nope", f"out_dir={tmp_path}"]))
+
+
+def test_evaluate_scores_a_file_and_logs_it_under_its_name(store):
+    uri, _, _ = store
+    client, runs = runs_of(uri)
+    run_id = runs[2].info.run_id
+    dev = EMBEDDED_GLUE_DIR / "MRPC" / "dev.tsv"
+    metrics = evaluate_run(uri, run_id, dev)
+    assert set(metrics) == {"eval/MRPC_dev/acc", "eval/MRPC_dev/f1", "eval/MRPC_dev/n_rows"}
+    assert metrics["eval/MRPC_dev/n_rows"] == 408  # the whole file, not the run's limit_val_batches
+    logged = client.get_run(run_id).data
+    assert logged.metrics["eval/MRPC_dev/acc"] == metrics["eval/MRPC_dev/acc"]
+    assert logged.tags["eval/MRPC_dev/file"] == str(dev)
+    with pytest.raises(LayerLensError, match="run_id: no run 'missing'"):
+        evaluate_run(uri, "missing", dev)
+
+
+def summary_of(rows, targets):
+    return summarise(pd.DataFrame(rows), targets).set_index("baseline")
+
+
+def test_summary_statistics_and_targets_are_exact():
+    rows = [
+        {"run_id": f"r{i}", "run_name": f"{b}-{s}", "task": "mrpc", "model": "m", "baseline": b, "seed": str(s),
+         "val/acc": acc, "val/f1": 0.9, "params/trainable_pct": pct, "time/train_s": t}
+        for i, (b, s, acc, pct, t) in enumerate(
+            [("full_ft", 0, 0.80, 100.0, 100.0), ("full_ft", 1, 0.84, 100.0, 120.0),
+             ("lora", 0, 0.78, 1.0, 40.0), ("lora", 1, 0.76, 1.0, 80.0)]
+        )
+    ]
+    targets = [Target("acc", "val/acc", "ratio", ">=", 0.95), Target("time", "time/train_s", "ratio", "<=", 0.5)]
+    table = summary_of(rows, targets)
+    assert table.loc["full_ft", "acc_mean"] == pytest.approx(0.82)
+    assert table.loc["lora", "acc_std"] == pytest.approx(0.0141421, rel=1e-4)
+    assert table.loc["lora", "acc_ratio"] == pytest.approx(0.77 / 0.82)
+    assert table.loc["lora", "train_s_ratio"] == pytest.approx(60 / 110)
+    assert (table.loc["lora", "acc"], table.loc["lora", "time"]) == ("not met", "not met")
+    assert table.loc["full_ft", "acc"] == "met"
+    no_reference = summary_of([r for r in rows if r["baseline"] == "lora"], targets)
+    assert no_reference.loc["lora", "acc"] == "n/a"
+
+
+def test_target_config_errors_name_the_field():
+    with pytest.raises(LayerLensError, match="metric must be one of"):
+        Target("x", "val/nope", "ratio", ">=", 1)
+    with pytest.raises(LayerLensError, match="op must be one of"):
+        Target("x", "val/acc", "ratio", "=>", 1)

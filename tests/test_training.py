@@ -1,0 +1,66 @@
+"""One real fit per baseline on the tiny model: what is trainable changes, what is frozen does not."""
+
+import lightning as L
+import pytest
+import torch
+
+from layerlens.pipeline import build_classifier, build_datamodule, count_parameters
+from layerlens.settings import resolve_settings
+from layerlens.training.classifier import SequenceClassifier, decay_groups
+
+
+def fit(compose_run, baseline: str, *overrides: str):
+    s = resolve_settings(compose_run(f"baseline={baseline}", "logger=none", *overrides))
+    L.seed_everything(s.seed)
+    model, backbone_params = build_classifier(s)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
+    trainer = L.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=build_datamodule(s, s.backbone.tokenizer()))
+    changed = {name: not torch.equal(before[name], p.detach()) for name, p in model.named_parameters()}
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return model, backbone_params, changed, trainable
+
+
+def test_full_ft_trains_every_weight(compose_run):
+    model, backbone_params, changed, trainable = fit(compose_run, "full_ft")
+    assert trainable == set(changed)
+    assert all(changed.values()), [name for name, moved in changed.items() if not moved]
+    assert count_parameters(model, trainable_only=True) == backbone_params
+
+
+def test_lora_trains_only_adapters_and_head(compose_run):
+    model, backbone_params, changed, trainable = fit(compose_run, "lora", "baseline.r=4")
+    assert trainable and all(("lora_" in name) or ("classifier" in name) for name in trainable)
+    assert any("lora_A" in name for name in trainable) and any("lora_B" in name for name in trainable)
+    assert all(changed[name] for name in trainable), [name for name in trainable if not changed[name]]
+    frozen_moved = [name for name, moved in changed.items() if moved and name not in trainable]
+    assert frozen_moved == []
+    lora_a = [p for name, p in model.named_parameters() if "lora_A" in name]
+    assert lora_a[0].shape[0] == 4
+    assert count_parameters(model, trainable_only=True) < 0.2 * backbone_params
+
+
+def test_lora_targets_only_the_configured_modules(compose_run):
+    _, _, _, trainable = fit(compose_run, "lora", "baseline.target_modules=[query]")
+    assert not any(".value." in name for name in trainable) and any(".query." in name for name in trainable)
+
+
+def test_weight_decay_skips_biases_and_layer_norms():
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    decayed, plain = decay_groups(model, 0.1)
+    assert [p.shape for p in decayed["params"]] == [(4, 4)] and decayed["weight_decay"] == 0.1
+    assert len(plain["params"]) == 3 and plain["weight_decay"] == 0.0
+
+
+@pytest.mark.parametrize("num_labels", [2, 3])
+def test_metrics_accuracy_and_f1(num_labels):
+    from layerlens.training.classifier import classification_metrics
+
+    metrics = classification_metrics(num_labels, prefix="val/")
+    preds, labels = torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 0, 0])
+    scores = metrics(preds, labels)
+    assert scores["val/acc"] == pytest.approx(0.75)
+    if num_labels == 2:  # F1 of the positive class: precision 1/2, recall 1/1
+        assert scores["val/f1"] == pytest.approx(2 / 3)
