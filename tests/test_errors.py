@@ -1,0 +1,103 @@
+"""Bad input: one line naming what is wrong, a non-zero exit, and any run already started marked FAILED."""
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from layerlens.errors import LayerLensError
+from layerlens.pipeline import run_experiment
+from tests.conftest import run_module
+from tests.test_data import MRPC_HEADER, write_tsv
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()]
+
+
+def all_runs(tracking_uri):
+    client = MlflowClient(tracking_uri)
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["task=foo"], "error: unknown task 'foo' (choose from: mrpc, rte)"),
+        (["model=gpt9"], "error: unknown model 'gpt9' (choose from: bert_base, minilm_l6, tiny)"),
+        (["-m", "baseline=lora,magic"], "error: unknown baseline 'magic' (choose from: full_ft, lora)"),
+        (["model=tiny", "trainer.max_epochs=0"], "error: trainer.max_epochs must be an integer >= 1, got 0"),
+        (["model=tiny", "data.batch_size=-4"], "error: data.batch_size must be an integer >= 1, got -4"),
+        (["model=tiny", "baseline.lr=0"], "error: baseline.lr must be a positive number, got 0"),
+    ],
+)
+def test_entry_point_reports_bad_input_in_one_line(args, message, tmp_path):
+    result = run_module("run", *args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+    assert result.returncode != 0
+    assert error_lines(result) == [message]
+
+
+@pytest.mark.parametrize(
+    "override,field",
+    [
+        ("trainer.max_epochs=-1", "trainer.max_epochs"),
+        ("trainer.max_epochs=abc", "trainer.max_epochs"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("data.eval_batch_size=0", "data.eval_batch_size"),
+        ("baseline=full_ft baseline.lr=-1e-5", "baseline.lr"),
+        ("baseline=lora baseline.lr=0", "baseline.lr"),
+        ("baseline=lora baseline.r=0", "baseline.r"),
+        ("budget.params_pct=150", "budget.params_pct"),
+        ("task.max_length=1", "task.max_length"),
+        ("optim.warmup_ratio=1.5", "optim.warmup_ratio"),
+    ],
+)
+def test_bad_config_values_fail_before_any_run_is_recorded(compose_run, tracking_uri, tmp_path, override, field):
+    with pytest.raises(LayerLensError, match=rf"^{field.replace('.', '[.]')} must be"):
+        run_experiment(compose_run(*override.split()), tmp_path)
+    assert all_runs(tracking_uri) == []
+
+
+def bad_data_dir(tmp_path, kind: str):
+    good = [["1", "1", "2", "a b", "c d"], ["0", "3", "4", "e f", "g h"]]
+    if kind == "wrong_columns":
+        write_tsv(tmp_path / "train.tsv", ["label", "text"], [["1", "x"]])
+    elif kind == "bad_label":
+        write_tsv(tmp_path / "train.tsv", MRPC_HEADER, [*good, ["yes", "5", "6", "i", "j"]])
+    elif kind == "missing_dev":
+        write_tsv(tmp_path / "train.tsv", MRPC_HEADER, good)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "kind,message",
+    [
+        ("missing_train", r"train\.tsv: task file not found"),
+        ("missing_dev", r"dev\.tsv: task file not found"),
+        ("wrong_columns", r"train\.tsv: missing column\(s\) '#1 String', '#2 String', 'Quality'"),
+        ("bad_label", r"train\.tsv:4: label column 'Quality' holds 'yes'"),
+    ],
+)
+def test_bad_data_files_mark_the_started_run_failed(compose_run, tracking_uri, tmp_path, kind, message):
+    data_dir = bad_data_dir(tmp_path / "data", kind) if kind != "missing_train" else tmp_path
+    (tmp_path / "data").mkdir(exist_ok=True)
+    with pytest.raises(LayerLensError, match=message):
+        run_experiment(compose_run(f"task.data_dir={data_dir}"), tmp_path / "out")
+    (run,) = all_runs(tracking_uri)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["layerlens.error"].startswith(str(data_dir))
+
+
+def test_bad_data_file_from_the_command_line(tmp_path):
+    data_dir = bad_data_dir(tmp_path / "data", "bad_label") if (tmp_path / "data").mkdir() is None else None
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    result = run_module("run", "model=tiny", f"task.data_dir={data_dir}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    assert result.returncode != 0
+    lines = error_lines(result)
+    assert len([line for line in lines if line.startswith("error:")]) == 1
+    assert lines[-1] == f"error: {data_dir}/train.tsv:4: label column 'Quality' holds 'yes', expected one of: integers 0..1"
+    assert [r.info.status for r in all_runs(uri)] == ["FAILED"]
+
+
+def test_evaluate_without_run_id_fails_in_one_line(tmp_path):
+    result = run_module("evaluate", "file=x.tsv", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    assert result.returncode != 0
+    assert error_lines(result) == ["error: run_id is required: python -m layerlens.evaluate run_id=<mlflow run id> file=<tsv>"]
