@@ -1,12 +1,14 @@
 """Where a result came from: the code's git commit and the native build."""
 
+import functools
 import subprocess
 
 from layerlens.paths import PACKAGE_DIR
 
 
+@functools.cache
 def git_commit() -> str:
-    """The checkout's HEAD, marked `-dirty` when it has uncommitted changes; `unknown` outside git."""
+    """The checkout's HEAD when this process first asks (the code it loaded), `-dirty` with uncommitted changes."""
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True, check=True, timeout=10

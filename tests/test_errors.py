@@ -57,6 +57,7 @@ def test_bad_config_values_fail_before_any_run_is_recorded(compose_run, tracking
 
 
 def bad_data_dir(tmp_path, kind: str):
+    tmp_path.mkdir(exist_ok=True)
     good = [["1", "1", "2", "a b", "c d"], ["0", "3", "4", "e f", "g h"]]
     if kind == "wrong_columns":
         write_tsv(tmp_path / "train.tsv", ["label", "text"], [["1", "x"]])
@@ -77,8 +78,7 @@ def bad_data_dir(tmp_path, kind: str):
     ],
 )
 def test_bad_data_files_mark_the_started_run_failed(compose_run, tracking_uri, tmp_path, kind, message):
-    data_dir = bad_data_dir(tmp_path / "data", kind) if kind != "missing_train" else tmp_path
-    (tmp_path / "data").mkdir(exist_ok=True)
+    data_dir = bad_data_dir(tmp_path / "data", kind)
     with pytest.raises(LayerLensError, match=message):
         run_experiment(compose_run(f"task.data_dir={data_dir}"), tmp_path / "out")
     (run,) = all_runs(tracking_uri)
@@ -87,7 +87,7 @@ def test_bad_data_files_mark_the_started_run_failed(compose_run, tracking_uri, t
 
 
 def test_bad_data_file_from_the_command_line(tmp_path):
-    data_dir = bad_data_dir(tmp_path / "data", "bad_label") if (tmp_path / "data").mkdir() is None else None
+    data_dir = bad_data_dir(tmp_path / "data", "bad_label")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     result = run_module("run", "model=tiny", f"task.data_dir={data_dir}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode != 0

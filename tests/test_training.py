@@ -64,3 +64,12 @@ def test_metrics_accuracy_and_f1(num_labels):
     assert scores["val/acc"] == pytest.approx(0.75)
     if num_labels == 2:  # F1 of the positive class: precision 1/2, recall 1/1
         assert scores["val/f1"] == pytest.approx(2 / 3)
+
+
+def test_a_pretrained_model_trains_with_dropout_on():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    model = BertForSequenceClassification(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
+                                                     intermediate_size=8, vocab_size=10)).eval()
+    module = SequenceClassifier(model, 2, 1e-3, 0.0, 0.0)
+    assert all(m.training for m in module.model.modules())

@@ -12,7 +12,7 @@ class LoraBaseline:
     """Fixed-rank LoRA through peft; the fields after `lr` are peft's LoraConfig fields."""
 
     name: str = "lora"
-    lr: float = 5e-4
+    lr: float = 2e-3
     r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1

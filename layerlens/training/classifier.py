@@ -28,7 +28,9 @@ class SequenceClassifier(L.LightningModule):
 
     def __init__(self, model: torch.nn.Module, num_labels: int, lr: float, weight_decay: float, warmup_ratio: float):
         super().__init__()
-        self.model = model
+        # from_pretrained returns eval mode, and Lightning keeps each submodule's mode: without this,
+        # dropout (LoRA's included) would be off during training.
+        self.model = model.train()
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
         self.val_metrics = classification_metrics(num_labels, prefix="val/")
 

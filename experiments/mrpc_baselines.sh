@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The MRPC baseline sweep behind the README's numbers: full_ft and lora, seeds 0-2, default backbone
+# and settings, as one Hydra multirun; then the report. Writes experiments/results/<date>-mrpc-baselines/
+# (report, machine description, the exact command). Extra arguments are passed to layerlens.run.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out="experiments/results/$(date -u +%F)-mrpc-baselines"
+mkdir -p "$out"
+export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
+cmd=(python -m layerlens.run -m task=mrpc seed=0,1,2 baseline=full_ft,lora trainer.enable_progress_bar=false "$@")
+{
+  echo "command: ${cmd[*]}"
+  echo "then:    python -m layerlens.report sweep=latest task=mrpc out_dir=$out"
+  echo "store:   $MLFLOW_TRACKING_URI"
+  echo "commit:  $(git rev-parse HEAD)"
+} > "$out/command.txt"
+{
+  echo "date (UTC): $(date -u '+%F %T')"
+  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) x $(nproc) cores"
+  echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
+  python -c "import platform, torch, transformers, peft, lightning; print('python', platform.python_version(), '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| lightning', lightning.__version__)"
+} > "$out/machine.txt"
+start=$(date +%s)
+"${cmd[@]}"
+echo "sweep wall time: $(( $(date +%s) - start )) s" >> "$out/machine.txt"
+python -m layerlens.report sweep=latest task=mrpc out_dir="$out"
