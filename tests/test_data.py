@@ -70,6 +70,13 @@ def test_non_integer_or_out_of_range_label_names_file_line_and_value(tmp_path, b
         read_glue_tsv(path, task("mrpc"))
 
 
+def test_truncated_line_names_file_line_and_field(tmp_path):
+    path = tmp_path / "x.tsv"
+    path.write_text("\t".join(MRPC_HEADER) + "\n1\t1\t2\ta\tb\n0\t3\t4\tc\n", encoding="utf-8")
+    with pytest.raises(LayerLensError, match=r"x\.tsv:3: 4 fields where the header has 5 \(a truncated line or a stray tab\?\)"):
+        read_glue_tsv(path, task("mrpc"))
+
+
 def test_named_labels_map_to_class_ids_and_unknown_names_fail(tmp_path):
     header = ["sentence1", "sentence2", "label", "idx"]
     good = write_tsv(tmp_path / "good.tsv", header, [["a", "b", "not_entailment", "0"], ["c", "d", "entailment", "1"], ["e", "f", "0", "2"]])

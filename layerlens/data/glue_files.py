@@ -18,8 +18,7 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
     if not path.is_file():
         raise LayerLensError(f"{path}: task file not found")
     try:
-        with path.open(encoding="utf-8-sig", newline="") as handle:
-            header = handle.readline().rstrip("\r\n").split("\t")
+        header = _checked_header(path)
         raw = datasets.load_dataset(
             "csv",
             data_files=str(path),
@@ -31,6 +30,8 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
             # Every column as text, so a label is judged as written ("1.5" is not 1).
             features=datasets.Features({name: datasets.Value("string") for name in header}),
         )
+    except LayerLensError:
+        raise
     except Exception as err:  # decoding, pandas and pyarrow raise many types for a malformed file
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LayerLensError(f"{path}: not a readable tab-separated GLUE file ({detail})") from None
@@ -43,6 +44,21 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
         )
     labels = [_class_id(value, task, path, line=i + 2) for i, value in enumerate(raw[task.label_column])]
     return _normalised(raw, task.text_columns, labels)
+
+
+def _checked_header(path: Path) -> list[str]:
+    """The header's column names, once every line is seen to have as many fields (quoting is off,
+    so a tab is always a separator)."""
+    # Split on newlines only, as pandas does: str.splitlines would also break inside a sentence at \x85 or \u2028.
+    lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
+    header = lines[0].split("\t") if lines else []
+    for number, line in enumerate(lines[1:], start=2):
+        fields = line.count("\t") + 1
+        if line and fields != len(header):
+            raise LayerLensError(
+                f"{path}:{number}: {fields} fields where the header has {len(header)} (a truncated line or a stray tab?)"
+            )
+    return header
 
 
 def _class_id(value: str, task: TaskSpec, path: Path, line: int) -> int:

@@ -4,13 +4,29 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+from torch import nn
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
 
 from layerlens.errors import LayerLensError
+from layerlens.models.heads import MeanPoolingClassifier
+
+POOLINGS = ("cls", "mean")
+
+
+def check_pooling(pooling: str) -> None:
+    if pooling not in POOLINGS:
+        raise LayerLensError(f"model.pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
 
 
 class PretrainedBackbone:
+    """`pooling`: cls = the model's own sequence-classification head (its [CLS] pooler);
+    mean = a linear head on the masked mean of the token states."""
+
     name: str
+    pooling: str
+
+    def __post_init__(self):
+        check_pooling(self.pooling)
 
     def location(self) -> str:
         raise NotImplementedError
@@ -18,7 +34,9 @@ class PretrainedBackbone:
     def tokenizer(self):
         return AutoTokenizer.from_pretrained(self.location())
 
-    def classifier(self, num_labels: int):
+    def classifier(self, num_labels: int) -> nn.Module:
+        if self.pooling == "mean":
+            return MeanPoolingClassifier(AutoModel.from_pretrained(self.location(), add_pooling_layer=False), num_labels)
         return AutoModelForSequenceClassification.from_pretrained(self.location(), num_labels=num_labels)
 
 
@@ -29,6 +47,7 @@ class InstalledPackageBackbone(PretrainedBackbone):
     name: str
     package: str
     subdir: str = "model"
+    pooling: str = "cls"
 
     def location(self) -> str:
         try:
@@ -49,6 +68,7 @@ class HubBackbone(PretrainedBackbone):
 
     name: str
     name_or_path: str
+    pooling: str = "cls"
 
     def location(self) -> str:
         return self.name_or_path
@@ -64,11 +84,15 @@ class RandomBertBackbone:
     num_hidden_layers: int = 2
     num_attention_heads: int = 2
     intermediate_size: int = 64
+    pooling: str = "cls"
+
+    def __post_init__(self):
+        check_pooling(self.pooling)
 
     def tokenizer(self):
         return InstalledPackageBackbone(self.name, self.tokenizer_package).tokenizer()
 
-    def classifier(self, num_labels: int):
+    def classifier(self, num_labels: int) -> nn.Module:
         config = BertConfig(
             vocab_size=self.tokenizer().vocab_size,
             hidden_size=self.hidden_size,
@@ -77,4 +101,6 @@ class RandomBertBackbone:
             intermediate_size=self.intermediate_size,
             num_labels=num_labels,
         )
-        return BertForSequenceClassification(config)
+        if self.pooling == "mean":
+            return MeanPoolingClassifier(BertModel(config, add_pooling_layer=False), num_labels)
+        return AutoModelForSequenceClassification.from_config(config)
