@@ -48,6 +48,7 @@ def test_entry_point_reports_bad_input_in_one_line(args, message, tmp_path):
         ("budget.params_pct=150", "budget.params_pct"),
         ("task.max_length=1", "task.max_length"),
         ("optim.warmup_ratio=1.5", "optim.warmup_ratio"),
+        ("model.pooling=max", "model.pooling"),
     ],
 )
 def test_bad_config_values_fail_before_any_run_is_recorded(compose_run, tracking_uri, tmp_path, override, field):

@@ -23,15 +23,17 @@ def fit(compose_run, baseline: str, *overrides: str):
     return model, backbone_params, changed, trainable
 
 
-def test_full_ft_trains_every_weight(compose_run):
-    model, backbone_params, changed, trainable = fit(compose_run, "full_ft")
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_full_ft_trains_every_weight(compose_run, pooling):
+    model, backbone_params, changed, trainable = fit(compose_run, "full_ft", f"model.pooling={pooling}")
     assert trainable == set(changed)
     assert all(changed.values()), [name for name, moved in changed.items() if not moved]
     assert count_parameters(model, trainable_only=True) == backbone_params
 
 
-def test_lora_trains_only_adapters_and_head(compose_run):
-    model, backbone_params, changed, trainable = fit(compose_run, "lora", "baseline.r=4")
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_lora_trains_only_adapters_and_head(compose_run, pooling):
+    model, backbone_params, changed, trainable = fit(compose_run, "lora", "baseline.r=4", f"model.pooling={pooling}")
     assert trainable and all(("lora_" in name) or ("classifier" in name) for name in trainable)
     assert any("lora_A" in name for name in trainable) and any("lora_B" in name for name in trainable)
     assert all(changed[name] for name in trainable), [name for name in trainable if not changed[name]]
@@ -73,3 +75,16 @@ def test_a_pretrained_model_trains_with_dropout_on():
                                                      intermediate_size=8, vocab_size=10)).eval()
     module = SequenceClassifier(model, 2, 1e-3, 0.0, 0.0)
     assert all(m.training for m in module.model.modules())
+
+
+def test_mean_pooling_ignores_padding():
+    from layerlens.models import RandomBertBackbone
+
+    torch.manual_seed(0)
+    model = RandomBertBackbone("tiny", pooling="mean").classifier(2).eval()
+    ids = torch.tensor([[101, 2000, 2001, 102]])
+    short = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    padded_ids = torch.cat([ids, torch.zeros(1, 3, dtype=torch.long)], dim=1)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0, 0]])
+    padded = model(input_ids=padded_ids, attention_mask=mask).logits
+    assert torch.allclose(short, padded, atol=1e-5)
