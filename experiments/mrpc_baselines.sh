@@ -10,7 +10,7 @@ export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
 cmd=(python -m layerlens.run -m task=mrpc seed=0,1,2 baseline=full_ft,lora trainer.enable_progress_bar=false "$@")
 {
   echo "command: ${cmd[*]}"
-  echo "then:    python -m layerlens.report sweep=latest task=mrpc out_dir=$out"
+  echo "then:    python -m layerlens.report sweep=latest task_name=mrpc out_dir=$out"
   echo "store:   $MLFLOW_TRACKING_URI"
   echo "commit:  $(git rev-parse HEAD)"
 } > "$out/command.txt"
@@ -23,4 +23,4 @@ cmd=(python -m layerlens.run -m task=mrpc seed=0,1,2 baseline=full_ft,lora train
 start=$(date +%s)
 "${cmd[@]}"
 echo "sweep wall time: $(( $(date +%s) - start )) s" >> "$out/machine.txt"
-python -m layerlens.report sweep=latest task=mrpc out_dir="$out"
+python -m layerlens.report sweep=latest task_name=mrpc out_dir="$out"

@@ -92,6 +92,15 @@ def test_report_without_a_sweep_takes_every_finished_run(store, tmp_path):
     assert list(table["n_runs"]) == [2, 3] and markdown.name == "comparison-all.md"
 
 
+def test_report_restricted_to_one_task(store, tmp_path):
+    uri, _, _ = store
+    cfg = compose_config("report", [f"tracking_uri={uri}", "sweep=s1", "task_name=mrpc", f"out_dir={tmp_path}"])
+    markdown, csv = make_report(cfg)
+    assert markdown.name == "comparison-s1-mrpc.md" and len(pd.read_csv(csv)) == 2
+    with pytest.raises(LayerLensError, match="no finished LayerLens runs match"):
+        make_report(compose_config("report", [f"tracking_uri={uri}", "task_name=rte", f"out_dir={tmp_path}"]))
+
+
 def test_report_latest_sweep_and_unknown_sweep(store, tmp_path):
     uri, _, _ = store
     _, csv = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=latest", f"out_dir={tmp_path}"]))

@@ -15,10 +15,10 @@ def make_report(cfg: DictConfig) -> tuple[Path, Path]:
         targets = [Target(**check) for check in OmegaConf.to_container(cfg.targets.checks, resolve=True)]
     except TypeError as err:
         raise LayerLensError(f"targets.checks: {err}") from None
-    runs = finished_runs(cfg.tracking_uri, sweep=cfg.sweep, task=cfg.task)
+    runs = finished_runs(cfg.tracking_uri, sweep=cfg.sweep, task=cfg.task_name)
     table = summarise(runs, targets, reference=cfg.targets.reference)
     sweep = runs["sweep"].iloc[0] if cfg.sweep else None
     header = provenance(cfg.tracking_uri, sweep, cfg.targets.reference)
-    stem = f"comparison-{sweep or 'all'}" + (f"-{cfg.task}" if cfg.task else "")
+    stem = f"comparison-{sweep or 'all'}" + (f"-{cfg.task_name}" if cfg.task_name else "")
     print_report(table, targets, header)
     return write_report(table, targets, header, Path(cfg.out_dir), stem)
