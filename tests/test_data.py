@@ -62,7 +62,7 @@ def test_wrong_columns_name_the_missing_column(tmp_path):
         read_glue_tsv(path, task("mrpc"))
 
 
-@pytest.mark.parametrize("bad", ["abc", "1.5", "2", "-1", ""])
+@pytest.mark.parametrize("bad", ["abc", "1.5", "2", "-1", "", "²"])
 def test_non_integer_or_out_of_range_label_names_file_line_and_value(tmp_path, bad):
     rows = [["1", "1", "2", "a", "b"], [bad, "3", "4", "c", "d"]]
     path = write_tsv(tmp_path / "x.tsv", MRPC_HEADER, rows)

@@ -67,7 +67,7 @@ def _class_id(value: str, task: TaskSpec, path: Path, line: int) -> int:
     names = task.label_names or []
     if value in names:
         return names.index(value)
-    if value.isdigit() and int(value) < task.num_labels:
+    if value.isascii() and value.isdigit() and int(value) < task.num_labels:
         return int(value)
     allowed = ", ".join([*names, f"integers 0..{task.num_labels - 1}"])
     raise LayerLensError(
