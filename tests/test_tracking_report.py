@@ -154,3 +154,22 @@ def test_target_config_errors_name_the_field():
         Target("x", "val/nope", "ratio", ">=", 1)
     with pytest.raises(LayerLensError, match="op must be one of"):
         Target("x", "val/acc", "ratio", "=>", 1)
+
+
+def test_runs_of_different_configs_are_separate_rows_named_by_what_differs():
+    def run(i, baseline, seed, lr, acc):
+        config = {"baseline.lr": lr, "trainer.max_epochs": "4"}
+        return {"run_id": f"r{i}", "run_name": f"{baseline}-{seed}", "task": "mrpc", "model": "m",
+                "baseline": baseline, "seed": str(seed), "config": config, "val/acc": acc}
+
+    rows = [run(0, "full_ft", 0, "5e-05", 0.80), run(1, "lora", 0, "0.002", 0.70), run(2, "lora", 1, "0.002", 0.72),
+            run(3, "lora", 0, "0.003", 0.78)]
+    targets = [Target("acc", "val/acc", "ratio", ">=", 0.95)]
+    table = summarise(pd.DataFrame(rows), targets).set_index(["baseline", "variant"])
+    assert table.loc[("lora", "baseline.lr=0.002"), "n_runs"] == 2
+    assert table.loc[("lora", "baseline.lr=0.002"), "acc_mean"] == pytest.approx(0.71)
+    assert table.loc[("lora", "baseline.lr=0.003"), "acc_ratio"] == pytest.approx(0.78 / 0.80)
+    assert table.loc[("full_ft", ""), "acc"] == "met"
+    two_references = summarise(pd.DataFrame([*rows, run(4, "full_ft", 0, "1e-05", 0.75)]), targets)
+    assert two_references["acc_ratio"].isna().all()
+    assert set(two_references["acc"]) == {"n/a"}

@@ -15,6 +15,7 @@ SUMMARISED = {
 }
 RATIOS = ("acc", "f1", "trainable_pct", "train_s")
 GROUP = ["task", "model", "baseline"]
+ROW = [*GROUP, "variant"]
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
 
@@ -46,13 +47,19 @@ class Target:
 
 
 def summarise(runs: pd.DataFrame, targets: list[Target], reference: str = "full_ft") -> pd.DataFrame:
-    """One row per (task, model, baseline): seeds, runs, mean/std of each metric, ratios, targets."""
+    """One row per (task, model, baseline, variant): seeds, runs, mean/std of each metric, ratios, targets.
+
+    A variant is a set of runs of one baseline whose logged configs agree except for the seed; it is
+    labelled by the config keys in which it differs from the baseline's other runs (empty when alone).
+    Ratios need exactly one reference variant per task and model, and are left empty otherwise.
+    """
     if runs.empty:
         raise LayerLensError("no finished LayerLens runs match: run some first, or check tracking_uri/sweep/task")
     for metric in SUMMARISED:
         if metric not in runs:
             runs = runs.assign(**{metric: float("nan")})
-    grouped = runs.groupby(GROUP, sort=True)
+    runs = label_variants(runs)
+    grouped = runs.groupby(ROW, sort=True)
     table = grouped.agg(
         n_runs=("run_id", "size"),
         seeds=("seed", lambda s: ",".join(sorted(set(s), key=_seed_order))),
@@ -63,13 +70,27 @@ def summarise(runs: pd.DataFrame, targets: list[Target], reference: str = "full_
         table[f"{short}_std"] = grouped[metric].std(ddof=1)
     table = table.reset_index()
     means = [f"{short}_mean" for short in RATIOS]
-    reference_means = table.loc[table["baseline"] == reference, ["task", "model", *means]]
-    merged = table.merge(reference_means, on=["task", "model"], how="left", suffixes=("", "_ref"))
+    reference_rows = table.loc[table["baseline"] == reference, ["task", "model", *means]]
+    unique_reference = reference_rows.groupby(["task", "model"]).filter(lambda rows: len(rows) == 1)
+    merged = table.merge(unique_reference, on=["task", "model"], how="left", suffixes=("", "_ref"))
     for short in RATIOS:
         table[f"{short}_ratio"] = merged[f"{short}_mean"] / merged[f"{short}_mean_ref"]
     for target in targets:
         table[target.name] = table.apply(target.verdict, axis=1)
     return table
+
+
+def label_variants(runs: pd.DataFrame) -> pd.DataFrame:
+    """Add a `variant` column: `key=value, ...` over the config keys that vary within a baseline's runs."""
+    if "config" not in runs:
+        return runs.assign(variant="")
+    labels = pd.Series("", index=runs.index, dtype=object)
+    for _, group in runs.groupby(GROUP):
+        configs = group["config"]
+        keys = sorted(set().union(*configs))
+        varying = [key for key in keys if len({config.get(key) for config in configs}) > 1]
+        labels[group.index] = [", ".join(f"{key}={config.get(key)}" for key in varying) for config in configs]
+    return runs.assign(variant=labels)
 
 
 def _seed_order(seed: str):

@@ -17,7 +17,7 @@ def provenance(tracking_uri: str, sweep: str | None, reference: str) -> str:
     return (
         f"Source: MLflow store {tracking_uri}, {scope}. acc and F1: each run's best checkpoint on its task's "
         f"dev split; mean ± sample std over the n seeds of each row. Ratios: row mean / {reference} mean for the "
-        f"same task and model. Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
+        f"same task and model, left empty where that is not one configuration (filter by sweep). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
     )
 
 
@@ -30,7 +30,8 @@ def _mean_std(row: pd.Series, short: str) -> str:
 
 
 def display_frame(table: pd.DataFrame, targets: list[Target]) -> pd.DataFrame:
-    shown = pd.DataFrame({"task": table["task"], "model": table["model"], "baseline": table["baseline"]})
+    baseline = table["baseline"] + table["variant"].map(lambda v: f" ({v})" if v else "")
+    shown = pd.DataFrame({"task": table["task"], "model": table["model"], "baseline": baseline})
     shown["n seeds"] = table["n_runs"].astype(str) + " (" + table["seeds"] + ")"
     for short in SUMMARISED.values():
         shown[LABELS[short]] = table.apply(_mean_std, axis=1, short=short)

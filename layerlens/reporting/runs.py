@@ -5,6 +5,9 @@ from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 
 IDENTITY_TAGS = ("task", "model", "baseline", "seed", "sweep")
+# Logged params that do not change what a run computes, so runs differing only in them are the same variant.
+NOT_CONFIG = ("seed", "logger.", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+              "trainer.log_every_n_steps", "data.num_workers", "data.eval_batch_size")
 
 
 def finished_runs(tracking_uri: str, sweep: str | None = None, task: str | None = None) -> pd.DataFrame:
@@ -23,6 +26,7 @@ def finished_runs(tracking_uri: str, sweep: str | None = None, task: str | None 
                 "run_name": run.info.run_name,
                 "start_time": run.info.start_time,
                 **{tag: run.data.tags.get(tag) for tag in IDENTITY_TAGS},
+                "config": {k: v for k, v in run.data.params.items() if not k.startswith(NOT_CONFIG)},
                 **run.data.metrics,
             }
             for run in page
@@ -30,7 +34,7 @@ def finished_runs(tracking_uri: str, sweep: str | None = None, task: str | None 
         token = page.token
         if not token:
             break
-    runs = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run_id", "run_name", "start_time", *IDENTITY_TAGS])
+    runs = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run_id", "run_name", "start_time", *IDENTITY_TAGS, "config"])
     if sweep == "latest":
         swept = runs.dropna(subset=["sweep"])
         sweep = swept.sort_values("start_time")["sweep"].iloc[-1] if len(swept) else None
