@@ -173,3 +173,9 @@ def test_runs_of_different_configs_are_separate_rows_named_by_what_differs():
     two_references = summarise(pd.DataFrame([*rows, run(4, "full_ft", 0, "1e-05", 0.75)]), targets)
     assert two_references["acc_ratio"].isna().all()
     assert set(two_references["acc"]) == {"n/a"}
+
+
+def test_seed_column_orders_numbers_numerically_and_other_tags_after():
+    rows = [{"run_id": f"r{i}", "run_name": f"lora-{s}", "task": "mrpc", "model": "m", "baseline": "lora", "seed": s,
+             "val/acc": 0.8} for i, s in enumerate(["10", "2", "²", "x"])]
+    assert summarise(pd.DataFrame(rows), []).loc[0, "seeds"] == "2,10,x,²"

@@ -4,6 +4,7 @@ import lightning as L
 import pytest
 import torch
 
+from layerlens.models import RandomBertBackbone
 from layerlens.pipeline import build_classifier, build_datamodule, count_parameters
 from layerlens.settings import resolve_settings
 from layerlens.training.classifier import SequenceClassifier, decay_groups
@@ -78,8 +79,6 @@ def test_a_pretrained_model_trains_with_dropout_on():
 
 
 def test_mean_pooling_ignores_padding():
-    from layerlens.models import RandomBertBackbone
-
     torch.manual_seed(0)
     model = RandomBertBackbone("tiny", pooling="mean").classifier(2).eval()
     ids = torch.tensor([[101, 2000, 2001, 102]])

@@ -94,4 +94,5 @@ def label_variants(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def _seed_order(seed: str):
-    return (0, int(seed)) if str(seed).isdigit() else (1, str(seed))
+    seed = str(seed)
+    return (0, int(seed)) if seed.isascii() and seed.isdigit() else (1, seed)

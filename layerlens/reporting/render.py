@@ -17,7 +17,8 @@ def provenance(tracking_uri: str, sweep: str | None, reference: str) -> str:
     return (
         f"Source: MLflow store {tracking_uri}, {scope}. acc and F1: each run's best checkpoint on its task's "
         f"dev split; mean ± sample std over the n seeds of each row. Ratios: row mean / {reference} mean for the "
-        f"same task and model, left empty where that is not one configuration (filter by sweep). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
+        f"same task and model, left empty where that is not one configuration (filter by sweep). "
+        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
     )
 
 
