@@ -46,8 +46,8 @@ def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: i
         datasets.DatasetDict({EVAL_SPLIT: rows}), tokenizer, s.task.max_length,
         train_split=EVAL_SPLIT, eval_split=EVAL_SPLIT, batch_size=batch_size, eval_batch_size=batch_size,
     )
-    model, _ = build_classifier(s)
-    module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
+    adapted, _ = build_classifier(s, config, data, output_dir=Path(checkpoint).parent.parent, reuse_plan=True)
+    module = SequenceClassifier(adapted.model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
     # Not the run's own trainer config: its batch limits (e.g. trainer=debug) must not cut the file short.
     trainer = L.Trainer(
         accelerator=config.trainer.accelerator, devices=1, precision=config.trainer.precision,

@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 
+from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.data import GlueDataModule, load_task_splits
 from layerlens.provenance import git_commit, native_build
 from layerlens.settings import RunSettings, build, resolve_settings
@@ -40,11 +41,32 @@ def run_tags(s: RunSettings, sweep: str | None) -> dict[str, str]:
     return tags
 
 
-def build_classifier(s: RunSettings) -> tuple[nn.Module, int]:
+def planned_steps(trainer_cfg: DictConfig, train_batches: int) -> int:
+    """The optimiser steps `Trainer.fit` will run, from the trainer config and the batches per epoch."""
+    limit = trainer_cfg.get("limit_train_batches")
+    if isinstance(limit, int):
+        train_batches = min(train_batches, limit)
+    elif isinstance(limit, float):
+        train_batches = int(train_batches * limit)
+    total = train_batches * trainer_cfg.max_epochs
+    max_steps = trainer_cfg.get("max_steps") or -1
+    return min(total, max_steps) if max_steps > 0 else total
+
+
+def build_classifier(s: RunSettings, cfg: DictConfig, data: GlueDataModule, output_dir: Path,
+                     reuse_plan: bool = False) -> tuple[Adapted, int]:
     """The backbone with its task head and the baseline's adaptation applied, and its size before adaptation."""
     model = s.backbone.classifier(s.task.num_labels)
     backbone_params = count_parameters(model)
-    return s.baseline.apply(model), backbone_params
+    ctx = AdaptContext(
+        backbone_params=backbone_params,
+        budget=s.budget,
+        total_steps=planned_steps(cfg.trainer, len(data.train_dataloader())),
+        train_batches=data.train_dataloader,
+        output_dir=Path(output_dir),
+        reuse_plan=reuse_plan,
+    )
+    return s.baseline.adapt(model, ctx), backbone_params
 
 
 def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:
@@ -67,7 +89,11 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
     with s.tracker.start_run(run_name(s), run_tags(s, sweep), cfg) as run:
         L.seed_everything(s.seed, workers=True)
         data = build_datamodule(s, s.backbone.tokenizer())
-        model, backbone_params = build_classifier(s)
+        adapted, backbone_params = build_classifier(s, cfg, data, output_dir)
+        run.log_metrics(adapted.metrics)
+        for artifact in adapted.artifacts:
+            run.log_artifact(artifact)
+        model = adapted.model
         trainable = count_parameters(model, trainable_only=True)
         module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
         timer = FitTimer()
@@ -78,7 +104,7 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
             mode="max",
             save_top_k=1,
         )
-        trainer = build(cfg, "trainer", callbacks=[timer, checkpoint], logger=run.lightning_logger(),
+        trainer = build(cfg, "trainer", callbacks=[timer, checkpoint, *adapted.callbacks], logger=run.lightning_logger(),
                         default_root_dir=str(output_dir))
         trainer.fit(module, datamodule=data)
 

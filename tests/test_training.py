@@ -10,31 +10,34 @@ from layerlens.settings import resolve_settings
 from layerlens.training.classifier import SequenceClassifier, decay_groups
 
 
-def fit(compose_run, baseline: str, *overrides: str):
-    s = resolve_settings(compose_run(f"baseline={baseline}", "logger=none", *overrides))
+def fit(compose_run, tmp_path, baseline: str, *overrides: str):
+    cfg = compose_run(f"baseline={baseline}", "logger=none", *overrides)
+    s = resolve_settings(cfg)
     L.seed_everything(s.seed)
-    model, backbone_params = build_classifier(s)
+    data = build_datamodule(s, s.backbone.tokenizer())
+    adapted, backbone_params = build_classifier(s, cfg, data, tmp_path)
+    model = adapted.model
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
     trainer = L.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(module, datamodule=build_datamodule(s, s.backbone.tokenizer()))
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=adapted.callbacks)
+    trainer.fit(module, datamodule=data)
     changed = {name: not torch.equal(before[name], p.detach()) for name, p in model.named_parameters()}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     return model, backbone_params, changed, trainable
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_full_ft_trains_every_weight(compose_run, pooling):
-    model, backbone_params, changed, trainable = fit(compose_run, "full_ft", f"model.pooling={pooling}")
+def test_full_ft_trains_every_weight(compose_run, tmp_path, pooling):
+    model, backbone_params, changed, trainable = fit(compose_run, tmp_path, "full_ft", f"model.pooling={pooling}")
     assert trainable == set(changed)
     assert all(changed.values()), [name for name, moved in changed.items() if not moved]
     assert count_parameters(model, trainable_only=True) == backbone_params
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
-def test_lora_trains_only_adapters_and_head(compose_run, pooling):
-    model, backbone_params, changed, trainable = fit(compose_run, "lora", "baseline.r=4", f"model.pooling={pooling}")
+def test_lora_trains_only_adapters_and_head(compose_run, tmp_path, pooling):
+    model, backbone_params, changed, trainable = fit(compose_run, tmp_path, "lora", "baseline.r=4", f"model.pooling={pooling}")
     assert trainable and all(("lora_" in name) or ("classifier" in name) for name in trainable)
     assert any("lora_A" in name for name in trainable) and any("lora_B" in name for name in trainable)
     assert all(changed[name] for name in trainable), [name for name in trainable if not changed[name]]
@@ -45,8 +48,8 @@ def test_lora_trains_only_adapters_and_head(compose_run, pooling):
     assert count_parameters(model, trainable_only=True) < 0.2 * backbone_params
 
 
-def test_lora_targets_only_the_configured_modules(compose_run):
-    _, _, _, trainable = fit(compose_run, "lora", "baseline.target_modules=[query]")
+def test_lora_targets_only_the_configured_modules(compose_run, tmp_path):
+    _, _, _, trainable = fit(compose_run, tmp_path, "lora", "baseline.target_modules=[query]")
     assert not any(".value." in name for name in trainable) and any(".query." in name for name in trainable)
 
 

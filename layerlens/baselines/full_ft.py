@@ -2,6 +2,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.baselines.validation import require_positive
 
 
@@ -15,6 +16,6 @@ class FullFineTuning:
     def __post_init__(self):
         require_positive("baseline.lr", self.lr)
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapted:
         model.requires_grad_(True)
-        return model
+        return Adapted(model)

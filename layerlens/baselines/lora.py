@@ -3,6 +3,7 @@ from dataclasses import dataclass, field
 from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 
+from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.baselines.validation import require_positive
 from layerlens.errors import LayerLensError
 
@@ -49,8 +50,8 @@ class LoraBaseline:
             modules_to_save=self.modules_to_save,
         )
 
-    def apply(self, model: nn.Module) -> nn.Module:
+    def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapted:
         try:
-            return get_peft_model(model, self.lora_config())
+            return Adapted(get_peft_model(model, self.lora_config()))
         except ValueError as err:  # peft's message for a target module the model does not have
             raise LayerLensError(f"baseline.target_modules: {str(err).splitlines()[0]}") from None

@@ -42,6 +42,9 @@ class MlflowRun:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
+    def log_artifact(self, path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
     def lightning_logger(self) -> MLFlowLogger:
         return _AttachedLogger(tracking_uri=self.tracking_uri, run_id=self.run_id)
 

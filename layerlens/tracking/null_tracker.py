@@ -10,6 +10,9 @@ class NullRun:
     def set_tags(self, tags):
         pass
 
+    def log_artifact(self, path):
+        pass
+
     def lightning_logger(self):
         return False
 

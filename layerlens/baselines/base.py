@@ -1,0 +1,29 @@
+"""What every baseline gets to adapt a model, and what it hands back to the pipeline."""
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from layerlens.budget import Budget
+
+
+@dataclass
+class AdaptContext:
+    backbone_params: int  # the unadapted classifier's parameter count
+    budget: Budget
+    total_steps: int  # optimiser steps the trainer will run
+    train_batches: Callable[[], Iterable[dict]]  # a fresh pass over shuffled training batches
+    output_dir: Path  # where the run writes its files
+    reuse_plan: bool = False  # rebuild from the plan already in output_dir (evaluating a finished run)
+
+
+@dataclass
+class Adapted:
+    """The model to train, plus what the adaptation measured (metrics, files) and needs during training (callbacks)."""
+
+    model: nn.Module
+    metrics: dict[str, float] = field(default_factory=dict)
+    artifacts: list[Path] = field(default_factory=list)
+    callbacks: list = field(default_factory=list)
