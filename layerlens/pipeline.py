@@ -9,8 +9,11 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch import nn
 
+from layerlens.baselines import LayerLensBaseline
 from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.data import GlueDataModule, load_task_splits
+from layerlens.errors import LayerLensError
+from layerlens.planning.plan import Plan
 from layerlens.provenance import git_commit, native_build
 from layerlens.settings import RunSettings, build, resolve_settings
 from layerlens.training.classifier import SequenceClassifier
@@ -53,12 +56,9 @@ def planned_steps(trainer_cfg: DictConfig, train_batches: int) -> int:
     return min(total, max_steps) if max_steps > 0 else total
 
 
-def build_classifier(s: RunSettings, cfg: DictConfig, data: GlueDataModule, output_dir: Path,
-                     reuse_plan: bool = False) -> tuple[Adapted, int]:
-    """The backbone with its task head and the baseline's adaptation applied, and its size before adaptation."""
-    model = s.backbone.classifier(s.task.num_labels)
-    backbone_params = count_parameters(model)
-    ctx = AdaptContext(
+def adapt_context(s: RunSettings, cfg: DictConfig, data: GlueDataModule, backbone_params: int, output_dir: Path,
+                  reuse_plan: bool = False) -> AdaptContext:
+    return AdaptContext(
         backbone_params=backbone_params,
         budget=s.budget,
         total_steps=planned_steps(cfg.trainer, len(data.train_dataloader())),
@@ -66,7 +66,28 @@ def build_classifier(s: RunSettings, cfg: DictConfig, data: GlueDataModule, outp
         output_dir=Path(output_dir),
         reuse_plan=reuse_plan,
     )
-    return s.baseline.adapt(model, ctx), backbone_params
+
+
+def build_classifier(s: RunSettings, cfg: DictConfig, data: GlueDataModule, output_dir: Path,
+                     reuse_plan: bool = False) -> tuple[Adapted, int]:
+    """The backbone with its task head and the baseline's adaptation applied, and its size before adaptation."""
+    model = s.backbone.classifier(s.task.num_labels)
+    backbone_params = count_parameters(model)
+    return s.baseline.adapt(model, adapt_context(s, cfg, data, backbone_params, output_dir, reuse_plan)), backbone_params
+
+
+def plan_experiment(cfg: DictConfig, output_dir: Path) -> tuple[Plan, dict[str, float]]:
+    """Profile and plan as `baseline=layerlens` would, without training; the plan's files go to output_dir."""
+    s = resolve_settings(cfg)
+    if not isinstance(s.baseline, LayerLensBaseline):
+        raise LayerLensError(f"baseline: planning needs baseline=layerlens, got {s.baseline.name!r}")
+    L.seed_everything(s.seed, workers=True)
+    data = build_datamodule(s, s.backbone.tokenizer())
+    model = s.backbone.classifier(s.task.num_labels)
+    ctx = adapt_context(s, cfg, data, count_parameters(model), output_dir)
+    sites, profile, plan = s.baseline.plan(model, ctx)
+    s.baseline.save(plan, sites, ctx.output_dir)
+    return plan, profile.validation()
 
 
 def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:

@@ -1,0 +1,36 @@
+"""The plan as a picture: utility per site and what was allocated there, layer by layer."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from layerlens.planning.plan import Plan  # noqa: E402
+
+METHOD_COLOURS = {"lora": "tab:blue", "adapter": "tab:orange", "prefix": "tab:green", "none": "lightgrey"}
+
+
+def plot_plan(plan: Plan, path: Path, title: str) -> Path:
+    kinds = list(dict.fromkeys(c.kind for c in plan.choices))
+    layers = sorted({c.layer for c in plan.choices})
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 0.28 * len(plan.choices)), 7), sharex=True)
+    xs = range(len(plan.choices))
+    top.bar(xs, [c.utility for c in plan.choices], color="tab:purple")
+    top.set_ylabel("utility (profiled)")
+    top.set_title(title, fontsize=10)
+    bottom.bar(xs, [c.size for c in plan.choices], color=[METHOD_COLOURS[c.method] for c in plan.choices])
+    bottom.set_ylabel("size (rank / width / prefix length)")
+    bottom.set_xticks(list(xs), [c.site for c in plan.choices], rotation=90, fontsize=7)
+    for boundary in range(len(kinds), len(plan.choices), len(kinds)):
+        for ax in (top, bottom):
+            ax.axvline(boundary - 0.5, color="grey", linewidth=0.5)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in METHOD_COLOURS.values()]
+    bottom.legend(handles, list(METHOD_COLOURS), loc="upper right", fontsize=8, ncols=4)
+    used = ", ".join(f"{name} {100 * share:.1f}%" for name, share in plan.utilisation().items()) or "no budget"
+    bottom.set_xlabel(f"site (layers {layers[0]}-{layers[-1]}); budget used: {used}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -1,0 +1,141 @@
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+from transformers import BertConfig, BertForSequenceClassification
+
+from layerlens.methods import adapter_params, attach_adapter, attach_prefix, prefix_params
+
+HIDDEN = 32
+
+
+def tiny_bert(attn="sdpa"):
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        attn_implementation=attn,
+    )
+    return BertForSequenceClassification(config).eval()
+
+
+def batch():
+    torch.manual_seed(1)
+    ids = torch.randint(1, 100, (4, 7))
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0
+    mask[2, 5:] = 0
+    return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1, 0])}
+
+
+def attach(method, layer, size):
+    if method == "adapter":
+        return attach_adapter(layer.output, HIDDEN, size)
+    return attach_prefix(layer.attention.self, size)
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("method,formula", [("adapter", adapter_params), ("prefix", prefix_params)])
+def test_parameter_count(method, formula):
+    module = attach(method, tiny_bert().bert.encoder.layer[0], 3)
+    assert count(module) == formula(HIDDEN, 3)
+    assert sum(p.numel() for p in module.parameters() if p.requires_grad) == formula(HIDDEN, 3)
+
+
+def test_adapter_formula():
+    assert adapter_params(768, 8) == 2 * 768 * 8 + 8 + 768
+
+
+def test_adapter_on_attention_output_block():
+    model = tiny_bert()
+    before = model(**batch()).logits
+    adapter = attach_adapter(model.bert.encoder.layer[1].attention.output, HIDDEN, 4)
+    assert "bert.encoder.layer.1.attention.output.layerlens_adapter.down.weight" in model.state_dict()
+    assert torch.equal(model(**batch()).logits, before)
+    adapter.up.bias.data += 0.1
+    assert not torch.allclose(model(**batch()).logits, before)
+
+
+@pytest.mark.parametrize("method", ["adapter", "prefix"])
+def test_one_step_trains_only_the_method(method):
+    model = tiny_bert().train()
+    model.requires_grad_(False)
+    module = attach(method, model.bert.encoder.layer[0], 4)
+    frozen = {n: p.clone() for n, p in model.named_parameters() if "layerlens" not in n}
+    own = [p.clone() for p in module.parameters()]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(trainable) == len(own)
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    model(**batch()).loss.backward()
+    optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(own, module.parameters()))
+    assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
+
+
+@pytest.mark.parametrize("method", ["adapter", "prefix"])
+def test_output_depends_on_method_params(method):
+    model = tiny_bert()
+    plain = model(**batch()).logits
+    module = attach(method, model.bert.encoder.layer[0], 2)
+    attached = model(**batch()).logits
+    if method == "adapter":
+        assert torch.equal(attached, plain)
+    else:
+        assert not torch.allclose(attached, plain)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(torch.randn_like(p))
+    assert not torch.allclose(model(**batch()).logits, attached)
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_prefix_padding_does_not_leak(attn):
+    model = tiny_bert(attn)
+    for layer in model.bert.encoder.layer:
+        attach_prefix(layer.attention.self, 3)
+    ids = torch.randint(1, 100, (1, 5))
+    padded = torch.cat([ids, torch.randint(1, 100, (1, 4))], dim=1)
+    mask = torch.tensor([[1] * 5 + [0] * 4])
+    alone = model(input_ids=ids).logits
+    assert torch.allclose(model(input_ids=padded, attention_mask=mask).logits, alone, atol=1e-5)
+
+
+def test_prefix_matches_between_eager_and_sdpa():
+    eager, sdpa = tiny_bert("eager"), tiny_bert("sdpa")
+    for model in (eager, sdpa):
+        torch.manual_seed(2)
+        attach_prefix(model.bert.encoder.layer[0].attention.self, 2)
+    assert torch.allclose(eager(**batch()).logits, sdpa(**batch()).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["adapter", "prefix"])
+def test_works_on_lora_wrapped_layer(method):
+    peft_model = get_peft_model(tiny_bert().train(), LoraConfig(target_modules=["query", "value", "dense"], r=2))
+    layer = peft_model.base_model.model.bert.encoder.layer[0]
+    assert "lora" in type(layer.attention.self.query).__module__
+    assert "lora" in type(layer.output.dense).__module__
+    module = attach(method, layer, 2)
+    peft_model(**batch()).loss.backward()
+    # the adapter's `down` gets a zero gradient at init because `up` starts at zero
+    assert all(p.grad is not None for p in module.parameters())
+    assert any(p.grad.abs().sum() > 0 for p in module.parameters())
+    assert any("lora_" in n and p.grad is not None for n, p in peft_model.named_parameters())
+
+
+def test_errors():
+    layer = tiny_bert().bert.encoder.layer[0]
+    with pytest.raises(ValueError, match="width"):
+        attach_adapter(layer.output, HIDDEN, 0)
+    with pytest.raises(ValueError, match="length"):
+        attach_prefix(layer.attention.self, 0)
+    attach_adapter(layer.output, HIDDEN, 2)
+    attach_prefix(layer.attention.self, 2)
+    with pytest.raises(ValueError):
+        attach_adapter(layer.output, HIDDEN, 2)
+    with pytest.raises(ValueError):
+        attach_prefix(layer.attention.self, 2)

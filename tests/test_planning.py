@@ -1,0 +1,116 @@
+"""The planner on pure numbers: option costs match the real modules, plans keep their budgets and checks."""
+
+import json
+
+import pytest
+from peft import LoraConfig, get_peft_model
+from transformers import BertConfig, BertModel
+
+from layerlens.errors import LayerLensError
+from layerlens.methods import attach_adapter, attach_prefix
+from layerlens.planning.costs import SiteSpec, Workload, option_costs
+from layerlens.planning.plan import Plan
+from layerlens.planning.planner import PlannerSettings, make_plan
+from layerlens.sites import discover_sites
+
+WORKLOAD = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=60.0, num_heads=2, flops_per_s=1e10)
+
+
+def tiny_bert():
+    return BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                vocab_size=100), add_pooling_layer=False)
+
+
+def spec(site, utility=1.0):
+    return SiteSpec(site.name, site.layer, site.kind, site.method, site.d_in, site.d_out, utility)
+
+
+def added_params(model, attach) -> int:
+    model.requires_grad_(False)
+    model = attach(model)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("kind,size", [("query", 3), ("ffn_in", 2), ("ffn_out", 5), ("attn_block", 4),
+                                       ("ffn_block", 7), ("attention", 6)])
+def test_option_params_equal_the_trainable_parameters_the_method_adds(kind, size):
+    model = tiny_bert()
+    site = discover_sites(model, [kind])[0]
+    if site.method == "lora":
+        def attach(m):
+            return get_peft_model(m, LoraConfig(r=size, target_modules=[site.path]))
+    elif site.method == "adapter":
+        def attach(m):
+            attach_adapter(site.module, site.d_out, size)
+            return m
+    else:
+        def attach(m):
+            attach_prefix(site.module, size)
+            return m
+    assert option_costs(spec(site), site.method, size, WORKLOAD).params == added_params(model, attach)
+
+
+def test_costs_grow_with_size_and_none_is_free():
+    site = spec(discover_sites(tiny_bert(), ["ffn_in"])[0])
+    small, large = (option_costs(site, "lora", r, WORKLOAD) for r in (2, 8))
+    assert all(getattr(large, k) > getattr(small, k) > 0 for k in ("params", "flops", "memory_mb", "latency_ms"))
+    assert option_costs(site, "none", 0, WORKLOAD).as_dict() == dict.fromkeys(small.as_dict(), 0.0)
+
+
+def planned(utilities, budgets, kinds=("query", "key", "value", "attn_out", "attn_block", "ffn_block", "attention"),
+            **settings):
+    sites = discover_sites(tiny_bert(), list(kinds))
+    specs = [spec(s, u) for s, u in zip(sites, utilities)]
+    return make_plan(specs, WORKLOAD, budgets, PlannerSettings(**settings))
+
+
+def test_plan_keeps_every_budget_and_uses_the_parameter_budget():
+    utilities = [1.0 + (7 * i % 11) for i in range(14)]
+    budgets = {"params": 3000.0, "flops": 5000.0, "memory_mb": 0.2}
+    plan = planned(utilities, budgets)
+    assert plan.within_budgets()
+    assert max(plan.utilisation().values()) > 0.9
+    assert plan.compatibility() == 1.0
+    assert all(c.method in ("none", c.allowed) for c in plan.choices)
+
+
+def test_more_useful_sites_of_a_kind_get_larger_sizes():
+    utilities = [float(u) for u in range(1, 15)]
+    plan = planned(utilities, {"params": 4000.0})
+    for kind in ("query", "attn_block", "attention"):
+        sizes = [c.size for c in plan.choices if c.kind == kind]
+        assert sizes == sorted(sizes)  # utilities rise with the layer index within each kind
+    assert all(share == 1.0 for share in plan.rank_utility_consistency().values())
+    assert plan.rank_utility_spearman() > 0
+
+
+def test_plan_json_round_trips_and_is_deterministic():
+    plan = planned([float(u % 5 + 1) for u in range(14)], {"params": 2500.0})
+    again = planned([float(u % 5 + 1) for u in range(14)], {"params": 2500.0})
+    assert plan.to_json() == again.to_json()
+    restored = Plan.from_json(plan.to_json())
+    assert restored.to_json() == plan.to_json()
+    data = json.loads(plan.to_json())
+    assert {"sites", "totals", "utilisation", "compatibility", "method_diversity", "rank_utility_spearman",
+            "rank_utility_consistency"} <= data.keys()
+
+
+def test_consistency_counts_pairs_ordered_against_their_utilities():
+    plan = planned([1.0] * 14, {"params": 2500.0})
+    choices = [c for c in plan.choices if c.kind == "query"]
+    swapped = [c.__class__(**{**c.__dict__, "method": "lora", "size": size, "utility": u})
+               for c, size, u in zip(choices, (4, 2), (1.0, 2.0))]
+    assert Plan(swapped, {}, 0.0).rank_utility_consistency() == {"lora": 0.0}
+
+
+def test_an_unknown_budget_is_a_one_line_error_naming_it():
+    with pytest.raises(LayerLensError, match="budget: unknown limit 'seconds'"):
+        planned([1.0] * 14, {"seconds": 10.0})
+
+
+@pytest.mark.parametrize("settings,field", [({"sizes": {"lora": [0]}}, "sizes.lora"),
+                                            ({"sizes": {"magic": [1]}}, "sizes"),
+                                            ({"gain_exponent": 1.5}, "gain_exponent")])
+def test_bad_planner_settings_name_the_field(settings, field):
+    with pytest.raises(LayerLensError, match=f"baseline.planner.{field}"):
+        PlannerSettings(**settings)
