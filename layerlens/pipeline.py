@@ -103,6 +103,18 @@ def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:
     )
 
 
+class CheckpointFromStep(ModelCheckpoint):
+    """ModelCheckpoint that saves nothing before optimiser step `first_step`."""
+
+    def __init__(self, first_step: int, **kwargs):
+        super().__init__(**kwargs)
+        self.first_step = first_step
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates):
+        if trainer.global_step >= self.first_step:
+            super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+
 def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) -> float:
     """Train and evaluate one configuration; returns the task's headline metric on its eval split."""
     s = resolve_settings(cfg)
@@ -118,7 +130,8 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
         trainable = count_parameters(model, trainable_only=True)
         module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
         timer = FitTimer()
-        checkpoint = ModelCheckpoint(
+        checkpoint = CheckpointFromStep(
+            adapted.first_checkpoint_step,
             dirpath=Path(output_dir) / "checkpoints",
             filename="best-{epoch}-{step}",
             monitor=s.task.headline_metric,

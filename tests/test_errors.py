@@ -23,7 +23,7 @@ def all_runs(tracking_uri):
     [
         (["task=foo"], "error: unknown task 'foo' (choose from: mrpc, rte)"),
         (["model=gpt9"], "error: unknown model 'gpt9' (choose from: bert_base, minilm_l6, tiny)"),
-        (["-m", "baseline=lora,magic"], "error: unknown baseline 'magic' (choose from: full_ft, lora)"),
+        (["-m", "baseline=lora,magic"], "error: unknown baseline 'magic' (choose from: adalora, full_ft, layerlens, lora)"),
         (["model=tiny", "trainer.max_epochs=0"], "error: trainer.max_epochs must be an integer >= 1, got 0"),
         (["model=tiny", "data.batch_size=-4"], "error: data.batch_size must be an integer >= 1, got -4"),
         (["model=tiny", "baseline.lr=0"], "error: baseline.lr must be a positive number, got 0"),

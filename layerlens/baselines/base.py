@@ -27,3 +27,6 @@ class Adapted:
     metrics: dict[str, float] = field(default_factory=dict)
     artifacts: list[Path] = field(default_factory=list)
     callbacks: list = field(default_factory=list)
+    # The best checkpoint is chosen among those saved from this optimiser step on: the model the
+    # adaptation promised (e.g. AdaLoRA within its budget only after its final rank allocation).
+    first_checkpoint_step: int = 0

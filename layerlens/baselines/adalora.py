@@ -1,0 +1,270 @@
+"""AdaLoRA through peft: SVD-shaped adapters whose ranks are pruned by importance while training.
+
+The final budget is LayerLens's parameter budget. peft budgets AdaLoRA in ranks (triplets of a singular value
+and its two singular vectors); a rank of a module with inputs d_in and outputs d_out costs d_in + d_out + 1
+parameters, so a rank count cannot bound parameters when modules differ in shape (a BERT feed-forward rank
+costs 2.5 times an attention one). With a parameter limit, the allocator below keeps peft's importance scores,
+cubic schedule and masking, and only changes which triplets survive a masking: the highest-scoring ones whose
+summed cost fits the scheduled parameter budget, which ends at the limit. Without a limit it is peft's own.
+"""
+
+import copy
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+from lightning.pytorch.callbacks import Callback
+from peft import AdaLoraConfig, PeftModel, TaskType, get_peft_model
+from peft.tuners.adalora.layer import RankAllocator
+from peft.tuners.tuners_utils import check_target_module_exists
+from torch import nn
+
+from layerlens.baselines.base import AdaptContext, Adapted
+from layerlens.baselines.validation import require_positive
+from layerlens.errors import LayerLensError
+
+log = logging.getLogger(__name__)
+
+# Every linear of a BERT encoder layer (query, key, value, attention output, intermediate, output), not the
+# pooler: peft matches a string against the whole module name.
+ENCODER_LINEARS = (r".*\.layer\.\d+\."
+                   r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)")
+
+
+def require_int(field: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise LayerLensError(f"{field} must be an integer >= {minimum}, got {value!r}")
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def require_fraction(field: str, value, low_open: bool) -> None:
+    if not (is_number(value) and (0 < value < 1 if low_open else 0 <= value < 1)):
+        raise LayerLensError(f"{field} must be in {'(0' if low_open else '[0'}, 1), got {value!r}")
+
+
+def rank_costs(model: nn.Module, adapter: str = "default") -> dict[str, int]:
+    """Parameters per rank of each adapted module (d_in + d_out + 1), keyed by its lora_E parameter's name."""
+    params = dict(model.named_parameters())
+    return {name.replace("lora_A", "lora_E"): p.shape[1] + params[name.replace("lora_A", "lora_B")].shape[0] + 1
+            for name, p in params.items() if f"lora_A.{adapter}" in name}
+
+
+def predicted_rank_costs(model: nn.Module, config: AdaLoraConfig, adapter: str = "default") -> dict[str, int]:
+    """`rank_costs` of the model peft would build from `config`, read before wrapping it (to choose init_r)."""
+    config = copy.copy(config)
+    config.modules_to_save = ["classifier", "score"]  # what peft's SEQ_CLS model adds, and never adapts
+    return {f"{name}.lora_E.{adapter}": module.in_features + module.out_features + 1
+            for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and check_target_module_exists(config, name)}
+
+
+class ParamBudgetAllocator(RankAllocator):
+    """peft's RankAllocator whose masking keeps the best triplets that fit a parameter budget, not a rank count.
+
+    peft's schedule still yields a rank budget b from init_bgt (every rank) down to target_bgt; it is mapped
+    linearly onto parameters, from every rank's parameters down to `params_limit`.
+    """
+
+    def __init__(self, model, peft_config, adapter_name, costs: dict[str, int], target_rank: int, params_limit: int):
+        super().__init__(model, peft_config, adapter_name)
+        self.costs, self.params_limit = costs, params_limit
+        self.target_bgt = target_rank  # peft sets target_r x modules; any total is allowed
+        self.init_params = sum(cost * model.get_parameter(name).shape[0] for name, cost in costs.items())
+
+    def params_budget(self, budget: int) -> float:
+        if budget <= self.target_bgt:
+            return self.params_limit
+        share = (budget - self.target_bgt) / (self.init_bgt - self.target_bgt)
+        return self.params_limit + share * (self.init_params - self.params_limit)
+
+    def triplet_scores(self) -> dict[str, torch.Tensor]:
+        """Each module's score per triplet, as peft's mask_to_budget computes it."""
+        scores = {}
+        for name_m in self.name_set:
+            ipt_a = self._element_score(name_m % "lora_A").mean(dim=1, keepdim=True)
+            ipt_b = self._element_score(name_m % "lora_B").mean(dim=0).view(-1, 1)
+            scores[name_m % "lora_E"] = self._combine_ipt(self._element_score(name_m % "lora_E"),
+                                                          torch.cat([ipt_a, ipt_b], dim=1))
+        return scores
+
+    def mask_to_budget(self, model, budget):
+        scores = self.triplet_scores()
+        names = list(scores)
+        flat = torch.cat([scores[n] for n in names])
+        costs = torch.cat([torch.full_like(scores[n], float(self.costs[n]), dtype=torch.float64) for n in names])
+        order = torch.argsort(flat, descending=True, stable=True)
+        keep = torch.zeros_like(flat, dtype=torch.bool)
+        keep[order] = torch.cumsum(costs[order].cpu(), 0).to(flat.device) <= self.params_budget(budget)
+        rank_pattern = {}
+        with torch.no_grad():
+            for name, kept in zip(names, keep.split([len(scores[n]) for n in names])):
+                model.get_parameter(name).masked_fill_(~kept.view(-1, 1), 0.0)
+                rank_pattern[name] = kept.tolist()
+        return rank_pattern
+
+
+class AdaLoraSchedule(Callback):
+    """Calls peft's `update_and_allocate` after every optimiser step.
+
+    Lightning's automatic optimisation zeroes gradients inside the next step's closure, just before its
+    backward, so in `on_train_batch_end` the step's gradients are still there, as AdaLoRA's sensitivities need.
+    Steps are counted from 1 (`trainer.global_step` after the step), so the final allocation happens at step
+    total_step - tfinal even when tfinal is 0.
+    """
+
+    def __init__(self, model: PeftModel, costs: dict[str, int], adapter: str = "default"):
+        self.tuner, self.costs, self.adapter = model.base_model, costs, adapter
+        self.last_step = 0
+        self.final_rank = self.final_params = None
+
+    def kept(self) -> tuple[int, int]:
+        """Total rank and adapter parameters the current rank pattern keeps."""
+        pattern = self.tuner.peft_config[self.adapter].rank_pattern
+        if pattern is None:
+            ranks = {name: self.tuner.model.get_parameter(name).shape[0] for name in self.costs}
+        else:
+            ranks = {name: int(sum(pattern[name])) for name in self.costs}
+        return sum(ranks.values()), sum(rank * self.costs[name] for name, rank in ranks.items())
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step == self.last_step:  # accumulating gradients: no optimiser step on this batch
+            return
+        self.last_step = step
+        self.tuner.update_and_allocate(step)
+        config = self.tuner.peft_config[self.adapter]
+        rank, params = self.kept()
+        if step == config.total_step - config.tfinal:
+            self.final_rank, self.final_params = rank, params
+        pl_module.log_dict({"adalora/rank": float(rank), "adalora/params": float(params)}, batch_size=1)
+
+    def on_train_end(self, trainer, pl_module):
+        if self.final_rank is None:
+            config = self.tuner.peft_config[self.adapter]
+            log.warning("AdaLoRA stopped at step %d before its final allocation at step %d: ranks are not at the "
+                        "final budget", self.last_step, config.total_step - config.tfinal)
+            return
+        if trainer.logger is not None:
+            trainer.logger.log_metrics({"adalora/final_rank": float(self.final_rank),
+                                        "adalora/final_params": float(self.final_params)}, step=trainer.global_step)
+
+
+@dataclass
+class AdaLoraBaseline:
+    """AdaLoRA (peft) whose final budget is the run's parameter budget; see the module docstring.
+
+    `init_r` is a floor on the initial rank per module: the rank used is the larger of it and
+    ceil(init_ratio x the average final rank). `target_r` is the average final rank when the budget sets no
+    parameter limit. `tinit` and `tfinal` are fractions of the planned optimiser steps.
+    """
+
+    name: str = "adalora"
+    lr: float = 1.5e-3
+    init_r: int = 4
+    init_ratio: float = 1.5
+    target_r: int = 8
+    tinit: float = 0.1
+    tfinal: float = 0.5
+    deltaT: int = 10
+    beta1: float = 0.85
+    beta2: float = 0.85
+    orth_reg_weight: float = 0.1
+    lora_alpha: float = 16
+    lora_dropout: float = 0.1
+    target_modules: str | list[str] = ENCODER_LINEARS
+
+    def __post_init__(self):
+        require_positive("baseline.lr", self.lr)
+        require_int("baseline.init_r", self.init_r, 1)
+        if not (is_number(self.init_ratio) and self.init_ratio > 1):
+            raise LayerLensError(f"baseline.init_ratio must be a number > 1, got {self.init_ratio!r}")
+        require_int("baseline.target_r", self.target_r, 1)
+        require_fraction("baseline.tinit", self.tinit, low_open=False)
+        require_fraction("baseline.tfinal", self.tfinal, low_open=False)
+        if not self.tinit + self.tfinal < 1:
+            raise LayerLensError(f"baseline.tinit + baseline.tfinal must be < 1 to leave steps for budgeting, "
+                                 f"got {self.tinit} + {self.tfinal}")
+        require_int("baseline.deltaT", self.deltaT, 1)
+        require_fraction("baseline.beta1", self.beta1, low_open=True)
+        require_fraction("baseline.beta2", self.beta2, low_open=True)
+        if not (is_number(self.orth_reg_weight) and self.orth_reg_weight >= 0):
+            raise LayerLensError(f"baseline.orth_reg_weight must be a number >= 0, got {self.orth_reg_weight!r}")
+        require_positive("baseline.lora_alpha", self.lora_alpha)
+        require_fraction("baseline.lora_dropout", self.lora_dropout, low_open=False)
+        if not self.target_modules:
+            raise LayerLensError("baseline.target_modules must name at least one module")
+
+    def peft_config(self, total_steps: int, init_r: int, target_r: int) -> AdaLoraConfig:
+        target = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+        return AdaLoraConfig(
+            task_type=TaskType.SEQ_CLS,  # keeps the task head ("classifier") trainable
+            init_r=init_r,
+            target_r=target_r,
+            tinit=int(self.tinit * total_steps),  # floors: tinit + tfinal < 1 leaves >= 1 budgeting step
+            tfinal=int(self.tfinal * total_steps),
+            deltaT=self.deltaT,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            orth_reg_weight=self.orth_reg_weight,
+            total_step=total_steps,
+            lora_alpha=self.lora_alpha,
+            lora_dropout=self.lora_dropout,
+            target_modules=target,
+        )
+
+    def wrap(self, model: nn.Module, config: AdaLoraConfig) -> PeftModel:
+        try:
+            return get_peft_model(model, config)
+        except ValueError as err:  # peft's message for a target module the model does not have
+            raise LayerLensError(f"baseline.target_modules: {str(err).splitlines()[0]}") from None
+
+    def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapted:
+        if ctx.total_steps < 1:
+            raise LayerLensError(f"trainer: AdaLoRA needs at least one planned optimiser step, got {ctx.total_steps}")
+        limit = ctx.budget.params_limit(ctx.backbone_params)
+        costs = predicted_rank_costs(model, self.peft_config(ctx.total_steps, 1, 1))
+        if not costs:
+            raise LayerLensError(f"baseline.target_modules: {self.target_modules!r} matches no linear layer")
+        modules, cost_per_rank = len(costs), sum(costs.values())  # cost_per_rank: one rank in every module
+        if limit is None:
+            avg_rank, target_rank = float(self.target_r), self.target_r * modules
+        else:
+            if limit < min(costs.values()):
+                raise LayerLensError(f"budget: a limit of {limit} added parameters cannot hold one AdaLoRA rank "
+                                     f"(the cheapest target module's costs {min(costs.values())})")
+            avg_rank = limit / cost_per_rank
+            target_rank = max(1, math.floor(avg_rank * modules))
+        init_r = max(self.init_r, math.ceil(self.init_ratio * avg_rank))
+        config = self.peft_config(ctx.total_steps, init_r, max(1, target_rank // modules))
+        peft_model = self.wrap(model, config)
+        tuner = peft_model.base_model
+        if rank_costs(tuner.model) != costs:
+            raise RuntimeError("peft adapted other modules than predicted: "
+                               f"{sorted(set(rank_costs(tuner.model)) ^ set(costs))}")
+        if limit is not None:
+            tuner.rankallocator = ParamBudgetAllocator(tuner.model, config, tuner.trainable_adapter_name, costs,
+                                                       target_rank, limit)
+        else:
+            tuner.rankallocator.target_bgt = target_rank
+        metrics = {
+            "adalora/init_r": float(init_r),
+            "adalora/modules": float(modules),
+            "adalora/target_rank": float(target_rank),
+            "adalora/avg_target_rank": avg_rank,
+            "adalora/init_params": float(init_r * cost_per_rank),
+            "adalora/tinit_steps": float(config.tinit),
+            "adalora/tfinal_steps": float(config.tfinal),
+            "adalora/final_allocation_step": float(config.total_step - config.tfinal),
+        }
+        if limit is not None:
+            metrics["adalora/params_limit"] = float(limit)
+        log.info("AdaLoRA: %d modules, init rank %d, final total rank %d (avg %.2f), params limit %s, "
+                 "budgeting steps %d..%d of %d", modules, init_r, target_rank, avg_rank, limit, config.tinit,
+                 config.total_step - config.tfinal, config.total_step)
+        return Adapted(peft_model, metrics=metrics, callbacks=[AdaLoraSchedule(peft_model, costs)],
+                       first_checkpoint_step=config.total_step - config.tfinal)
+
