@@ -179,3 +179,17 @@ def test_seed_column_orders_numbers_numerically_and_other_tags_after():
     rows = [{"run_id": f"r{i}", "run_name": f"lora-{s}", "task": "mrpc", "model": "m", "baseline": "lora", "seed": s,
              "val/acc": 0.8} for i, s in enumerate(["10", "2", "²", "x"])]
     assert summarise(pd.DataFrame(rows), []).loc[0, "seeds"] == "2,10,x,²"
+
+
+def test_plan_checks_list_each_planned_run_and_skip_the_others():
+    from layerlens.reporting.comparison import plan_checks
+
+    runs = pd.DataFrame([
+        {"task": "mrpc", "model": "m", "run_name": "lora-mrpc-s0", "val/acc": 0.8},
+        {"task": "mrpc", "model": "m", "run_name": "layerlens-mrpc-s1", "profile/grad_corr": 0.97,
+         "profile/fisher_corr": 0.98, "plan/utilisation/params": 0.99, "plan/consistency/lora": 1.0},
+    ])
+    checks = plan_checks(runs)
+    assert list(checks["run_name"]) == ["layerlens-mrpc-s1"]
+    assert checks.loc[0, "grad corr"] == 0.97 and checks.loc[0, "params budget used"] == 0.99
+    assert plan_checks(runs.iloc[:1]).empty

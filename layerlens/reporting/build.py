@@ -5,7 +5,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from layerlens.errors import LayerLensError
-from layerlens.reporting.comparison import Target, summarise
+from layerlens.reporting.comparison import Target, plan_checks, summarise
 from layerlens.reporting.render import print_report, provenance, write_report
 from layerlens.reporting.runs import finished_runs
 
@@ -20,5 +20,6 @@ def make_report(cfg: DictConfig) -> tuple[Path, Path]:
     sweep = runs["sweep"].iloc[0] if cfg.sweep else None
     header = provenance(cfg.tracking_uri, sweep, cfg.targets.reference)
     stem = f"comparison-{sweep or 'all'}" + (f"-{cfg.task_name}" if cfg.task_name else "")
-    print_report(table, targets, header)
-    return write_report(table, targets, header, Path(cfg.out_dir), stem)
+    checks = plan_checks(runs)
+    print_report(table, targets, header, checks=checks)
+    return write_report(table, targets, header, Path(cfg.out_dir), stem, checks)

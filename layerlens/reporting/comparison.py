@@ -80,6 +80,32 @@ def summarise(runs: pd.DataFrame, targets: list[Target], reference: str = "full_
     return table
 
 
+PLAN_CHECKS = {
+    "profile/grad_corr": "grad corr",
+    "profile/grad_corr_p": "grad corr p",
+    "profile/fisher_corr": "Fisher corr",
+    "profile/fisher_corr_p": "Fisher corr p",
+    "profile/utility_cv": "utility CV",
+    "plan/utilisation/params": "params budget used",
+    "plan/compatibility": "compatibility",
+    "plan/consistency/lora": "consistency lora",
+    "plan/consistency/adapter": "consistency adapter",
+    "plan/consistency/prefix": "consistency prefix",
+    "plan/rank_utility_spearman": "rank-utility Spearman",
+    "plan/method_diversity": "methods used",
+    "time/profile_s": "profile s",
+}
+
+
+def plan_checks(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per run that profiled and planned: its split-half utility checks and its plan's checks."""
+    present = [metric for metric in PLAN_CHECKS if metric in runs]
+    if "profile/grad_corr" not in present:
+        return pd.DataFrame()
+    planned = runs.dropna(subset=["profile/grad_corr"]).sort_values(["task", "model", "run_name"])
+    return planned[["task", "model", "run_name", *present]].rename(columns=PLAN_CHECKS).reset_index(drop=True)
+
+
 def label_variants(runs: pd.DataFrame) -> pd.DataFrame:
     """Add a `variant` column: `key=value, ...` over the config keys that vary within a baseline's runs."""
     if "config" not in runs:

@@ -44,21 +44,39 @@ def display_frame(table: pd.DataFrame, targets: list[Target]) -> pd.DataFrame:
     return shown
 
 
-def write_report(table: pd.DataFrame, targets: list[Target], header: str, out_dir: Path, stem: str) -> tuple[Path, Path]:
+CHECKS_NOTE = (
+    "Per run. grad/Fisher corr: Spearman correlation, over sites, of the utility from the even-numbered "
+    "profiling batches with the gradient norm (Fisher trace) from the odd-numbered ones, with its p-value. "
+    "consistency: share of same-method site pairs whose sizes are ordered like their utilities."
+)
+
+
+def write_report(table: pd.DataFrame, targets: list[Target], header: str, out_dir: Path, stem: str,
+                 checks: pd.DataFrame | None = None) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown, csv = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
     shown = display_frame(table, targets)
-    markdown.write_text(f"# LayerLens comparison\n\n{header}\n\n{shown.to_markdown(index=False)}\n")
+    text = f"# LayerLens comparison\n\n{header}\n\n{shown.to_markdown(index=False)}\n"
+    if checks is not None and not checks.empty:
+        text += f"\n## Profiling and plan checks\n\n{CHECKS_NOTE}\n\n{checks.to_markdown(index=False, floatfmt='.4g')}\n"
+        checks.to_csv(out_dir / f"{stem}-plan-checks.csv", index=False)
+    markdown.write_text(text)
     table.to_csv(csv, index=False)
     return markdown, csv
 
 
-def print_report(table: pd.DataFrame, targets: list[Target], header: str, console: Console | None = None) -> None:
+def _rich_table(frame: pd.DataFrame, title: str, caption: str) -> Table:
+    table = Table(title=title, caption=caption, caption_justify="left")
+    for column in frame.columns:
+        table.add_column(column, overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in row))
+    return table
+
+
+def print_report(table: pd.DataFrame, targets: list[Target], header: str, console: Console | None = None,
+                 checks: pd.DataFrame | None = None) -> None:
     console = console or Console(width=250)
-    shown = display_frame(table, targets)
-    rich_table = Table(title="LayerLens comparison", caption=header, caption_justify="left")
-    for column in shown.columns:
-        rich_table.add_column(column, overflow="fold")
-    for row in shown.itertuples(index=False):
-        rich_table.add_row(*map(str, row))
-    console.print(rich_table)
+    console.print(_rich_table(display_frame(table, targets), "LayerLens comparison", header))
+    if checks is not None and not checks.empty:
+        console.print(_rich_table(checks, "Profiling and plan checks", CHECKS_NOTE))
