@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# The MRPC baseline sweep behind the README's numbers: full_ft and lora, seeds 0-2, default backbone
-# and settings, as one Hydra multirun; then the report. Writes experiments/results/<date>-<UTC time>-mrpc-baselines/
-# (report, machine description, the exact command). Extra arguments are passed to layerlens.run.
+# The MRPC baseline sweep behind the README's numbers: the baselines in $BASELINES (default full_ft,lora),
+# seeds 0-2, default backbone and settings, as one Hydra multirun; then the report. Writes
+# experiments/results/<date>-<UTC time>-mrpc-<baselines>/ (report, machine description, the exact command).
+# Extra arguments are passed to layerlens.run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out="experiments/results/$(date -u +%F-%H%M)-mrpc-baselines"
+baselines="${BASELINES:-full_ft,lora}"
+out="experiments/results/$(date -u +%F-%H%M)-mrpc-${baselines//,/-}"
 mkdir -p "$out"
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
-cmd=(python -m layerlens.run -m task=mrpc seed=0,1,2 baseline=full_ft,lora trainer.enable_progress_bar=false "$@")
+cmd=(python -m layerlens.run -m task=mrpc baseline=$baselines seed=0,1,2 trainer.enable_progress_bar=false "$@")
 {
   echo "command: ${cmd[*]}"
   echo "then:    python -m layerlens.report sweep=latest task_name=mrpc out_dir=$out"
