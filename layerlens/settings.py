@@ -7,6 +7,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from layerlens.baselines.validation import require_int
 from layerlens.budget import Budget
 from layerlens.data.tasks import TaskSpec
 from layerlens.errors import LayerLensError
@@ -37,12 +38,6 @@ def build(cfg: DictConfig, key: str, **kwargs):
             raise cause from None
         detail = str(cause or err).strip().splitlines()[0]
         raise LayerLensError(f"{key}: {detail}") from None
-
-
-def require_int(field: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise LayerLensError(f"{field} must be an integer >= {minimum}, got {value!r}")
-    return value
 
 
 def resolve_settings(cfg: DictConfig) -> RunSettings:

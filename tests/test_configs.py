@@ -17,7 +17,7 @@ def options(group: str) -> list[str]:
 def test_groups_hold_the_documented_options():
     assert options("model") == ["bert_base", "minilm_l6", "tiny"]
     assert options("task") == ["mrpc", "rte"]
-    assert set(options("baseline")) >= {"full_ft", "lora"}
+    assert options("baseline") == ["adalora", "full_ft", "layerlens", "lora"]
     for group in GROUPS:
         assert options(group), group
 
@@ -55,8 +55,14 @@ def test_experiment_config_holds_only_overrides(tracking_uri):
     assert cfg.model.name == "tiny" and cfg.trainer.limit_train_batches == 3
 
 
+def test_plan_config_is_the_run_config_with_the_layerlens_baseline(tracking_uri):
+    cfg = compose_config("plan", ["budget.params_pct=0.1", "task=rte"])
+    assert cfg.baseline.name == "layerlens" and cfg.budget.params_pct == 0.1 and cfg.task.name == "rte"
+    assert resolve_settings(cfg).baseline.planner.gain_exponent == 0.5
+
+
 def test_report_and_evaluate_configs_compose(tracking_uri):
     report = compose_config("report")
-    assert report.targets.reference == "full_ft" and len(report.targets.checks) == 3
+    assert report.targets.reference == "full_ft" and len(report.targets.checks) == 4
     evaluate = compose_config("evaluate", ["run_id=abc", "file=x.tsv"])
     assert evaluate.tracking_uri == tracking_uri

@@ -105,6 +105,8 @@ def test_report_latest_sweep_and_unknown_sweep(store, tmp_path):
     uri, _, _ = store
     _, csv = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=latest", f"out_dir={tmp_path}"]))
     assert csv.name == "comparison-s1.csv"
+    markdown, csv = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=[s1,nope]", f"out_dir={tmp_path}"]))
+    assert csv.name == "comparison-s1.csv" and list(pd.read_csv(csv)["n_runs"]) == [2, 2]
     with pytest.raises(LayerLensError, match="no finished LayerLens runs match"):
         make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=nope", f"out_dir={tmp_path}"]))
 

@@ -21,7 +21,7 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
-from layerlens.baselines.validation import require_positive
+from layerlens.baselines.validation import is_number, require_fraction, require_int, require_positive
 from layerlens.errors import LayerLensError
 
 log = logging.getLogger(__name__)
@@ -30,20 +30,6 @@ log = logging.getLogger(__name__)
 # pooler: peft matches a string against the whole module name.
 ENCODER_LINEARS = (r".*\.layer\.\d+\."
                    r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)")
-
-
-def require_int(field: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise LayerLensError(f"{field} must be an integer >= {minimum}, got {value!r}")
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def require_fraction(field: str, value, low_open: bool) -> None:
-    if not (is_number(value) and (0 < value < 1 if low_open else 0 <= value < 1)):
-        raise LayerLensError(f"{field} must be in {'(0' if low_open else '[0'}, 1), got {value!r}")
 
 
 def rank_costs(model: nn.Module, adapter: str = "default") -> dict[str, int]:

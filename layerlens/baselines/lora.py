@@ -4,7 +4,7 @@ from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
-from layerlens.baselines.validation import require_positive
+from layerlens.baselines.validation import require_fraction, require_positive
 from layerlens.errors import LayerLensError
 
 
@@ -30,8 +30,7 @@ class LoraBaseline:
         if not isinstance(self.r, int) or self.r < 1:
             raise LayerLensError(f"baseline.r must be an integer >= 1, got {self.r!r}")
         require_positive("baseline.lora_alpha", self.lora_alpha)
-        if not 0 <= self.lora_dropout < 1:
-            raise LayerLensError(f"baseline.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        require_fraction("baseline.lora_dropout", self.lora_dropout)
         if not self.target_modules:
             raise LayerLensError("baseline.target_modules must name at least one module")
 

@@ -5,7 +5,7 @@ from peft.utils import CONFIG_NAME
 from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
-from layerlens.baselines.validation import require_positive
+from layerlens.baselines.validation import require_fraction, require_positive
 from layerlens.building import apply_plan, lora_config
 from layerlens.errors import LayerLensError
 from layerlens.planning.costs import SiteSpec, Workload
@@ -33,8 +33,7 @@ class LayerLensBaseline:
     def __post_init__(self):
         require_positive("baseline.lr", self.lr)
         require_positive("baseline.lora_alpha_ratio", self.lora_alpha_ratio)
-        if not 0 <= self.lora_dropout < 1:
-            raise LayerLensError(f"baseline.lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
+        require_fraction("baseline.lora_dropout", self.lora_dropout)
         unknown = [kind for kind in self.sites if kind not in BERT_SITES]
         if unknown or not self.sites:
             raise LayerLensError(f"baseline.sites: {unknown[0] + ' is unknown' if unknown else 'none given'} "

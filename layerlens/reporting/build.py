@@ -17,7 +17,7 @@ def make_report(cfg: DictConfig) -> tuple[Path, Path]:
         raise LayerLensError(f"targets.checks: {err}") from None
     runs = finished_runs(cfg.tracking_uri, sweep=cfg.sweep, task=cfg.task_name)
     table = summarise(runs, targets, reference=cfg.targets.reference)
-    sweep = runs["sweep"].iloc[0] if cfg.sweep else None
+    sweep = "+".join(sorted(runs["sweep"].unique())) if cfg.sweep else None
     header = provenance(cfg.tracking_uri, sweep, cfg.targets.reference)
     stem = f"comparison-{sweep or 'all'}" + (f"-{cfg.task_name}" if cfg.task_name else "")
     checks = plan_checks(runs)

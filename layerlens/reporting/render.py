@@ -13,7 +13,7 @@ LABELS = {"acc": "acc", "f1": "F1", "trainable_pct": "trainable %", "train_s": "
 
 
 def provenance(tracking_uri: str, sweep: str | None, reference: str) -> str:
-    scope = f"sweep {sweep}" if sweep else "all finished runs"
+    scope = f"sweep {sweep.replace('+', ' + sweep ')}" if sweep else "all finished runs"
     return (
         f"Source: MLflow store {tracking_uri}, {scope}. acc and F1: each run's best checkpoint on its task's "
         f"dev split; mean ± sample std over the n seeds of each row. Ratios: row mean / {reference} mean for the "

@@ -10,8 +10,8 @@ NOT_CONFIG = ("seed", "logger.", "trainer.enable_progress_bar", "trainer.enable_
               "trainer.log_every_n_steps", "data.num_workers", "data.eval_batch_size")
 
 
-def finished_runs(tracking_uri: str, sweep: str | None = None, task: str | None = None) -> pd.DataFrame:
-    """Every FINISHED run that LayerLens tagged; `sweep="latest"` picks the newest sweep."""
+def finished_runs(tracking_uri: str, sweep: str | list[str] | None = None, task: str | None = None) -> pd.DataFrame:
+    """Every FINISHED run that LayerLens tagged, of one sweep or several; `sweep="latest"` picks the newest."""
     client = MlflowClient(tracking_uri)
     experiment_ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY)]
     query = "attributes.status = 'FINISHED' and tags.baseline LIKE '%'"
@@ -41,5 +41,5 @@ def finished_runs(tracking_uri: str, sweep: str | None = None, task: str | None 
         if sweep is None:
             return runs.iloc[0:0]
     if sweep:
-        runs = runs[runs["sweep"] == sweep]
+        runs = runs[runs["sweep"].isin([sweep] if isinstance(sweep, str) else list(sweep))]
     return runs.reset_index(drop=True)
