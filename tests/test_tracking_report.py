@@ -187,8 +187,9 @@ def test_plan_checks_list_each_planned_run_and_skip_the_others():
     from layerlens.reporting.comparison import plan_checks
 
     runs = pd.DataFrame([
-        {"task": "mrpc", "model": "m", "run_name": "lora-mrpc-s0", "val/acc": 0.8},
-        {"task": "mrpc", "model": "m", "run_name": "layerlens-mrpc-s1", "profile/grad_corr": 0.97,
+        {"task": "mrpc", "model": "m", "run_name": "lora-mrpc-s0", "sweep": "a", "start_time": 1, "val/acc": 0.8},
+        {"task": "mrpc", "model": "m", "run_name": "layerlens-mrpc-s1", "sweep": "a", "start_time": 2,
+         "profile/grad_corr": 0.97,
          "profile/fisher_corr": 0.98, "plan/utilisation/params": 0.99, "plan/consistency/lora": 1.0},
     ])
     checks = plan_checks(runs)

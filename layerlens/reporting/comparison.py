@@ -102,8 +102,8 @@ def plan_checks(runs: pd.DataFrame) -> pd.DataFrame:
     present = [metric for metric in PLAN_CHECKS if metric in runs]
     if "profile/grad_corr" not in present:
         return pd.DataFrame()
-    planned = runs.dropna(subset=["profile/grad_corr"]).sort_values(["task", "model", "run_name"])
-    return planned[["task", "model", "run_name", *present]].rename(columns=PLAN_CHECKS).reset_index(drop=True)
+    planned = runs.dropna(subset=["profile/grad_corr"]).sort_values(["task", "model", "run_name", "start_time"])
+    return planned[["task", "model", "run_name", "sweep", *present]].rename(columns=PLAN_CHECKS).reset_index(drop=True)
 
 
 def label_variants(runs: pd.DataFrame) -> pd.DataFrame:
