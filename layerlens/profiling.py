@@ -79,8 +79,8 @@ def profile_sites(model: nn.Module, sites: list[Site], batches, settings: Profil
     """One forward and backward pass per batch, every weight requiring gradients; hooks reduce each
     parameter's gradient to its statistics as soon as it is accumulated and free it."""
     start = time.perf_counter()
-    params = {id(p): p for site in sites for m in site.profiled for p in m.parameters()}
-    sums = {key: torch.zeros(2, dtype=torch.float64) for key in params}  # (sum g^2, sum |w g|)
+    site_params = [[id(p) for m in site.profiled for p in m.parameters()] for site in sites]
+    sums = {key: torch.zeros(2, dtype=torch.float64) for keys in site_params for key in keys}  # (sum g^2, sum |w g|)
 
     def reduce(p):
         g = p.grad.detach()
@@ -92,7 +92,6 @@ def profile_sites(model: nn.Module, sites: list[Site], batches, settings: Profil
     model.eval()  # no dropout: the statistics measure the weights, not a random mask
     model.requires_grad_(True)
     handles = [p.register_post_accumulate_grad_hook(reduce) for p in model.parameters()]
-    site_params = [[id(p) for m in site.profiled for p in m.parameters()] for site in sites]
     rows, tokens, lengths = [], [], []
     try:
         taken = list(islice(batches, settings.num_batches))

@@ -118,7 +118,7 @@ def test_more_profiling_batches_than_the_data_has_is_an_error(compose_run, tmp_p
         plan_experiment(cfg, tmp_path)
 
 
-def test_sites_are_found_in_both_heads(compose_run):
+def test_sites_are_found_in_both_heads():
     from layerlens.models import RandomBertBackbone
 
     for pooling in ("cls", "mean"):
