@@ -1,6 +1,8 @@
+import math
 from dataclasses import dataclass
 
 from layerlens.errors import LayerLensError
+from layerlens.validation import at_least, is_number
 
 
 @dataclass
@@ -14,12 +16,12 @@ class Budget:
     latency_ms: float | None = None  # added latency per batch
 
     def __post_init__(self):
-        if self.params_pct is not None and not 0 < self.params_pct <= 100:
-            raise LayerLensError(f"budget.params_pct must be in (0, 100], got {self.params_pct!r}")
+        if self.params_pct is not None and not (is_number(self.params_pct) and 0 < self.params_pct <= 100):
+            raise LayerLensError(f"budget.params_pct must be in (0, 100] or null, got {self.params_pct!r}")
         for name in ("params", "flops", "memory_mb", "latency_ms"):
             value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise LayerLensError(f"budget.{name} must be > 0 or null, got {value!r}")
+            if value is not None and not (is_number(value) and math.isfinite(value) and value > 0):
+                raise LayerLensError(f"budget.{name} must be a positive number or null, got {value!r}")
 
     def params_limit(self, backbone_params: int) -> int | None:
         """The tighter of `params` and `params_pct` as an absolute count of added parameters, or None."""
@@ -28,8 +30,24 @@ class Budget:
             limits.append(int(self.params_pct / 100 * backbone_params))
         return min(limits) if limits else None
 
+    def params_field(self, backbone_params: int) -> str | None:
+        """The field that sets `params_limit`: budget.params or budget.params_pct (the tighter), or None."""
+        if self.params_pct is None:
+            return None if self.params is None else "budget.params"
+        if self.params is not None and self.params <= int(self.params_pct / 100 * backbone_params):
+            return "budget.params"
+        return "budget.params_pct"
+
     def limits(self, backbone_params: int) -> dict[str, float]:
         """Every limit that is set, by name: params, flops, memory_mb, latency_ms."""
         limits = {"params": self.params_limit(backbone_params), "flops": self.flops,
                   "memory_mb": self.memory_mb, "latency_ms": self.latency_ms}
         return {name: float(value) for name, value in limits.items() if value is not None}
+
+
+def params_pct_for(count: float, backbone_params: int) -> str:
+    """The smallest budget.params_pct, as printed (rounded up), whose limit holds `count` added parameters."""
+    share = 100 * math.ceil(count) / backbone_params
+    while int(float(at_least(share)) / 100 * backbone_params) < count:  # int() in params_limit rounds down
+        share *= 1.0001
+    return at_least(share)

@@ -13,6 +13,7 @@ from torch import nn
 
 from layerlens.errors import LayerLensError
 from layerlens.sites import Site
+from layerlens.validation import require_int, require_nonnegative
 
 STATISTICS = ("grad_norm", "fisher", "sensitivity")
 
@@ -24,14 +25,23 @@ class ProfileSettings:
     weights: dict[str, float] = field(default_factory=lambda: {"grad_norm": 1.0, "fisher": 1.0, "sensitivity": 1.0})
 
     def __post_init__(self):
-        if isinstance(self.num_batches, bool) or not isinstance(self.num_batches, int) or self.num_batches < 2:
-            raise LayerLensError(f"baseline.profile.num_batches must be an integer >= 2, got {self.num_batches!r}")
+        require_int("baseline.profile.num_batches", self.num_batches, 2)  # two halves for the validation
+        if not isinstance(self.weights, dict):
+            raise LayerLensError(f"baseline.profile.weights must map statistics ({', '.join(STATISTICS)}) to weights, "
+                                 f"got {self.weights!r}")
         unknown = set(self.weights) - set(STATISTICS)
         if unknown:
             raise LayerLensError(f"baseline.profile.weights: unknown statistic {sorted(unknown)[0]!r} "
                                  f"(choose from: {', '.join(STATISTICS)})")
-        if any(not w >= 0 for w in self.weights.values()) or not any(w > 0 for w in self.weights.values()):
-            raise LayerLensError(f"baseline.profile.weights must be >= 0 with one > 0, got {self.weights}")
+        for name, weight in self.weights.items():
+            require_nonnegative(f"baseline.profile.weights.{name}", weight)
+        if not any(w > 0 for w in self.weights.values()):
+            raise LayerLensError(f"baseline.profile.weights must have one weight > 0, got {self.weights}")
+
+
+def too_many_batches(num_batches: int, available: int) -> str:
+    return (f"baseline.profile.num_batches must be <= {available} (the training batches available), "
+            f"got {num_batches}")
 
 
 @dataclass
@@ -96,8 +106,7 @@ def profile_sites(model: nn.Module, sites: list[Site], batches, settings: Profil
     try:
         taken = list(islice(batches, settings.num_batches))
         if len(taken) < settings.num_batches:
-            raise LayerLensError(f"baseline.profile.num_batches is {settings.num_batches}, but the training "
-                                 f"split has only {len(taken)} batches")
+            raise LayerLensError(too_many_batches(settings.num_batches, len(taken)))
         for batch in track(taken, description="profiling", console=Console(stderr=True), transient=True):
             for s in sums.values():
                 s.zero_()

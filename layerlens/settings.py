@@ -7,7 +7,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from layerlens.baselines.validation import require_int
+from layerlens.validation import require_fraction, require_int, require_nonnegative
 from layerlens.budget import Budget
 from layerlens.data.tasks import TaskSpec
 from layerlens.errors import LayerLensError
@@ -43,14 +43,18 @@ def build(cfg: DictConfig, key: str, **kwargs):
 def resolve_settings(cfg: DictConfig) -> RunSettings:
     require_int("trainer.max_epochs", cfg.trainer.get("max_epochs"), 1)
     weight_decay, warmup_ratio = cfg.optim.weight_decay, cfg.optim.warmup_ratio
-    if not weight_decay >= 0:
-        raise LayerLensError(f"optim.weight_decay must be >= 0, got {weight_decay!r}")
-    if not 0 <= warmup_ratio < 1:
-        raise LayerLensError(f"optim.warmup_ratio must be in [0, 1), got {warmup_ratio!r}")
+    require_nonnegative("optim.weight_decay", weight_decay)
+    require_fraction("optim.warmup_ratio", warmup_ratio)
+    task = build(cfg, "task")
+    backbone = build(cfg, "model")
+    baseline = build(cfg, "baseline")
+    check_task = getattr(baseline, "check_task", None)  # checks of the baseline that need the task
+    if check_task is not None:
+        check_task(task)
     return RunSettings(
-        task=build(cfg, "task"),
-        backbone=build(cfg, "model"),
-        baseline=build(cfg, "baseline"),
+        task=task,
+        backbone=backbone,
+        baseline=baseline,
         budget=build(cfg, "budget"),
         tracker=build(cfg, "logger"),
         seed=require_int("seed", cfg.seed, 0),

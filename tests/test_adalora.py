@@ -143,10 +143,10 @@ def test_bad_config_names_the_field(compose_run, override, field):
 
 @pytest.mark.parametrize(
     "override,start",
-    [("baseline.target_modules=[nowhere]", "baseline.target_modules"), ("budget.params=50", "budget")],
+    [("baseline.target_modules=[nowhere]", "baseline.target_modules: "), ("budget.params=50", "budget.params must be >= ")],
 )
 def test_bad_targets_or_a_budget_below_one_rank_fail_in_one_line(compose_run, tmp_path, override, start):
-    with pytest.raises(LayerLensError, match=rf"^{start.replace('.', '[.]')}: ") as err:
+    with pytest.raises(LayerLensError, match=rf"^{start.replace('.', '[.]')}") as err:
         adapt(compose_run, tmp_path, override)
     assert "\n" not in str(err.value)
 

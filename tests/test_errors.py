@@ -5,6 +5,7 @@ from mlflow.tracking import MlflowClient
 
 from layerlens.errors import LayerLensError
 from layerlens.pipeline import run_experiment
+from layerlens.settings import resolve_settings
 from tests.conftest import run_module
 from tests.test_data import MRPC_HEADER, write_tsv
 
@@ -49,12 +50,92 @@ def test_entry_point_reports_bad_input_in_one_line(args, message, tmp_path):
         ("task.max_length=1", "task.max_length"),
         ("optim.warmup_ratio=1.5", "optim.warmup_ratio"),
         ("model.pooling=max", "model.pooling"),
+        ("budget.params_pct=0", "budget.params_pct"),
+        ("budget.params_pct=abc", "budget.params_pct"),
+        ("budget.params=0", "budget.params"),
+        ("budget.flops=-1", "budget.flops"),
+        ("budget.latency_ms=abc", "budget.latency_ms"),
+        ("budget.params=inf", "budget.params"),
+        ("baseline=lora baseline.r=true", "baseline.r"),
+        ("baseline=lora baseline.bias=some", "baseline.bias"),
+        ("baseline=lora baseline.layers_to_transform=[-1]", "baseline.layers_to_transform"),
+        ("baseline=adalora baseline.init_r=0", "baseline.init_r"),
+        ("baseline=adalora baseline.orth_reg_weight=-1", "baseline.orth_reg_weight"),
+        ("baseline=layerlens baseline.planner.sizes.prefix=4", "baseline.planner.sizes.prefix"),
+        ("baseline=layerlens baseline.planner.gain_exponent=0", "baseline.planner.gain_exponent"),
+        ("baseline=layerlens baseline.planner.flops_per_s=0", "baseline.planner.flops_per_s"),
+        ("baseline=layerlens baseline.profile.num_batches=1", "baseline.profile.num_batches"),
+        ("baseline=layerlens baseline.profile.weights.fisher=-1", "baseline.profile.weights.fisher"),
+        ("baseline=layerlens baseline.lora_alpha_ratio=0", "baseline.lora_alpha_ratio"),
+        ("baseline=full_ft baseline.lr=inf", "baseline.lr"),
+        ("optim.weight_decay=-1", "optim.weight_decay"),
+        ("model.num_hidden_layers=0", "model.num_hidden_layers"),
+        ("model.hidden_size=30 model.num_attention_heads=4", "model.hidden_size"),
     ],
 )
 def test_bad_config_values_fail_before_any_run_is_recorded(compose_run, tracking_uri, tmp_path, override, field):
     with pytest.raises(LayerLensError, match=rf"^{field.replace('.', '[.]')} must be"):
         run_experiment(compose_run(*override.split()), tmp_path)
     assert all_runs(tracking_uri) == []
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("budget.params_pct=150", "budget.params_pct must be in (0, 100] or null, got 150"),
+        ("budget.params=-5", "budget.params must be a positive number or null, got -5"),
+        ("baseline=lora baseline.r=0", "baseline.r must be an integer >= 1, got 0"),
+        ("baseline=layerlens baseline.planner.sizes.lora=[0,2]", "baseline.planner.sizes.lora must be integers >= 1, got 0"),
+        ("baseline=layerlens baseline.planner.sizes.lora=[] baseline.planner.sizes.adapter=[] "
+         "baseline.planner.sizes.prefix=[]",
+         "baseline.planner.sizes must list a size for adapter or lora or prefix (the methods of baseline.sites), got none"),
+        ("baseline=layerlens baseline.planner.sizes.prefix=[1,200]",
+         "baseline.planner.sizes.prefix must be <= task.max_length (128), got 200"),
+        ("baseline=layerlens task.max_length=16", "baseline.planner.sizes.prefix must be <= task.max_length (16), got 32"),
+        ("baseline=layerlens baseline.sites=[query,magic]",
+         "baseline.sites: magic is unknown (choose from: query, key, value, attn_out, ffn_in, ffn_out, attn_block, "
+         "ffn_block, attention)"),
+        ("baseline=layerlens baseline.sites=[query,query]", "baseline.sites: query is listed twice"),
+        ("baseline=layerlens baseline.profile.weights={grad_norm:0,fisher:0,sensitivity:0}",
+         "baseline.profile.weights must have one weight > 0, got {'grad_norm': 0, 'fisher': 0, 'sensitivity': 0}"),
+        ("baseline=layerlens baseline.planner.gain_exponent=1.5", "baseline.planner.gain_exponent must be in (0, 1], got 1.5"),
+    ],
+)
+def test_bad_config_values_are_one_line_naming_field_and_range(compose_run, tracking_uri, tmp_path, override, message):
+    with pytest.raises(LayerLensError) as err:
+        run_experiment(compose_run(*override.split()), tmp_path)
+    assert str(err.value) == message
+    assert all_runs(tracking_uri) == []
+
+
+def test_a_prefix_is_only_checked_against_max_length_when_a_site_takes_one(compose_run):
+    resolve_settings(compose_run("baseline=layerlens", "task.max_length=16", "baseline.sites=[query,value]"))
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("baseline=layerlens baseline.profile.num_batches=100000",
+         "baseline.profile.num_batches must be <= 459 (the training batches available), got 100000"),
+        ("baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=null budget.params=10",
+         "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 10"),
+        ("baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=0.001",
+         "budget.params_pct must be >= 0.006328 for any plan to fit (the cheapest option adds 64 parameters; "
+         "the backbone has 1011426), got 0.001"),
+        ("baseline=layerlens baseline.profile.num_batches=2 budget.flops=100",
+         "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 100"),
+        ("baseline=adalora budget.params_pct=null budget.params=10",
+         "budget.params must be >= 65 to hold one AdaLoRA rank (the cheapest target module's), got 10"),
+    ],
+)
+def test_bad_values_that_need_the_data_mark_the_started_run_failed(compose_run, tracking_uri, tmp_path, override,
+                                                                   message):
+    with pytest.raises(LayerLensError) as err:
+        run_experiment(compose_run(*override.split()), tmp_path)
+    assert str(err.value) == message
+    (run,) = all_runs(tracking_uri)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["layerlens.error"].startswith(message.split(" ")[0])
 
 
 def bad_data_dir(tmp_path, kind: str):

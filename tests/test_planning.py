@@ -6,11 +6,12 @@ import pytest
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertModel
 
+from layerlens.budget import Budget, params_pct_for
 from layerlens.errors import LayerLensError
 from layerlens.methods import attach_adapter, attach_prefix
 from layerlens.planning.costs import SiteSpec, Workload, option_costs
 from layerlens.planning.plan import Plan
-from layerlens.planning.planner import PlannerSettings, make_plan
+from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.sites import discover_sites
 
 WORKLOAD = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=60.0, num_heads=2, flops_per_s=1e10)
@@ -110,7 +111,50 @@ def test_an_unknown_budget_is_a_one_line_error_naming_it():
 
 @pytest.mark.parametrize("settings,field", [({"sizes": {"lora": [0]}}, "sizes.lora"),
                                             ({"sizes": {"magic": [1]}}, "sizes"),
-                                            ({"gain_exponent": 1.5}, "gain_exponent")])
+                                            ({"sizes": {"lora": 4}}, "sizes.lora"),
+                                            ({"sizes": [1, 2]}, "sizes"),
+                                            ({"gain_exponent": 1.5}, "gain_exponent"),
+                                            ({"gain_exponent": "half"}, "gain_exponent"),
+                                            ({"flops_per_s": 0}, "flops_per_s")])
 def test_bad_planner_settings_name_the_field(settings, field):
-    with pytest.raises(LayerLensError, match=f"baseline.planner.{field}"):
+    with pytest.raises(LayerLensError, match=f"^baseline[.]planner[.]{field.replace('.', '[.]')}[ :]"):
         PlannerSettings(**settings)
+
+
+@pytest.mark.parametrize("budgets,message", [
+    ({"params": 10.0}, "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at "
+                       "L0.query), got 10"),
+    ({"params": 3000.0, "flops": 100.0}, "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora "
+                                         "of size 1 at L0.query), got 100"),
+])
+def test_a_budget_no_plan_meets_names_it_and_its_smallest_feasible_value(budgets, message):
+    with pytest.raises(NoPlanFits) as err:
+        planned([1.0] * 14, budgets)
+    assert str(err.value) == message
+    assert planned([1.0] * 14, {**budgets, err.value.name: err.value.needed}).adapted()  # that value is enough
+
+
+def test_budgets_no_plan_meets_together_name_the_one_to_raise():
+    # A prefix adds fewer parameters than an adapter but, with long padded batches, keeps more activations.
+    workload = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=1000.0, num_heads=2, flops_per_s=1e10)
+    sites = [SiteSpec("L0.attn_block", 0, "attn_block", "adapter", 32, 32, 1.0),
+             SiteSpec("L0.attention", 0, "attention", "prefix", 32, 32, 1.0)]
+    adapter, prefix = (option_costs(site, site.method, 1, workload) for site in sites)
+    assert prefix.params < adapter.params and prefix.memory_mb > adapter.memory_mb
+    budgets = {"params": 80.0, "memory_mb": adapter.memory_mb}
+    with pytest.raises(NoPlanFits, match=r"^budget[.]params must be >= 97 for any plan to fit within the other budgets "
+                                         r"\(the cheapest option: adapter of size 1 at L0[.]attn_block\), got 80$"):
+        make_plan(sites, workload, budgets, PlannerSettings())
+    assert make_plan(sites, workload, {**budgets, "params": 97.0}, PlannerSettings()).adapted()
+
+
+def test_sites_without_sizes_for_their_method_are_an_error():
+    with pytest.raises(LayerLensError, match=r"^baseline[.]planner[.]sizes must list a size for lora "):
+        planned([1.0] * 4, {}, kinds=("query", "value"), sizes={"lora": []})
+
+
+@pytest.mark.parametrize("count,backbone", [(64, 1011426), (97, 12345), (1, 10**9), (65, 1000)])
+def test_the_smallest_params_pct_printed_holds_the_count(count, backbone):
+    pct = float(params_pct_for(count, backbone))
+    assert Budget(params_pct=pct).params_limit(backbone) >= count
+    assert Budget(params_pct=pct * 0.99).params_limit(backbone) < count

@@ -21,7 +21,14 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
-from layerlens.baselines.validation import is_number, require_fraction, require_int, require_positive
+from layerlens.baselines.validation import (
+    is_number,
+    require_fraction,
+    require_int,
+    require_nonnegative,
+    require_positive,
+)
+from layerlens.budget import params_pct_for
 from layerlens.errors import LayerLensError
 
 log = logging.getLogger(__name__)
@@ -177,8 +184,7 @@ class AdaLoraBaseline:
         require_int("baseline.deltaT", self.deltaT, 1)
         require_fraction("baseline.beta1", self.beta1, low_open=True)
         require_fraction("baseline.beta2", self.beta2, low_open=True)
-        if not (is_number(self.orth_reg_weight) and self.orth_reg_weight >= 0):
-            raise LayerLensError(f"baseline.orth_reg_weight must be a number >= 0, got {self.orth_reg_weight!r}")
+        require_nonnegative("baseline.orth_reg_weight", self.orth_reg_weight)
         require_positive("baseline.lora_alpha", self.lora_alpha)
         require_fraction("baseline.lora_dropout", self.lora_dropout, low_open=False)
         if not self.target_modules:
@@ -220,8 +226,14 @@ class AdaLoraBaseline:
             avg_rank, target_rank = float(self.target_r), self.target_r * modules
         else:
             if limit < min(costs.values()):
-                raise LayerLensError(f"budget: a limit of {limit} added parameters cannot hold one AdaLoRA rank "
-                                     f"(the cheapest target module's costs {min(costs.values())})")
+                needed, field = min(costs.values()), ctx.budget.params_field(ctx.backbone_params)
+                if field == "budget.params_pct":
+                    raise LayerLensError(f"budget.params_pct must be >= {params_pct_for(needed, ctx.backbone_params)} "
+                                         "to hold one AdaLoRA rank "
+                                         f"({needed} parameters of the backbone's {ctx.backbone_params}), "
+                                         f"got {ctx.budget.params_pct:g}")
+                raise LayerLensError(f"budget.params must be >= {needed} to hold one AdaLoRA rank (the cheapest "
+                                     f"target module's), got {limit}")
             avg_rank = limit / cost_per_rank
             target_rank = max(1, math.floor(avg_rank * modules))
         init_r = max(self.init_r, math.ceil(self.init_ratio * avg_rank))

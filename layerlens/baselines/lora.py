@@ -4,8 +4,10 @@ from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
-from layerlens.baselines.validation import require_fraction, require_positive
+from layerlens.baselines.validation import require_choice, require_fraction, require_int, require_positive
 from layerlens.errors import LayerLensError
+
+BIASES = ("none", "all", "lora_only")  # peft's LoraConfig.bias
 
 
 @dataclass
@@ -27,12 +29,14 @@ class LoraBaseline:
 
     def __post_init__(self):
         require_positive("baseline.lr", self.lr)
-        if not isinstance(self.r, int) or self.r < 1:
-            raise LayerLensError(f"baseline.r must be an integer >= 1, got {self.r!r}")
+        require_int("baseline.r", self.r, 1)
         require_positive("baseline.lora_alpha", self.lora_alpha)
         require_fraction("baseline.lora_dropout", self.lora_dropout)
         if not self.target_modules:
             raise LayerLensError("baseline.target_modules must name at least one module")
+        require_choice("baseline.bias", self.bias, BIASES)
+        for layer in self.layers_to_transform or []:
+            require_int("baseline.layers_to_transform", layer, 0)
 
     def lora_config(self) -> LoraConfig:
         return LoraConfig(

@@ -1,4 +1,4 @@
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from peft.utils import CONFIG_NAME
@@ -6,16 +6,26 @@ from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.baselines.validation import require_fraction, require_positive
+from layerlens.validation import shown
+from layerlens.budget import params_pct_for
 from layerlens.building import apply_plan, lora_config
 from layerlens.errors import LayerLensError
 from layerlens.planning.costs import SiteSpec, Workload
 from layerlens.planning.plan import Plan
-from layerlens.planning.planner import PlannerSettings, make_plan
+from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
-from layerlens.profiling import Profile, ProfileSettings, profile_sites
+from layerlens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
 from layerlens.sites import BERT_SITES, Site, discover_sites
 
 PLAN_FILE, PLOT_FILE = "plan.json", "plan.png"
+
+
+def params_pct_message(err: NoPlanFits, params_pct: float, backbone_params: int) -> str:
+    """`err` for a parameter limit set by budget.params_pct: the smallest share whose count holds the plan."""
+    others = " within the other budgets" if err.within_others else ""
+    return (f"budget.params_pct must be >= {params_pct_for(err.needed, backbone_params)} for any plan to fit{others} "
+            f"(the cheapest option adds {shown(err.needed)} parameters; the backbone has {backbone_params}), "
+            f"got {shown(params_pct)}")
 
 
 @dataclass
@@ -34,23 +44,59 @@ class LayerLensBaseline:
         require_positive("baseline.lr", self.lr)
         require_positive("baseline.lora_alpha_ratio", self.lora_alpha_ratio)
         require_fraction("baseline.lora_dropout", self.lora_dropout)
+        if not isinstance(self.sites, (list, tuple)):
+            raise LayerLensError(f"baseline.sites must be a list of site kinds (choose from: {', '.join(BERT_SITES)}), "
+                                 f"got {self.sites!r}")
         unknown = [kind for kind in self.sites if kind not in BERT_SITES]
         if unknown or not self.sites:
-            raise LayerLensError(f"baseline.sites: {unknown[0] + ' is unknown' if unknown else 'none given'} "
+            raise LayerLensError(f"baseline.sites: {str(unknown[0]) + ' is unknown' if unknown else 'none given'} "
                                  f"(choose from: {', '.join(BERT_SITES)})")
-        if isinstance(self.profile, dict):
-            self.profile = ProfileSettings(**self.profile)
-        if isinstance(self.planner, dict):
-            self.planner = PlannerSettings(**self.planner)
+        repeated = [kind for i, kind in enumerate(self.sites) if kind in self.sites[:i]]
+        if repeated:
+            raise LayerLensError(f"baseline.sites: {repeated[0]} is listed twice")
+        for key, settings in (("profile", ProfileSettings), ("planner", PlannerSettings)):
+            value = getattr(self, key)
+            if isinstance(value, dict):
+                known = [f.name for f in fields(settings)]
+                unknown = [name for name in value if name not in known]
+                if unknown:
+                    raise LayerLensError(f"baseline.{key}: unknown setting {unknown[0]!r} (choose from: {', '.join(known)})")
+                setattr(self, key, settings(**value))
+            elif not isinstance(value, settings):
+                raise LayerLensError(f"baseline.{key} must be a mapping of settings, got {value!r}")
+        methods = sorted({self.method(kind) for kind in self.sites})
+        if not any(self.planner.sizes.get(method) for method in methods):
+            raise LayerLensError(f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
+                                 "(the methods of baseline.sites), got none")
+
+    @staticmethod
+    def method(kind: str) -> str:
+        return BERT_SITES[kind][1]
+
+    def check_task(self, task) -> None:
+        """Checks that need the task: a prefix no longer than the task's longest sequence."""
+        prefixes = self.planner.sizes.get("prefix", []) if "prefix" in map(self.method, self.sites) else []
+        if prefixes and max(prefixes) > task.max_length:
+            raise LayerLensError(f"baseline.planner.sizes.prefix must be <= task.max_length ({task.max_length}), "
+                                 f"got {max(prefixes)}")
 
     def plan(self, model: nn.Module, ctx: AdaptContext) -> tuple[list[Site], Profile, Plan]:
         sites = discover_sites(model, self.sites)
-        profile = profile_sites(model, sites, ctx.train_batches(), self.profile)
+        batches = ctx.train_batches()
+        if hasattr(batches, "__len__") and len(batches) < self.profile.num_batches:
+            raise LayerLensError(too_many_batches(self.profile.num_batches, len(batches)))
+        profile = profile_sites(model, sites, batches, self.profile)
         specs = [SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, float(u))
                  for s, u in zip(sites, profile.utility())]
         workload = Workload(profile.batch_size, profile.tokens_per_batch, profile.seq_len,
                             model.config.num_attention_heads, self.planner.flops_per_s)
-        return sites, profile, make_plan(specs, workload, ctx.budget.limits(ctx.backbone_params), self.planner)
+        try:
+            plan = make_plan(specs, workload, ctx.budget.limits(ctx.backbone_params), self.planner)
+        except NoPlanFits as err:
+            if err.name == "params" and ctx.budget.params_field(ctx.backbone_params) == "budget.params_pct":
+                raise LayerLensError(params_pct_message(err, ctx.budget.params_pct, ctx.backbone_params)) from None
+            raise
+        return sites, profile, plan
 
     def save(self, plan: Plan, sites: list[Site], folder: Path) -> list[Path]:
         """plan.json and its plot; a LoRA-only plan also as peft's adapter_config.json (LoraConfig.from_pretrained)."""

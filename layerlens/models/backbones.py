@@ -9,6 +9,7 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 
 from layerlens.errors import LayerLensError
 from layerlens.models.heads import MeanPoolingClassifier
+from layerlens.validation import require_int
 
 POOLINGS = ("cls", "mean")
 
@@ -88,6 +89,11 @@ class RandomBertBackbone:
 
     def __post_init__(self):
         check_pooling(self.pooling)
+        for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+            require_int(f"model.{name}", getattr(self, name), 1)
+        if self.hidden_size % self.num_attention_heads:
+            raise LayerLensError(f"model.hidden_size must be a multiple of model.num_attention_heads "
+                                 f"({self.num_attention_heads}), got {self.hidden_size}")
 
     def tokenizer(self):
         return InstalledPackageBackbone(self.name, self.tokenizer_package).tokenizer()

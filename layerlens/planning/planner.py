@@ -3,9 +3,10 @@
 from dataclasses import dataclass, field
 
 from layerlens.errors import LayerLensError
-from layerlens.planning.allocator import allocate
-from layerlens.planning.costs import METHODS, SiteSpec, Workload, option_costs
+from layerlens.planning.allocator import BUDGET_TOLERANCE, allocate
+from layerlens.planning.costs import METHODS, Costs, SiteSpec, Workload, option_costs
 from layerlens.planning.plan import COST_NAMES, Choice, Plan
+from layerlens.validation import at_least, is_number, require_positive, shown
 
 
 def _default_sizes() -> dict[str, list[int]]:
@@ -19,16 +20,61 @@ class PlannerSettings:
     flops_per_s: float = 2.0e10  # throughput that turns an option's FLOPs into latency
 
     def __post_init__(self):
+        if not isinstance(self.sizes, dict):
+            raise LayerLensError(f"baseline.planner.sizes must map methods ({', '.join(METHODS)}) to lists of sizes, "
+                                 f"got {self.sizes!r}")
         for method, sizes in self.sizes.items():
             if method not in METHODS:
                 raise LayerLensError(f"baseline.planner.sizes: unknown method {method!r} (choose from: {', '.join(METHODS)})")
+            if not isinstance(sizes, (list, tuple)):
+                raise LayerLensError(f"baseline.planner.sizes.{method} must be a list of integers >= 1, got {sizes!r}")
             bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
             if bad:
-                raise LayerLensError(f"baseline.planner.sizes.{method}: sizes must be integers >= 1, got {bad[0]!r}")
-        if not 0 < self.gain_exponent <= 1:
+                raise LayerLensError(f"baseline.planner.sizes.{method} must be integers >= 1, got {bad[0]!r}")
+        if not (is_number(self.gain_exponent) and 0 < self.gain_exponent <= 1):
             raise LayerLensError(f"baseline.planner.gain_exponent must be in (0, 1], got {self.gain_exponent!r}")
-        if not self.flops_per_s > 0:
-            raise LayerLensError(f"baseline.planner.flops_per_s must be > 0, got {self.flops_per_s!r}")
+        require_positive("baseline.planner.flops_per_s", self.flops_per_s)
+
+
+class NoPlanFits(LayerLensError):
+    """No plan that adapts a site fits budget `name`: its limit must be at least `needed`."""
+
+    def __init__(self, message: str, name: str, limit: float, needed: float, within_others: bool):
+        super().__init__(message)
+        self.name, self.limit, self.needed, self.within_others = name, limit, needed, within_others
+
+
+def check_feasible(sites: list[SiteSpec], options: list[list[tuple[str, int]]], costs: list[list[Costs]],
+                   budgets: dict[str, float]) -> None:
+    """Raise unless some option that adapts a site fits every budget, naming the binding budget and the
+    smallest limit of it that would let one fit (with the other budgets as they are)."""
+    candidates = [(f"{method} of size {size} at {site.name}", c.as_dict())
+                  for site, opts, site_costs in zip(sites, options, costs)
+                  for (method, size), c in zip(opts, site_costs) if method != "none"]
+    if not candidates:
+        methods = sorted({site.method for site in sites})
+        raise LayerLensError(f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
+                             "(the methods of baseline.sites), got none")
+
+    def fits(cost: dict[str, float], name: str) -> bool:
+        return cost[name] <= budgets[name] * (1 + BUDGET_TOLERANCE)
+
+    if any(all(fits(cost, name) for name in budgets) for _, cost in candidates):
+        return
+    for within_others in (False, True):
+        for name, limit in budgets.items():
+            pool = [(label, cost) for label, cost in candidates
+                    if not within_others or all(fits(cost, other) for other in budgets if other != name)]
+            if not pool:
+                continue
+            label, cost = min(pool, key=lambda item: item[1][name])
+            if within_others or not fits(cost, name):
+                others = " within the other budgets" if within_others else ""
+                raise NoPlanFits(f"budget.{name} must be >= {at_least(cost[name])} for any plan to fit{others} "
+                                 f"(the cheapest option: {label}), got {shown(limit)}", name, limit, cost[name],
+                                 within_others)
+    raise LayerLensError(f"budget: no site option fits {', '.join(f'budget.{n}' for n in budgets)} together; "
+                         "raise several of them")
 
 
 def site_options(site: SiteSpec, settings: PlannerSettings) -> list[tuple[str, int]]:
@@ -41,6 +87,7 @@ def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, floa
         raise LayerLensError(f"budget: unknown limit {sorted(unknown)[0]!r} (choose from: {', '.join(COST_NAMES)})")
     options = [site_options(site, settings) for site in sites]
     costs = [[option_costs(site, method, size, workload) for method, size in opts] for site, opts in zip(sites, options)]
+    check_feasible(sites, options, costs, budgets)
     names = list(budgets)
     try:
         allocation = allocate(
