@@ -259,7 +259,7 @@ private:
                 size_t next = cur;
                 double t_next = kInf;
                 for (size_t j = 0; j < a_.size(); ++j) {
-                    if (s_[j] >= s_[cur]) continue;
+                    if (!(s_[j] < s_[cur])) continue;  // s falls at every step (NaN never passes), so the walk ends
                     const double tj = std::max(t, (a_[cur] - a_[j]) / (s_[cur] - s_[j]));
                     if (tj < t_next || (tj == t_next && s_[j] < s_[next])) next = j, t_next = tj;
                 }

@@ -18,7 +18,7 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
     if not path.is_file():
         raise LayerLensError(f"{path}: task file not found")
     try:
-        header = _checked_header(path)
+        header, rows = _checked_header(path)
         raw = datasets.load_dataset(
             "csv",
             data_files=str(path),
@@ -35,6 +35,8 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
     except Exception as err:  # decoding, pandas and pyarrow raise many types for a malformed file
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LayerLensError(f"{path}: not a readable tab-separated GLUE file ({detail})") from None
+    if len(raw) != rows:  # a safety net: pandas must see the lines counted above, no more, no fewer
+        raise LayerLensError(f"{path}: {len(raw)} rows parsed where the file has {rows} lines below the header")
     wanted = [*task.text_columns, task.label_column]
     missing = [c for c in wanted if c not in raw.column_names]
     if missing:
@@ -46,19 +48,23 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
     return _normalised(raw, task.text_columns, labels)
 
 
-def _checked_header(path: Path) -> list[str]:
-    """The header's column names, once every line is seen to have as many fields (quoting is off,
-    so a tab is always a separator)."""
+def _checked_header(path: Path) -> tuple[list[str], int]:
+    """The header's column names and the number of (non-empty) lines below it, once every line is
+    seen to have as many fields (quoting is off, so a tab is always a separator)."""
     # Split on newlines only, as pandas does: str.splitlines would also break inside a sentence at \x85 or \u2028.
     lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
-    header = lines[0].split("\t") if lines else []
+    if not any(lines):
+        raise LayerLensError(f"{path}: the file is empty")
+    if not any(lines[1:]):
+        raise LayerLensError(f"{path}: no rows below the header")
+    header = lines[0].split("\t")
     for number, line in enumerate(lines[1:], start=2):
         fields = line.count("\t") + 1
         if line and fields != len(header):
             raise LayerLensError(
                 f"{path}:{number}: {fields} fields where the header has {len(header)} (a truncated line or a stray tab?)"
             )
-    return header
+    return header, sum(1 for line in lines[1:] if line)
 
 
 def _class_id(value: str, task: TaskSpec, path: Path, line: int) -> int:
