@@ -1,6 +1,7 @@
 """What every Hydra entry point shares: argument pre-checks and one-line errors."""
 
 import functools
+import shlex
 import sys
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from hydra.types import RunMode
 
 from layerlens.errors import LayerLensError
 from layerlens.paths import CONF_DIR
+from layerlens.training.resume import Interrupted
 
 _FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg", "-p", "--package"}
 
@@ -23,8 +25,19 @@ def one_line_errors(task_function):
             return task_function(*args, **kwargs)
         except LayerLensError as err:
             raise SystemExit(f"error: {err}") from None
+        except Interrupted as err:  # the MLflow run is closed KILLED; exit 128 + the signal's number, as shells do
+            print(f"interrupted: {err}{resume_hint(err)}", file=sys.stderr)
+            raise SystemExit(128 + err.signum) from None
 
     return wrapped
+
+
+def resume_hint(err: Interrupted) -> str:
+    if err.checkpoint is None:
+        return ""
+    overrides = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    words = [w for w in overrides if not w.startswith("resume=")] + [f"resume={err.output_dir}"]
+    return f"; resume with: python -m layerlens.run {shlex.join(words)}"
 
 
 def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:

@@ -18,6 +18,7 @@ from layerlens.provenance import git_commit, native_build
 from layerlens.settings import RunSettings, build, resolve_settings
 from layerlens.training.classifier import SequenceClassifier
 from layerlens.training.resources import FitTimer, peak_rss_mb, reset_peak_rss
+from layerlens.training.resume import Interruption, check_resumable, shuffled_train_loader, write_run_record
 
 log = logging.getLogger(__name__)
 
@@ -116,16 +117,31 @@ class CheckpointFromStep(ModelCheckpoint):
 
 
 def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) -> float:
-    """Train and evaluate one configuration; returns the task's headline metric on its eval split."""
+    """Train and evaluate one configuration; returns the task's headline metric on its eval split.
+
+    With `resume=<output folder>`, continue that interrupted run (same MLflow run, same folder) from its checkpoint.
+    """
     s = resolve_settings(cfg)
+    resume_id = None
+    if cfg.get("resume") is not None:
+        if sweep:
+            raise LayerLensError("resume: resumes one run; it cannot be part of a sweep (-m)")
+        output_dir = Path(str(cfg.resume)).expanduser().resolve()
+        resume_id = check_resumable(cfg, output_dir)
+    resuming = cfg.get("resume") is not None
+    interruption = Interruption(output_dir)
     reset_peak_rss()
-    with s.tracker.start_run(run_name(s), run_tags(s, sweep), cfg) as run:
+    with s.tracker.start_run(run_name(s), run_tags(s, sweep), cfg, run_id=resume_id) as run, \
+            interruption.handling_signals():
+        if not resuming:
+            write_run_record(output_dir, run.run_id, cfg)
         L.seed_everything(s.seed, workers=True)
         data = build_datamodule(s, s.backbone.tokenizer())
-        adapted, backbone_params = build_classifier(s, cfg, data, output_dir)
-        run.log_metrics(adapted.metrics)
-        for artifact in adapted.artifacts:
-            run.log_artifact(artifact)
+        adapted, backbone_params = build_classifier(s, cfg, data, output_dir, reuse_plan=resuming)
+        if not resuming:  # the first attempt logged them
+            run.log_metrics(adapted.metrics)
+            for artifact in adapted.artifacts:
+                run.log_artifact(artifact)
         model = adapted.model
         trainable = count_parameters(model, trainable_only=True)
         module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
@@ -138,9 +154,11 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
             mode="max",
             save_top_k=1,
         )
-        trainer = build(cfg, "trainer", callbacks=[timer, checkpoint, *adapted.callbacks], logger=run.lightning_logger(),
-                        default_root_dir=str(output_dir))
-        trainer.fit(module, datamodule=data)
+        interruption.loader = shuffled_train_loader(data, s.seed)
+        trainer = build(cfg, "trainer", callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
+                        logger=run.lightning_logger(), default_root_dir=str(output_dir))
+        trainer.fit(module, train_dataloaders=interruption.loader, val_dataloaders=data.val_dataloader(),
+                    ckpt_path=interruption.checkpoint if resuming else None)
 
         trainer.loggers = []  # the best checkpoint's metrics are logged once, below, after the epoch curves
         start = time.perf_counter()
@@ -158,6 +176,7 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
         }
         run.log_metrics(metrics, step=trainer.global_step + 1)
         run.set_tags({"checkpoint": checkpoint.best_model_path})
+    interruption.checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
     log.info(
         "run %s (mlflow run %s): %s split %r, best checkpoint %s: acc %.4f, f1 %.4f; trainable %d (%.3f%% of backbone); "
         "train %.1f s",

@@ -1,18 +1,83 @@
+import functools
 import math
+import random
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
+from filelock import FileLock
 from lightning.pytorch.loggers import MLFlowLogger
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 
+from layerlens.errors import LayerLensError
+
 CONFIG_ARTIFACT = "config.yaml"
 MAX_PARAM_CHARS = 6000
+# How long a write may wait out other processes holding the SQLite file (parallel sweeps).
+LOCKED_RETRY_SECONDS = 300.0
+
+
+def _is_locked(err: BaseException | None) -> bool:
+    for _ in range(5):  # MlflowException wraps sqlalchemy's OperationalError wrapping sqlite3's
+        if err is None:
+            return False
+        if "database is locked" in str(err):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def retry_when_locked(call):
+    """Retry `call` with backoff while SQLite answers 'database is locked', for LOCKED_RETRY_SECONDS at most."""
+
+    @functools.wraps(call)
+    def wrapped(*args, **kwargs):
+        deadline, delay = time.monotonic() + LOCKED_RETRY_SECONDS, 0.05
+        while True:
+            try:
+                return call(*args, **kwargs)
+            except Exception as err:
+                if not _is_locked(err) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay * random.uniform(0.5, 1.5))
+            delay = min(2 * delay, 2.0)
+
+    return wrapped
+
+
+def _store_init_lock(tracking_uri: str | None):
+    """An inter-process lock next to a SQLite store's file: MLflow creates and migrates a fresh store's
+    tables without one, so two processes opening the same new file at once break each other's migration."""
+    path = (tracking_uri or "").removeprefix("sqlite:///").split("?")[0]
+    if not tracking_uri or not tracking_uri.startswith("sqlite:///") or path in ("", ":memory:"):
+        return nullcontext()
+    return FileLock(f"{path}.lock", timeout=LOCKED_RETRY_SECONDS)
+
+
+class SharedStoreClient(MlflowClient):
+    """An MlflowClient for many processes writing to one SQLite store, as a parallel sweep does: the store
+    is opened (created, migrated) by one process at a time, and the calls below wait out SQLite's lock."""
+
+    def __init__(self, tracking_uri: str | None = None, registry_uri: str | None = None):
+        with _store_init_lock(tracking_uri):  # the store is built here and cached for the process
+            super().__init__(tracking_uri, registry_uri)
+
+
+for _name in ("get_experiment_by_name", "create_experiment", "create_run", "get_run", "search_runs", "update_run",
+              "log_batch", "log_metric", "log_param", "set_tag", "delete_tag", "set_terminated", "log_text",
+              "log_dict", "log_artifact"):
+    setattr(SharedStoreClient, _name, retry_when_locked(getattr(MlflowClient, _name)))
 
 
 class _AttachedLogger(MLFlowLogger):
     """Lightning's MLflow logger writing into a run that the tracker opened and will close."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        # Lightning's own client finds the store that the tracker's client opened (cached per process).
+        super().__init__(tracking_uri=tracking_uri, run_id=run_id)
+        self._mlflow_client = SharedStoreClient(tracking_uri)
 
     def finalize(self, status: str = "success") -> None:
         pass
@@ -57,19 +122,36 @@ class MlflowTracker:
 
     def experiment_id(self, client: MlflowClient) -> str:
         experiment = client.get_experiment_by_name(self.experiment_name)
-        return experiment.experiment_id if experiment else client.create_experiment(self.experiment_name)
+        if experiment is None:
+            try:
+                return client.create_experiment(self.experiment_name)
+            except MlflowException:  # another process of a parallel sweep created it in between
+                experiment = client.get_experiment_by_name(self.experiment_name)
+                if experiment is None:
+                    raise
+        return experiment.experiment_id
 
     @contextmanager
-    def start_run(self, run_name: str, tags: dict[str, str], config: DictConfig):
-        client = MlflowClient(self.tracking_uri)
-        run = client.create_run(self.experiment_id(client), run_name=run_name, tags={k: str(v) for k, v in tags.items()})
-        run_id = run.info.run_id
+    def start_run(self, run_name: str, tags: dict[str, str], config: DictConfig, run_id: str | None = None):
+        """A new run; or, given run_id, that (interrupted) run reopened as RUNNING, with its params and config kept."""
+        client = SharedStoreClient(self.tracking_uri)
+        resumed = run_id is not None
+        if resumed:
+            try:
+                client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+            except MlflowException:
+                raise LayerLensError(f"no MLflow run {run_id!r} in {self.tracking_uri}") from None
+        else:
+            run = client.create_run(self.experiment_id(client), run_name=run_name,
+                                    tags={k: str(v) for k, v in tags.items()})
+            run_id = run.info.run_id
         resolved = OmegaConf.to_container(config, resolve=True)
         try:
-            params = [Param(k, v) for k, v in flatten(resolved).items()]
+            params = [] if resumed else [Param(k, v) for k, v in flatten(resolved).items()]
             for start in range(0, len(params), 100):
                 client.log_batch(run_id, params=params[start : start + 100])
-            client.log_text(run_id, OmegaConf.to_yaml(resolved), CONFIG_ARTIFACT)
+            if not resumed:
+                client.log_text(run_id, OmegaConf.to_yaml(resolved), CONFIG_ARTIFACT)
             yield MlflowRun(client, self.tracking_uri, run_id)
         except KeyboardInterrupt:
             client.set_terminated(run_id, RunStatus.to_string(RunStatus.KILLED))

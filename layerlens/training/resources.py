@@ -38,6 +38,16 @@ class FitTimer(L.Callback):
         self.train_samples = 0
         self._fit_start = self._val_start = 0.0
         self._val_s = 0.0
+        self._before_s = 0.0  # training time of the attempts before a resumed fit
+
+    def _elapsed_s(self) -> float:
+        return self._before_s + time.perf_counter() - self._fit_start - self._val_s
+
+    def state_dict(self) -> dict:  # kept in checkpoints, so that a resumed run counts its earlier training too
+        return {"train_s": self._elapsed_s(), "train_samples": self.train_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._before_s, self.train_samples = state["train_s"], state["train_samples"]
 
     def on_fit_start(self, trainer, pl_module):
         self._fit_start = time.perf_counter()
@@ -52,4 +62,4 @@ class FitTimer(L.Callback):
         self.train_samples += int(batch["labels"].shape[0])
 
     def on_fit_end(self, trainer, pl_module):
-        self.train_s = time.perf_counter() - self._fit_start - self._val_s
+        self.train_s = self._elapsed_s()
