@@ -158,3 +158,26 @@ def test_the_best_checkpoint_is_taken_only_after_the_final_rank_allocation(compo
     run_experiment(compose_run("baseline=adalora", "baseline.tinit=0.1", "baseline.tfinal=0.2"), tmp_path)
     saved = [p.name for p in (tmp_path / "checkpoints").iterdir()]
     assert saved == ["best-epoch=1-step=6.ckpt"]
+
+
+def test_a_checkpoint_keeps_the_rank_allocators_state(compose_run, tmp_path):
+    """Resuming mid-budgeting must continue peft's importance averages and rank pattern, which live outside the
+    model's weights: the schedule callback carries them through a Lightning checkpoint."""
+
+    def fit(adapted, s, data, steps, ckpt_path=None):
+        module = SequenceClassifier(adapted.model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
+        trainer = L.Trainer(max_steps=steps, limit_val_batches=1, logger=False, enable_checkpointing=False,
+                            enable_progress_bar=False, enable_model_summary=False, callbacks=adapted.callbacks)
+        trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
+        return trainer
+
+    s, data, first = adapt(compose_run, tmp_path, *SCHEDULE, f"budget.params={LIMIT}")
+    fit(first, s, data, steps=5).save_checkpoint(tmp_path / "mid.ckpt")  # pruning since step 3
+    s, data, second = adapt(compose_run, tmp_path, *SCHEDULE, f"budget.params={LIMIT}")
+    fit(second, s, data, steps=5, ckpt_path=tmp_path / "mid.ckpt")  # restores, then has no step left
+
+    saved, restored = first.callbacks[0].state_dict(), second.callbacks[0].state_dict()
+    assert restored["last_step"] == 5 and restored["rank_pattern"] == saved["rank_pattern"] is not None
+    for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+        assert saved[key] and saved[key].keys() == restored[key].keys()
+        assert all(torch.equal(saved[key][name], restored[key][name]) for name in saved[key]), key

@@ -123,6 +123,27 @@ class AdaLoraSchedule(Callback):
             ranks = {name: int(sum(pattern[name])) for name in self.costs}
         return sum(ranks.values()), sum(rank * self.costs[name] for name, rank in ranks.items())
 
+    def state_dict(self) -> dict:
+        """What a resumed run needs to allocate as the uninterrupted one would: peft's importance averages and
+        the rank pattern (kept in the adapter config, not in the model's weights)."""
+        allocator = self.tuner.rankallocator
+        return {
+            "last_step": self.last_step,
+            "final": (self.final_rank, self.final_params),
+            "rank_pattern": self.tuner.peft_config[self.adapter].rank_pattern,
+            "ipt": allocator.ipt,
+            "exp_avg_ipt": allocator.exp_avg_ipt,
+            "exp_avg_unc": allocator.exp_avg_unc,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        allocator = self.tuner.rankallocator
+        self.last_step = state["last_step"]
+        self.final_rank, self.final_params = state["final"]
+        self.tuner.peft_config[self.adapter].rank_pattern = state["rank_pattern"]
+        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (
+            state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"])
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
         if step == self.last_step:  # accumulating gradients: no optimiser step on this batch
