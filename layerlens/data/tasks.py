@@ -3,8 +3,10 @@ from pathlib import Path
 
 from layerlens.errors import LayerLensError
 from layerlens.paths import EMBEDDED_GLUE_DIR
+from layerlens.validation import require_choice, require_int
 
 SOURCES = ("embedded", "hub")
+HEADLINE_METRICS = ("val/acc", "val/f1")  # what the classifier logs on the eval split
 
 
 @dataclass
@@ -36,14 +38,16 @@ class TaskSpec:
             raise LayerLensError("task.data_dir and task.source=hub exclude each other: set only one")
         if not 1 <= len(self.text_columns) <= 2:
             raise LayerLensError(f"task.text_columns must name 1 or 2 columns, got {list(self.text_columns)}")
-        if self.num_labels < 2:
-            raise LayerLensError(f"task.num_labels must be >= 2, got {self.num_labels}")
+        require_int("task.num_labels", self.num_labels, 2)
         if self.label_names is not None and len(self.label_names) != self.num_labels:
             raise LayerLensError(
                 f"task.label_names has {len(self.label_names)} names but task.num_labels is {self.num_labels}"
             )
-        if not isinstance(self.max_length, int) or self.max_length < 2:
-            raise LayerLensError(f"task.max_length must be an integer >= 2, got {self.max_length!r}")
+        require_int("task.max_length", self.max_length, 2)
+        require_choice("task.headline_metric", self.headline_metric, HEADLINE_METRICS)
+        for name in ("train_split", "eval_split", "label_column"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise LayerLensError(f"task.{name} must be a non-empty name, got {getattr(self, name)!r}")
 
     def split_file(self, split: str) -> Path:
         base = Path(self.data_dir).expanduser() if self.data_dir is not None else EMBEDDED_GLUE_DIR / self.glue_dir

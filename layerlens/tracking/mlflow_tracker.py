@@ -118,6 +118,9 @@ class MlflowTracker:
     """Opens one MLflow run per experiment and closes it FINISHED, FAILED or KILLED."""
 
     def __init__(self, tracking_uri: str, experiment_name: str):
+        for name, value in (("tracking_uri", tracking_uri), ("experiment_name", experiment_name)):
+            if not isinstance(value, str) or not value.strip():
+                raise LayerLensError(f"logger.{name} must be a non-empty string, got {value!r}")
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
 
     def experiment_id(self, client: MlflowClient) -> str:
