@@ -5,8 +5,15 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hypothesis import settings
 
 from layerlens.paths import CONF_DIR
+
+# The property and fuzz tests draw the same cases on every run, so that CI passes or fails on the code alone;
+# `python -m pytest --hypothesis-profile=explore` draws new ones.
+settings.register_profile("repeatable", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile("repeatable")
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["model=tiny", "trainer=debug"]

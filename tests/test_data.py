@@ -77,6 +77,16 @@ def test_truncated_line_names_file_line_and_field(tmp_path):
         read_glue_tsv(path, task("mrpc"))
 
 
+def test_an_empty_line_among_the_rows_is_refused_and_trailing_ones_are_not(tmp_path):
+    """pandas skips empty lines: one between rows (a row truncated to nothing) would vanish without a word."""
+    path = tmp_path / "x.tsv"
+    path.write_text("\t".join(MRPC_HEADER) + "\n1\t1\t2\ta\tb\n\n0\t3\t4\tc\td\n", encoding="utf-8")
+    with pytest.raises(LayerLensError, match=r"x\.tsv:3: an empty line among the rows \(a truncated row\?\)"):
+        read_glue_tsv(path, task("mrpc"))
+    path.write_text("\t".join(MRPC_HEADER) + "\n1\t1\t2\ta\tb\n0\t3\t4\tc\td\n\n\n", encoding="utf-8")
+    assert read_glue_tsv(path, task("mrpc"))["label"] == [1, 0]
+
+
 def test_named_labels_map_to_class_ids_and_unknown_names_fail(tmp_path):
     header = ["sentence1", "sentence2", "label", "idx"]
     good = write_tsv(tmp_path / "good.tsv", header, [["a", "b", "not_entailment", "0"], ["c", "d", "entailment", "1"], ["e", "f", "0", "2"]])

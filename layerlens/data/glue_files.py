@@ -58,9 +58,12 @@ def _checked_header(path: Path) -> tuple[list[str], int]:
     if not any(lines[1:]):
         raise LayerLensError(f"{path}: no rows below the header")
     header = lines[0].split("\t")
-    for number, line in enumerate(lines[1:], start=2):
+    last = max((i for i, line in enumerate(lines) if line), default=0)
+    for number, line in enumerate(lines[1:last + 1], start=2):
+        if not line:  # pandas would skip it: a row lost without a word
+            raise LayerLensError(f"{path}:{number}: an empty line among the rows (a truncated row?)")
         fields = line.count("\t") + 1
-        if line and fields != len(header):
+        if fields != len(header):
             raise LayerLensError(
                 f"{path}:{number}: {fields} fields where the header has {len(header)} (a truncated line or a stray tab?)"
             )
