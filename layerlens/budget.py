@@ -2,7 +2,7 @@ import math
 from dataclasses import dataclass
 
 from layerlens.errors import LayerLensError
-from layerlens.validation import at_least, is_number
+from layerlens.validation import at_least, is_number, shown
 
 
 @dataclass
@@ -43,6 +43,14 @@ class Budget:
         limits = {"params": self.params_limit(backbone_params), "flops": self.flops,
                   "memory_mb": self.memory_mb, "latency_ms": self.latency_ms}
         return {name: float(value) for name, value in limits.items() if value is not None}
+
+
+def params_pct_too_small(budget: Budget, needed: float, backbone_params: int, purpose: str, cheapest: str) -> str:
+    """The error for a budget.params_pct whose limit is under `needed` added parameters: the smallest share that
+    holds them, what they are for (`purpose`) and what `cheapest` thing costs that many."""
+    return (f"budget.params_pct must be >= {params_pct_for(needed, backbone_params)} {purpose} "
+            f"(the cheapest {cheapest} adds {shown(needed)} parameters; the backbone has {backbone_params}), "
+            f"got {shown(budget.params_pct)}")
 
 
 def params_pct_for(count: float, backbone_params: int) -> str:

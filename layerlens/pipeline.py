@@ -122,13 +122,12 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
     With `resume=<output folder>`, continue that interrupted run (same MLflow run, same folder) from its checkpoint.
     """
     s = resolve_settings(cfg)
-    resume_id = None
-    if cfg.get("resume") is not None:
+    resuming, resume_id = cfg.get("resume") is not None, None
+    if resuming:
         if sweep:
             raise LayerLensError("resume: resumes one run; it cannot be part of a sweep (-m)")
         output_dir = Path(str(cfg.resume)).expanduser().resolve()
         resume_id = check_resumable(cfg, output_dir)
-    resuming = cfg.get("resume") is not None
     interruption = Interruption(output_dir)
     reset_peak_rss()
     with s.tracker.start_run(run_name(s), run_tags(s, sweep), cfg, run_id=resume_id) as run, \

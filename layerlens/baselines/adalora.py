@@ -21,15 +21,15 @@ from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
-from layerlens.baselines.validation import (
+from layerlens.budget import params_pct_too_small
+from layerlens.errors import LayerLensError
+from layerlens.validation import (
     is_number,
     require_fraction,
     require_int,
     require_nonnegative,
     require_positive,
 )
-from layerlens.budget import params_pct_for
-from layerlens.errors import LayerLensError
 
 log = logging.getLogger(__name__)
 
@@ -249,10 +249,8 @@ class AdaLoraBaseline:
             if limit < min(costs.values()):
                 needed, field = min(costs.values()), ctx.budget.params_field(ctx.backbone_params)
                 if field == "budget.params_pct":
-                    raise LayerLensError(f"budget.params_pct must be >= {params_pct_for(needed, ctx.backbone_params)} "
-                                         "to hold one AdaLoRA rank "
-                                         f"({needed} parameters of the backbone's {ctx.backbone_params}), "
-                                         f"got {ctx.budget.params_pct:g}")
+                    raise LayerLensError(params_pct_too_small(ctx.budget, needed, ctx.backbone_params,
+                                                              "to hold one AdaLoRA rank", "target module's rank"))
                 raise LayerLensError(f"budget.params must be >= {needed} to hold one AdaLoRA rank (the cheapest "
                                      f"target module's), got {limit}")
             avg_rank = limit / cost_per_rank

@@ -3,7 +3,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
-from layerlens.baselines.validation import require_positive
+from layerlens.validation import require_positive
 
 
 @dataclass

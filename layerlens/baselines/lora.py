@@ -4,8 +4,8 @@ from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
-from layerlens.baselines.validation import require_choice, require_fraction, require_int, require_positive
 from layerlens.errors import LayerLensError
+from layerlens.validation import require_choice, require_fraction, require_int, require_positive
 
 BIASES = ("none", "all", "lora_only")  # peft's LoraConfig.bias
 

@@ -5,9 +5,7 @@ from peft.utils import CONFIG_NAME
 from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
-from layerlens.baselines.validation import require_fraction, require_positive
-from layerlens.validation import shown
-from layerlens.budget import params_pct_for
+from layerlens.budget import params_pct_too_small
 from layerlens.building import apply_plan, lora_config
 from layerlens.errors import LayerLensError
 from layerlens.planning.costs import SiteSpec, Workload
@@ -16,16 +14,9 @@ from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
 from layerlens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
 from layerlens.sites import BERT_SITES, Site, discover_sites
+from layerlens.validation import require_fraction, require_positive
 
 PLAN_FILE, PLOT_FILE = "plan.json", "plan.png"
-
-
-def params_pct_message(err: NoPlanFits, params_pct: float, backbone_params: int) -> str:
-    """`err` for a parameter limit set by budget.params_pct: the smallest share whose count holds the plan."""
-    others = " within the other budgets" if err.within_others else ""
-    return (f"budget.params_pct must be >= {params_pct_for(err.needed, backbone_params)} for any plan to fit{others} "
-            f"(the cheapest option adds {shown(err.needed)} parameters; the backbone has {backbone_params}), "
-            f"got {shown(params_pct)}")
 
 
 @dataclass
@@ -94,7 +85,9 @@ class LayerLensBaseline:
             plan = make_plan(specs, workload, ctx.budget.limits(ctx.backbone_params), self.planner)
         except NoPlanFits as err:
             if err.name == "params" and ctx.budget.params_field(ctx.backbone_params) == "budget.params_pct":
-                raise LayerLensError(params_pct_message(err, ctx.budget.params_pct, ctx.backbone_params)) from None
+                purpose = "for any plan to fit" + (" within the other budgets" if err.within_others else "")
+                raise LayerLensError(params_pct_too_small(ctx.budget, err.needed, ctx.backbone_params, purpose,
+                                                          "option")) from None
             raise
         return sites, profile, plan
 

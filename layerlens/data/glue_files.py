@@ -67,7 +67,7 @@ def _checked_header(path: Path) -> tuple[list[str], int]:
             raise LayerLensError(
                 f"{path}:{number}: {fields} fields where the header has {len(header)} (a truncated line or a stray tab?)"
             )
-    return header, sum(1 for line in lines[1:] if line)
+    return header, last  # lines 2..last+1 are the rows: none of them is empty
 
 
 def _class_id(value: str, task: TaskSpec, path: Path, line: int) -> int:
