@@ -27,7 +27,8 @@ def file_key(path: Path) -> str:
 
 
 def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: int = 64) -> dict[str, float]:
-    """Accuracy and F1 of the run's best checkpoint on `file`, logged to that run as eval/<file key>/*."""
+    """The task's metrics (e.g. acc, F1, MCC) of the run's best checkpoint on `file`, logged to that run as
+    eval/<file key>/*."""
     client = MlflowClient(tracking_uri)
     try:
         run = client.get_run(run_id)
@@ -55,7 +56,7 @@ def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: i
     )
     scores = trainer.validate(module, dataloaders=data.val_dataloader(), ckpt_path=checkpoint, verbose=False)[0]
     key = file_key(path)
-    metrics = {f"eval/{key}/{name.removeprefix('val/')}": float(v) for name, v in scores.items() if name in ("val/acc", "val/f1")}
+    metrics = {f"eval/{key}/{name.removeprefix('val/')}": float(v) for name, v in scores.items() if name in s.task.metric_names}
     metrics[f"eval/{key}/n_rows"] = float(len(rows))
     for name, value in metrics.items():
         client.log_metric(run_id, name, value)

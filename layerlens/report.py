@@ -1,4 +1,4 @@
-"""python -m layerlens.report: the comparison table of the runs in an MLflow store."""
+"""python -m layerlens.report: the comparison table (and its plots) of the runs in an MLflow store."""
 
 import hydra
 
@@ -10,8 +10,8 @@ from layerlens.reporting.build import make_report
 @hydra.main(config_path=str(CONF_DIR), config_name="report", version_base="1.3")
 @one_line_errors
 def main(cfg) -> None:
-    markdown, csv = make_report(cfg)
-    print(f"written: {markdown} and {csv}")
+    files = make_report(cfg)
+    print(f"written: {files.markdown} (plots {', '.join(map(str, files.plots))}) and {files.csv}")
 
 
 if __name__ == "__main__":

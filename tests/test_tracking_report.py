@@ -15,7 +15,7 @@ from layerlens.reporting.comparison import Target, summarise
 from tests.conftest import compose_config
 
 METRICS = {
-    "val/acc", "val/f1", "params/trainable", "params/trainable_pct", "time/train_s", "time/eval_s",
+    "val/acc", "val/f1", "val/mcc", "params/trainable", "params/trainable_pct", "time/train_s", "time/eval_s",
     "mem/peak_rss_mb", "throughput/train_samples_per_s",
 }
 
@@ -73,21 +73,24 @@ def test_final_val_metrics_are_the_best_checkpoints(store):
 def test_report_for_a_sweep_names_runs_seeds_ratios_and_targets(store, tmp_path):
     uri, _, _ = store
     cfg = compose_config("report", [f"tracking_uri={uri}", "sweep=s1", f"out_dir={tmp_path}"])
-    markdown, csv = make_report(cfg)
+    markdown, csv, plots = make_report(cfg)
     table = pd.read_csv(csv)
     assert list(table["baseline"]) == ["full_ft", "lora"] and list(table["n_runs"]) == [2, 2]
     assert list(table["seeds"]) == ["0,1", "0,1"]
-    assert table.loc[0, "acc_ratio"] == pytest.approx(1.0)
+    assert list(table["headline"]) == ["val/acc", "val/acc"]  # MRPC's: the ratios follow accuracy, as before
+    assert table.loc[0, "headline_ratio"] == pytest.approx(1.0)
     lora = table.iloc[1]
+    assert lora["headline_ratio"] == pytest.approx(lora["acc_mean"] / table.loc[0, "acc_mean"])
     assert lora["train_s_ratio"] == pytest.approx(lora["train_s_mean"] / table.loc[0, "train_s_mean"])
     assert lora["trainable <= 5%"] == "met" and table.loc[0, "trainable <= 5%"] == "not met"
     text = markdown.read_text()
-    assert "sweep s1" in text and "lora-mrpc-s0 lora-mrpc-s1" in text and "dev split" in text
+    assert "sweep s1" in text and "lora-mrpc-s0 lora-mrpc-s1" in text and "eval split" in text
+    assert [p.name for p in plots] == ["comparison-s1-pareto.png", "comparison-s1-time.png"]
 
 
 def test_report_without_a_sweep_takes_every_finished_run(store, tmp_path):
     uri, _, _ = store
-    markdown, csv = make_report(compose_config("report", [f"tracking_uri={uri}", f"out_dir={tmp_path}"]))
+    markdown, csv, _ = make_report(compose_config("report", [f"tracking_uri={uri}", f"out_dir={tmp_path}"]))
     table = pd.read_csv(csv)
     assert list(table["n_runs"]) == [2, 3] and markdown.name == "comparison-all.md"
 
@@ -95,7 +98,7 @@ def test_report_without_a_sweep_takes_every_finished_run(store, tmp_path):
 def test_report_restricted_to_one_task(store, tmp_path):
     uri, _, _ = store
     cfg = compose_config("report", [f"tracking_uri={uri}", "sweep=s1", "task_name=mrpc", f"out_dir={tmp_path}"])
-    markdown, csv = make_report(cfg)
+    markdown, csv, _ = make_report(cfg)
     assert markdown.name == "comparison-s1-mrpc.md" and len(pd.read_csv(csv)) == 2
     with pytest.raises(LayerLensError, match="no finished LayerLens runs match"):
         make_report(compose_config("report", [f"tracking_uri={uri}", "task_name=rte", f"out_dir={tmp_path}"]))
@@ -103,9 +106,9 @@ def test_report_restricted_to_one_task(store, tmp_path):
 
 def test_report_latest_sweep_and_unknown_sweep(store, tmp_path):
     uri, _, _ = store
-    _, csv = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=latest", f"out_dir={tmp_path}"]))
+    _, csv, _ = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=latest", f"out_dir={tmp_path}"]))
     assert csv.name == "comparison-s1.csv"
-    markdown, csv = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=[s1,nope]", f"out_dir={tmp_path}"]))
+    _, csv, _ = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=[s1,nope]", f"out_dir={tmp_path}"]))
     assert csv.name == "comparison-s1.csv" and list(pd.read_csv(csv)["n_runs"]) == [2, 2]
     with pytest.raises(LayerLensError, match="no finished LayerLens runs match"):
         make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=nope", f"out_dir={tmp_path}"]))
@@ -117,7 +120,7 @@ def test_evaluate_scores_a_file_and_logs_it_under_its_name(store):
     run_id = runs[2].info.run_id
     dev = EMBEDDED_GLUE_DIR / "MRPC" / "dev.tsv"
     metrics = evaluate_run(uri, run_id, dev)
-    assert set(metrics) == {"eval/MRPC_dev/acc", "eval/MRPC_dev/f1", "eval/MRPC_dev/n_rows"}
+    assert set(metrics) == {"eval/MRPC_dev/acc", "eval/MRPC_dev/f1", "eval/MRPC_dev/mcc", "eval/MRPC_dev/n_rows"}
     assert metrics["eval/MRPC_dev/n_rows"] == 408  # the whole file, not the run's limit_val_batches
     logged = client.get_run(run_id).data
     assert logged.metrics["eval/MRPC_dev/acc"] == metrics["eval/MRPC_dev/acc"]
@@ -151,11 +154,38 @@ def test_summary_statistics_and_targets_are_exact():
     assert no_reference.loc["lora", "acc"] == "n/a"
 
 
+def test_headline_follows_each_tasks_own_metric_and_its_ratio_needs_the_same_headline():
+    def run(i, task, baseline, headline, **metrics):
+        return {"run_id": f"r{i}", "run_name": f"{baseline}-{task}", "task": task, "model": "m", "baseline": baseline,
+                "seed": "0", "headline": headline, **metrics}
+
+    rows = [
+        run(0, "mrpc", "full_ft", "val/acc", **{"val/acc": 0.80, "val/mcc": 0.50}),
+        run(1, "mrpc", "lora", "val/acc", **{"val/acc": 0.76, "val/mcc": 0.30}),
+        run(2, "stsb", "full_ft", "val/pearson", **{"val/pearson": 0.80, "val/spearman": 0.70}),
+        run(3, "stsb", "lora", "val/pearson", **{"val/pearson": 0.60, "val/spearman": 0.69}),
+        run(4, "cola", "full_ft", "val/acc", **{"val/acc": 0.70, "val/mcc": 0.40}),
+        run(5, "cola", "lora", "val/mcc", **{"val/acc": 0.69, "val/mcc": 0.39}),
+    ]
+    targets = [Target("headline 95%", "headline", "ratio", ">=", 0.95), Target("mcc", "val/mcc", "absolute", ">=", 0.35)]
+    table = summarise(pd.DataFrame(rows), targets).set_index(["task", "baseline"])
+    assert table.loc[("mrpc", "lora"), "headline_mean"] == pytest.approx(0.76)
+    assert table.loc[("mrpc", "lora"), "headline_ratio"] == pytest.approx(0.76 / 0.80)
+    assert table.loc[("stsb", "lora"), "headline_ratio"] == pytest.approx(0.60 / 0.80)
+    assert table.loc[("mrpc", "lora"), "headline 95%"] == "met" and table.loc[("stsb", "lora"), "headline 95%"] == "not met"
+    assert table.loc[("cola", "lora"), "mcc"] == "met" and table.loc[("mrpc", "lora"), "mcc"] == "not met"
+    # A reference scored by another headline metric gives no headline ratio (and no verdict).
+    assert pd.isna(table.loc[("cola", "lora"), "headline_ratio"]) and table.loc[("cola", "lora"), "headline 95%"] == "n/a"
+    no_headline_logged = summarise(pd.DataFrame(rows[:2]).drop(columns="headline"), [])
+    assert list(no_headline_logged["headline"]) == ["val/acc", "val/acc"]
+
+
 def test_target_config_errors_name_the_field():
     with pytest.raises(LayerLensError, match="metric must be one of"):
         Target("x", "val/nope", "ratio", ">=", 1)
     with pytest.raises(LayerLensError, match="op must be one of"):
         Target("x", "val/acc", "ratio", "=>", 1)
+    assert Target("x", "headline", "ratio", ">=", 1).column() == "headline_ratio"
 
 
 def test_runs_of_different_configs_are_separate_rows_named_by_what_differs():

@@ -61,15 +61,18 @@ def test_weight_decay_skips_biases_and_layer_norms():
 
 
 @pytest.mark.parametrize("num_labels", [2, 3])
-def test_metrics_accuracy_and_f1(num_labels):
-    from layerlens.training.classifier import classification_metrics
+def test_metrics_accuracy_f1_and_mcc(num_labels):
+    from layerlens.training.classifier import task_metrics
 
-    metrics = classification_metrics(num_labels, prefix="val/")
+    metrics = task_metrics(num_labels, prefix="val/")
     preds, labels = torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 0, 0])
     scores = metrics(preds, labels)
+    assert set(scores) == {"val/acc", "val/f1", "val/mcc"}
     assert scores["val/acc"] == pytest.approx(0.75)
     if num_labels == 2:  # F1 of the positive class: precision 1/2, recall 1/1
         assert scores["val/f1"] == pytest.approx(2 / 3)
+    # TP 1, TN 2, FP 1, FN 0: (1*2 - 1*0) / sqrt(2 * 1 * 3 * 2); with 3 classes the unused one changes nothing
+    assert scores["val/mcc"] == pytest.approx(2 / 12 ** 0.5)
 
 
 def test_a_pretrained_model_trains_with_dropout_on():

@@ -1,6 +1,7 @@
 """Reading GLUE-format splits (the embedded TSVs, a user's TSVs, or the hub) into `datasets`."""
 
 import csv
+import math
 from pathlib import Path
 
 import datasets
@@ -13,12 +14,14 @@ HUB_SPLITS = {"dev": "validation"}
 
 
 def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
-    """One GLUE TSV (tab-separated, quoting off, BOM or not) as columns text_a[, text_b], label."""
+    """One GLUE TSV (tab-separated, quoting off, BOM or not, a header row unless task.column_names names the
+    columns) as columns text_a[, text_b], label."""
     path = Path(path)
     if not path.is_file():
         raise LayerLensError(f"{path}: task file not found")
     try:
-        header, rows = _checked_header(path)
+        columns, rows = _checked_columns(path, task.column_names)
+        headerless = {"column_names": columns, "header": None} if task.column_names else {}
         raw = datasets.load_dataset(
             "csv",
             data_files=str(path),
@@ -28,7 +31,8 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
             encoding="utf-8-sig",
             keep_default_na=False,
             # Every column as text, so a label is judged as written ("1.5" is not 1).
-            features=datasets.Features({name: datasets.Value("string") for name in header}),
+            features=datasets.Features({name: datasets.Value("string") for name in columns}),
+            **headerless,
         )
     except LayerLensError:
         raise
@@ -36,7 +40,7 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
         detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise LayerLensError(f"{path}: not a readable tab-separated GLUE file ({detail})") from None
     if len(raw) != rows:  # a safety net: pandas must see the lines counted above, no more, no fewer
-        raise LayerLensError(f"{path}: {len(raw)} rows parsed where the file has {rows} lines below the header")
+        raise LayerLensError(f"{path}: {len(raw)} rows parsed where the file has {rows} lines of rows")
     wanted = [*task.text_columns, task.label_column]
     missing = [c for c in wanted if c not in raw.column_names]
     if missing:
@@ -44,30 +48,37 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
             f"{path}: missing column(s) {', '.join(map(repr, missing))} for task {task.name} "
             f"(found: {', '.join(map(repr, raw.column_names))})"
         )
-    labels = [_class_id(value, task, path, line=i + 2) for i, value in enumerate(raw[task.label_column])]
+    first_line = 1 if task.column_names else 2
+    read_label = LABEL_READERS[task.kind]
+    labels = [read_label(value, task, path, line=first_line + i) for i, value in enumerate(raw[task.label_column])]
     return _normalised(raw, task.text_columns, labels)
 
 
-def _checked_header(path: Path) -> tuple[list[str], int]:
-    """The header's column names and the number of (non-empty) lines below it, once every line is
-    seen to have as many fields (quoting is off, so a tab is always a separator)."""
+def _checked_columns(path: Path, column_names: list[str] | None) -> tuple[list[str], int]:
+    """The column names (the header's, or `column_names` for a file without one) and the number of
+    (non-empty) rows, once every row is seen to have as many fields (quoting is off, so a tab is always
+    a separator)."""
     # Split on newlines only, as pandas does: str.splitlines would also break inside a sentence at \x85 or \u2028.
     lines = [line.removesuffix("\r") for line in path.read_text(encoding="utf-8-sig").split("\n")]
     if not any(lines):
         raise LayerLensError(f"{path}: the file is empty")
-    if not any(lines[1:]):
+    first = 0 if column_names else 1  # index of the first row
+    if not any(lines[first:]):
         raise LayerLensError(f"{path}: no rows below the header")
-    header = lines[0].split("\t")
+    if column_names:
+        columns, source = list(column_names), "task.column_names"
+    else:
+        columns, source = lines[0].split("\t"), "the header"
     last = max((i for i, line in enumerate(lines) if line), default=0)
-    for number, line in enumerate(lines[1:last + 1], start=2):
+    for number, line in enumerate(lines[first:last + 1], start=first + 1):
         if not line:  # pandas would skip it: a row lost without a word
             raise LayerLensError(f"{path}:{number}: an empty line among the rows (a truncated row?)")
         fields = line.count("\t") + 1
-        if fields != len(header):
+        if fields != len(columns):
             raise LayerLensError(
-                f"{path}:{number}: {fields} fields where the header has {len(header)} (a truncated line or a stray tab?)"
+                f"{path}:{number}: {fields} fields where {source} has {len(columns)} (a truncated line or a stray tab?)"
             )
-    return header, last  # lines 2..last+1 are the rows: none of them is empty
+    return columns, last + 1 - first  # lines first..last are the rows: none of them is empty
 
 
 def _class_id(value: str, task: TaskSpec, path: Path, line: int) -> int:
@@ -84,7 +95,23 @@ def _class_id(value: str, task: TaskSpec, path: Path, line: int) -> int:
     )
 
 
-def _normalised(raw: datasets.Dataset, text_columns, labels: list[int]) -> datasets.Dataset:
+def _score(value: str, task: TaskSpec, path: Path, line: int) -> float:
+    """A regression label: a finite number as written (STS-B's 0-5 similarity, e.g. 3.8)."""
+    try:
+        score = float(value.strip())
+    except ValueError:
+        score = math.nan
+    if not math.isfinite(score):
+        raise LayerLensError(
+            f"{path}:{line}: label column {task.label_column!r} holds {value!r}, expected a finite number"
+        )
+    return score
+
+
+LABEL_READERS = {"classification": _class_id, "regression": _score}
+
+
+def _normalised(raw: datasets.Dataset, text_columns, labels: list) -> datasets.Dataset:
     columns = {TEXT_A: raw[text_columns[0]]}
     if len(text_columns) == 2:
         columns[TEXT_B] = raw[text_columns[1]]

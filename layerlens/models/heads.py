@@ -23,5 +23,10 @@ class MeanPoolingClassifier(nn.Module):
         mask = attention_mask.unsqueeze(-1).to(states.last_hidden_state.dtype)
         pooled = (states.last_hidden_state * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         logits = self.classifier(self.dropout(pooled))
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        if labels is None:
+            loss = None
+        elif self.config.num_labels == 1:  # regression, as transformers' sequence classifiers do it
+            loss = nn.functional.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
+        else:
+            loss = nn.functional.cross_entropy(logits, labels)
         return SequenceClassifierOutput(loss=loss, logits=logits)

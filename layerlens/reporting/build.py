@@ -1,16 +1,24 @@
 """From a report config to the written and printed comparison."""
 
 from pathlib import Path
+from typing import NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from layerlens.errors import LayerLensError
 from layerlens.reporting.comparison import Target, plan_checks, summarise
+from layerlens.reporting.plots import write_plots
 from layerlens.reporting.render import print_report, provenance, write_report
 from layerlens.reporting.runs import finished_runs
 
 
-def make_report(cfg: DictConfig) -> tuple[Path, Path]:
+class ReportFiles(NamedTuple):
+    markdown: Path
+    csv: Path
+    plots: list[Path]
+
+
+def make_report(cfg: DictConfig) -> ReportFiles:
     try:
         targets = [Target(**check) for check in OmegaConf.to_container(cfg.targets.checks, resolve=True)]
     except TypeError as err:
@@ -22,4 +30,8 @@ def make_report(cfg: DictConfig) -> tuple[Path, Path]:
     stem = f"comparison-{sweep or 'all'}" + (f"-{cfg.task_name}" if cfg.task_name else "")
     checks = plan_checks(runs)
     print_report(table, targets, header, checks=checks)
-    return write_report(table, targets, header, Path(cfg.out_dir), stem, checks)
+    out_dir = Path(cfg.out_dir)
+    scope = f"sweep {sweep.replace('+', ' + ')}" if sweep else "all finished runs"
+    plots = write_plots(table, out_dir, stem, scope, source=f"MLflow store {cfg.tracking_uri}")
+    markdown, csv = write_report(table, targets, header, out_dir, stem, checks, plots)
+    return ReportFiles(markdown, csv, [plot.path for plot in plots])

@@ -5,38 +5,44 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from layerlens.data.kinds import TASK_KINDS
+from layerlens.data.tasks import DEFAULT_HEADLINE
 from layerlens.errors import LayerLensError
 
+# Every eval metric of every task kind (a run logs those of its own kind), then cost.
 SUMMARISED = {
-    "val/acc": "acc",
-    "val/f1": "f1",
+    **{f"val/{name}": name for kind in TASK_KINDS.values() for name in kind.metrics},
     "params/trainable_pct": "trainable_pct",
     "time/train_s": "train_s",
+    "time/profile_s": "profile_s",
 }
-RATIOS = ("acc", "f1", "trainable_pct", "train_s")
+# The task's own headline metric (task.headline_metric in each run's config): val/acc for one task, val/mcc
+# or val/pearson for another. Targets name it `headline`; the table's headline_* columns hold it.
+HEADLINE = "headline"
 GROUP = ["task", "model", "baseline"]
-ROW = [*GROUP, "variant"]
+ROW = [*GROUP, "variant", HEADLINE]
 OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt}
 
 
 @dataclass
 class Target:
     name: str
-    metric: str
+    metric: str  # a key of SUMMARISED, or "headline"
     compare: str  # "ratio" (to the reference baseline) or "absolute"
     op: str
     value: float
 
     def __post_init__(self):
-        if self.metric not in SUMMARISED:
-            raise LayerLensError(f"target {self.name!r}: metric must be one of {', '.join(SUMMARISED)}, got {self.metric!r}")
+        if self.metric not in (*SUMMARISED, HEADLINE):
+            raise LayerLensError(f"target {self.name!r}: metric must be one of {HEADLINE}, {', '.join(SUMMARISED)}, "
+                                 f"got {self.metric!r}")
         if self.compare not in ("ratio", "absolute"):
             raise LayerLensError(f"target {self.name!r}: compare must be 'ratio' or 'absolute', got {self.compare!r}")
         if self.op not in OPS:
             raise LayerLensError(f"target {self.name!r}: op must be one of {', '.join(OPS)}, got {self.op!r}")
 
     def column(self) -> str:
-        short = SUMMARISED[self.metric]
+        short = HEADLINE if self.metric == HEADLINE else SUMMARISED[self.metric]
         return f"{short}_ratio" if self.compare == "ratio" else f"{short}_mean"
 
     def verdict(self, row: pd.Series) -> str:
@@ -47,34 +53,40 @@ class Target:
 
 
 def summarise(runs: pd.DataFrame, targets: list[Target], reference: str = "full_ft") -> pd.DataFrame:
-    """One row per (task, model, baseline, variant): seeds, runs, mean/std of each metric, ratios, targets.
+    """One row per (task, model, baseline, variant): seeds, runs, mean/std of each metric and of the task's
+    headline metric, ratios, targets.
 
     A variant is a set of runs of one baseline whose logged configs agree except for the seed; it is
     labelled by the config keys in which it differs from the baseline's other runs (empty when alone).
-    Ratios need exactly one reference variant per task and model, and are left empty otherwise.
+    Ratios need exactly one reference variant per task and model, and are left empty otherwise; the
+    headline's ratio also needs the reference to have the same headline metric.
     """
     if runs.empty:
         raise LayerLensError("no finished LayerLens runs match: run some first, or check tracking_uri/sweep/task")
     for metric in SUMMARISED:
         if metric not in runs:
             runs = runs.assign(**{metric: float("nan")})
-    runs = label_variants(runs)
+    headline = runs[HEADLINE].fillna(DEFAULT_HEADLINE) if HEADLINE in runs else DEFAULT_HEADLINE
+    runs = label_variants(runs.assign(**{HEADLINE: headline}))
+    runs = runs.assign(headline_value=[row.get(row[HEADLINE], float("nan")) for _, row in runs.iterrows()])
+    summarised = {**SUMMARISED, "headline_value": HEADLINE}
     grouped = runs.groupby(ROW, sort=True)
     table = grouped.agg(
         n_runs=("run_id", "size"),
         seeds=("seed", lambda s: ",".join(sorted(set(s), key=_seed_order))),
         runs=("run_name", lambda s: " ".join(sorted(s))),
     )
-    for metric, short in SUMMARISED.items():
+    for metric, short in summarised.items():
         table[f"{short}_mean"] = grouped[metric].mean()
         table[f"{short}_std"] = grouped[metric].std(ddof=1)
     table = table.reset_index()
-    means = [f"{short}_mean" for short in RATIOS]
-    reference_rows = table.loc[table["baseline"] == reference, ["task", "model", *means]]
+    means = [f"{short}_mean" for short in summarised.values()]
+    reference_rows = table.loc[table["baseline"] == reference, ["task", "model", HEADLINE, *means]]
     unique_reference = reference_rows.groupby(["task", "model"]).filter(lambda rows: len(rows) == 1)
     merged = table.merge(unique_reference, on=["task", "model"], how="left", suffixes=("", "_ref"))
-    for short in RATIOS:
+    for short in summarised.values():
         table[f"{short}_ratio"] = merged[f"{short}_mean"] / merged[f"{short}_mean_ref"]
+    table[f"{HEADLINE}_ratio"] = table[f"{HEADLINE}_ratio"].where(merged[HEADLINE] == merged[f"{HEADLINE}_ref"])
     for target in targets:
         table[target.name] = table.apply(target.verdict, axis=1)
     return table

@@ -7,18 +7,24 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from layerlens.reporting.comparison import RATIOS, SUMMARISED, Target
+from layerlens.reporting.comparison import HEADLINE, SUMMARISED, Target
+from layerlens.reporting.plots import Plot
 
-LABELS = {"acc": "acc", "f1": "F1", "trainable_pct": "trainable %", "train_s": "train s"}
+LABELS = {"acc": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman",
+          "trainable_pct": "trainable %", "train_s": "train s", "profile_s": "profile s", HEADLINE: "headline"}
+DIGITS = {"trainable_pct": 3, "train_s": 1, "profile_s": 1}  # others: 4
+ALWAYS_SHOWN = ("trainable_pct", "train_s")  # other metric columns only where some run logged them
+SHOWN_RATIOS = (HEADLINE, "trainable_pct", "train_s")
 
 
 def provenance(tracking_uri: str, sweep: str | None, reference: str) -> str:
     scope = f"sweep {sweep.replace('+', ' + sweep ')}" if sweep else "all finished runs"
     return (
-        f"Source: MLflow store {tracking_uri}, {scope}. acc and F1: each run's best checkpoint on its task's "
-        f"dev split; mean ± sample std over the n seeds of each row. Ratios: row mean / {reference} mean for the "
-        f"same task and model, left empty where that is not one configuration (filter by sweep). "
-        f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
+        f"Source: MLflow store {tracking_uri}, {scope}. Task metrics (acc, F1, MCC; Pearson, Spearman): each run's "
+        f"best checkpoint, by the task's headline metric (task.headline_metric), on its task's eval split (dev "
+        f"unless task.eval_split says otherwise); mean ± sample std over the n seeds of each row. Ratios: row mean / "
+        f"{reference} mean for the same task and model, left empty where that is not one configuration (filter by "
+        f"sweep). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
     )
 
 
@@ -26,7 +32,7 @@ def _mean_std(row: pd.Series, short: str) -> str:
     mean, std = row[f"{short}_mean"], row[f"{short}_std"]
     if pd.isna(mean):
         return "–"
-    digits = 1 if short == "train_s" else 4 if short != "trainable_pct" else 3
+    digits = DIGITS.get(short, 4)
     return f"{mean:.{digits}f}" + ("" if pd.isna(std) else f" ± {std:.{digits}f}")
 
 
@@ -34,9 +40,11 @@ def display_frame(table: pd.DataFrame, targets: list[Target]) -> pd.DataFrame:
     baseline = table["baseline"] + table["variant"].map(lambda v: f" ({v})" if v else "")
     shown = pd.DataFrame({"task": table["task"], "model": table["model"], "baseline": baseline})
     shown["n seeds"] = table["n_runs"].astype(str) + " (" + table["seeds"] + ")"
+    shown[LABELS[HEADLINE]] = table[HEADLINE].str.removeprefix("val/")
     for short in SUMMARISED.values():
-        shown[LABELS[short]] = table.apply(_mean_std, axis=1, short=short)
-    for short in RATIOS:
+        if short in ALWAYS_SHOWN or table[f"{short}_mean"].notna().any():
+            shown[LABELS.get(short, short)] = table.apply(_mean_std, axis=1, short=short)
+    for short in SHOWN_RATIOS:
         shown[f"{LABELS[short]} / ref"] = table[f"{short}_ratio"].map(lambda v: "–" if pd.isna(v) else f"{v:.3f}")
     for target in targets:
         shown[target.name] = table[target.name]
@@ -52,11 +60,14 @@ CHECKS_NOTE = (
 
 
 def write_report(table: pd.DataFrame, targets: list[Target], header: str, out_dir: Path, stem: str,
-                 checks: pd.DataFrame | None = None) -> tuple[Path, Path]:
+                 checks: pd.DataFrame | None = None, plots: list[Plot] | None = None) -> tuple[Path, Path]:
+    """The Markdown (linking `plots`, written beside it) and the CSV of the table, in out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown, csv = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
     shown = display_frame(table, targets)
     text = f"# LayerLens comparison\n\n{header}\n\n{shown.to_markdown(index=False)}\n"
+    if plots:
+        text += "\n## Plots\n" + "".join(f"\n![{p.title}]({p.path.name})\n\n{p.caption}\n" for p in plots)
     if checks is not None and not checks.empty:
         text += f"\n## Profiling and plan checks\n\n{CHECKS_NOTE}\n\n{checks.to_markdown(index=False, floatfmt='.4g')}\n"
         checks.to_csv(out_dir / f"{stem}-plan-checks.csv", index=False)

@@ -26,6 +26,7 @@ def finished_runs(tracking_uri: str, sweep: str | list[str] | None = None, task:
                 "run_name": run.info.run_name,
                 "start_time": run.info.start_time,
                 **{tag: run.data.tags.get(tag) for tag in IDENTITY_TAGS},
+                "headline": run.data.params.get("task.headline_metric"),
                 "config": {k: v for k, v in run.data.params.items() if not k.startswith(NOT_CONFIG)},
                 **run.data.metrics,
             }
@@ -34,7 +35,7 @@ def finished_runs(tracking_uri: str, sweep: str | list[str] | None = None, task:
         token = page.token
         if not token:
             break
-    runs = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run_id", "run_name", "start_time", *IDENTITY_TAGS, "config"])
+    runs = pd.DataFrame(rows) if rows else pd.DataFrame(columns=["run_id", "run_name", "start_time", *IDENTITY_TAGS, "headline", "config"])
     if sweep == "latest":
         swept = runs.dropna(subset=["sweep"])
         sweep = swept.sort_values("start_time")["sweep"].iloc[-1] if len(swept) else None

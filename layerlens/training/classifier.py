@@ -1,8 +1,9 @@
 import lightning as L
 import torch
 from torchmetrics import MetricCollection
-from torchmetrics.classification import Accuracy, F1Score
 from transformers import get_linear_schedule_with_warmup
+
+from layerlens.data.kinds import TASK_KINDS, task_kind
 
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -14,17 +15,15 @@ def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def classification_metrics(num_labels: int, prefix: str) -> MetricCollection:
-    """Accuracy and F1; with two labels F1 is that of the positive class (1), as GLUE reports it."""
-    if num_labels == 2:
-        kind = {"task": "binary"}
-    else:
-        kind = {"task": "multiclass", "num_classes": num_labels, "average": "macro"}
-    return MetricCollection({"acc": Accuracy(**{**kind, "average": "micro"}), "f1": F1Score(**kind)}, prefix=prefix)
+def task_metrics(num_labels: int, prefix: str) -> MetricCollection:
+    """The metrics of the task kind that num_labels implies (see layerlens.data.kinds), named prefix + name."""
+    metrics = TASK_KINDS[task_kind(num_labels)].metrics
+    return MetricCollection({name: make(num_labels) for name, make in metrics.items()}, prefix=prefix)
 
 
 class SequenceClassifier(L.LightningModule):
-    """Trains any transformers sequence classifier with AdamW and linear warmup/decay."""
+    """Trains any transformers sequence classifier (or regressor, with num_labels 1) with AdamW and linear
+    warmup/decay."""
 
     def __init__(self, model: torch.nn.Module, num_labels: int, lr: float, weight_decay: float, warmup_ratio: float):
         super().__init__()
@@ -32,7 +31,8 @@ class SequenceClassifier(L.LightningModule):
         # dropout (LoRA's included) would be off during training.
         self.model = model.train()
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
-        self.val_metrics = classification_metrics(num_labels, prefix="val/")
+        self.predictions_of = TASK_KINDS[task_kind(num_labels)].predict
+        self.val_metrics = task_metrics(num_labels, prefix="val/")
 
     def training_step(self, batch, batch_idx):
         loss = self.model(**batch).loss
@@ -41,7 +41,7 @@ class SequenceClassifier(L.LightningModule):
 
     def validation_step(self, batch, batch_idx):
         out = self.model(**batch)
-        self.val_metrics.update(out.logits.argmax(dim=-1), batch["labels"])
+        self.val_metrics.update(self.predictions_of(out.logits), batch["labels"])
         self.log("val/loss", out.loss, batch_size=batch["labels"].shape[0])
 
     def on_validation_epoch_end(self):
