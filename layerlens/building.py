@@ -7,24 +7,30 @@ from torch import nn
 
 from layerlens.methods import attach_adapter, attach_prefix
 from layerlens.planning.plan import Plan
-from layerlens.sites import Site
+from layerlens.sites import Site, encoder_layers
 
-HEAD = "classifier"
 ATTACH = {
     "adapter": lambda site, size: attach_adapter(site.module, site.d_out, size),
     "prefix": lambda site, size: attach_prefix(site.module, size),
 }
 
 
-def peft_key(site: Site) -> str:
-    """The site's module name from `encoder.layer` on, which matches it in any model wrapping the encoder."""
-    return site.path[site.path.index("encoder.layer."):]
+def task_head(model: nn.Module) -> list[str]:
+    """The model's top-level modules with parameters outside the encoder: "classifier", and with DeBERTa also
+    "pooler" (its checkpoints have none: a new layer that must train, as RoBERTa's classifier.dense does)."""
+    encoder = encoder_layers(model)[0].split(".")[0]
+    return [name for name, child in model.named_children()
+            if name != encoder and any(True for _ in child.parameters())]
 
 
-def lora_config(plan: Plan, sites: list[Site], alpha_ratio: float, dropout: float) -> LoraConfig | None:
-    """A peft LoraConfig with one rank per adapted linear site (rank_pattern), or None if the plan has no LoRA."""
+def lora_config(plan: Plan, sites: list[Site], alpha_ratio: float, dropout: float,
+                head: list[str] | None = None) -> LoraConfig | None:
+    """A peft LoraConfig with one rank per adapted linear site (rank_pattern), or None if the plan has no LoRA.
+
+    `head`: modules to train in full besides peft's own choice for sequence classification ("classifier").
+    """
     by_name = {site.name: site for site in sites}
-    ranks = {peft_key(by_name[c.site]): c.size for c in plan.adapted() if c.method == "lora"}
+    ranks = {by_name[c.site].target: c.size for c in plan.adapted() if c.method == "lora"}
     if not ranks:
         return None
     return LoraConfig(
@@ -35,15 +41,18 @@ def lora_config(plan: Plan, sites: list[Site], alpha_ratio: float, dropout: floa
         rank_pattern={re.escape(key): r for key, r in ranks.items()},
         alpha_pattern={re.escape(key): alpha_ratio * r for key, r in ranks.items()},
         lora_dropout=dropout,
+        modules_to_save=list(head) if head else None,
     )
 
 
 def apply_plan(model: nn.Module, sites: list[Site], plan: Plan, alpha_ratio: float, dropout: float) -> nn.Module:
     """Exactly the plan's modules trainable, plus the task head; everything else frozen."""
-    config = lora_config(plan, sites, alpha_ratio, dropout)
+    head = task_head(model)
+    config = lora_config(plan, sites, alpha_ratio, dropout, head)
     if config is None:
         model.requires_grad_(False)
-        model.get_submodule(HEAD).requires_grad_(True)
+        for name in head:
+            model.get_submodule(name).requires_grad_(True)
     else:
         model = get_peft_model(model, config)  # freezes all but LoRA and the head: attach the rest after
     by_name = {site.name: site for site in sites}

@@ -1,24 +1,61 @@
 """Candidate sites of a transformer encoder: where an adaptation method can be attached."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
 from layerlens.errors import LayerLensError
 
-# Site kind -> (path inside one encoder layer, method that attaches there, modules whose parameters the
-# site's profile reads). Linear sites take LoRA; block outputs take an adapter; self-attention takes a prefix.
-BERT_SITES = {
-    "query": ("attention.self.query", "lora", ("attention.self.query",)),
-    "key": ("attention.self.key", "lora", ("attention.self.key",)),
-    "value": ("attention.self.value", "lora", ("attention.self.value",)),
-    "attn_out": ("attention.output.dense", "lora", ("attention.output.dense",)),
-    "ffn_in": ("intermediate.dense", "lora", ("intermediate.dense",)),
-    "ffn_out": ("output.dense", "lora", ("output.dense",)),
-    "attn_block": ("attention.output", "adapter", ("attention.output",)),
-    "ffn_block": ("output", "adapter", ("output",)),
-    "attention": ("attention.self", "prefix", ("attention.self.key", "attention.self.value")),
+# Site kind -> the method that attaches there: linear sites take LoRA; block outputs take an adapter;
+# self-attention takes a prefix. Kinds are the same in every model family; where they sit is not.
+SITE_METHODS = {
+    "query": "lora",
+    "key": "lora",
+    "value": "lora",
+    "attn_out": "lora",
+    "ffn_in": "lora",
+    "ffn_out": "lora",
+    "attn_block": "adapter",
+    "ffn_block": "adapter",
+    "attention": "prefix",
 }
+# A prefix's utility is read from the key and value projections it extends; any other site's from its own module.
+PROFILED_KINDS = {"attention": ("key", "value")}
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where one model family keeps its encoder layers and, inside a layer, the module of each site kind."""
+
+    name: str
+    layers: str  # the encoder's list of layers: the end of its name in model.named_modules()
+    paths: dict[str, str]  # site kind -> module path inside one layer
+    refused: dict[str, str] = field(default_factory=dict)  # site kind -> why its method cannot work here
+
+
+BERT = Family("bert", "encoder.layer", {
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attn_out": "attention.output.dense",
+    "ffn_in": "intermediate.dense",
+    "ffn_out": "output.dense",
+    "attn_block": "attention.output",
+    "ffn_block": "output",
+    "attention": "attention.self",
+})
+DEBERTA_V2 = Family("deberta-v2", "encoder.layer", {
+    **BERT.paths,
+    "query": "attention.self.query_proj",
+    "key": "attention.self.key_proj",
+    "value": "attention.self.value_proj",
+}, refused={
+    # DisentangledSelfAttention adds content-to-position and position-to-content scores, gathered by the
+    # relative distance between each query and key token (modeling_deberta_v2.disentangled_attention_bias).
+    "attention": "its disentangled attention adds relative-position scores that prefix keys, having no position, lack",
+})
+# config.model_type -> family; DeBERTa-v3 checkpoints are model type deberta-v2.
+FAMILIES = {"bert": BERT, "roberta": BERT, "deberta-v2": DEBERTA_V2}
 
 
 @dataclass
@@ -28,43 +65,63 @@ class Site:
     kind: str
     method: str
     path: str  # the module's name in model.named_modules()
+    target: str  # its name from the layer list on (e.g. "encoder.layer.3.intermediate.dense"): peft matches it
     d_in: int
     d_out: int
     module: nn.Module
     profiled: tuple[nn.Module, ...]  # modules whose parameters' gradients measure the site's utility
 
 
+def model_family(model: nn.Module) -> Family:
+    """The family of `model` (or of the encoder it wraps), from its config's model_type."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type not in FAMILIES:
+        raise LayerLensError(f"model: config.model_type {model_type!r} has no site table "
+                             f"(supported: {', '.join(FAMILIES)})")
+    return FAMILIES[model_type]
+
+
 def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """The encoder's list of transformer layers and its name, e.g. ("encoder.encoder.layer", ...)."""
+    family = model_family(model)
     for name, module in model.named_modules():
-        if name.endswith("encoder.layer") and isinstance(module, nn.ModuleList):
+        if (name == family.layers or name.endswith("." + family.layers)) and isinstance(module, nn.ModuleList):
             return name, module
-    raise LayerLensError(f"model: no encoder layer list (`encoder.layer`) found in {type(model).__name__}")
+    raise LayerLensError(f"model: no encoder layer list (`{family.layers}`) found in {type(model).__name__}")
 
 
-def _linear_dims(module: nn.Module) -> tuple[int, int]:
-    if isinstance(module, nn.Linear):
+def _dims(method: str, module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
+    if method == "lora":
         return module.in_features, module.out_features
-    dense = getattr(module, "dense", None)
-    if isinstance(dense, nn.Linear):  # a block output: its width is that of its projection's output
-        return dense.out_features, dense.out_features
-    hidden = module.query.in_features  # self-attention: keys and values of width hidden
-    return hidden, hidden
+    if method == "adapter":  # a block output: as wide as its projection's output
+        return module.dense.out_features, module.dense.out_features
+    width = profiled[0].out_features  # a prefix: keys and values as wide as the key projection's output
+    return width, width
 
 
 def discover_sites(model: nn.Module, kinds: list[str] | None = None) -> list[Site]:
-    """Every candidate site of every encoder layer, in layer order, limited to `kinds` when given."""
-    prefix, layers = encoder_layers(model)
-    wanted = list(BERT_SITES) if kinds is None else kinds
-    unknown = [k for k in wanted if k not in BERT_SITES]
+    """Every candidate site of every encoder layer, in layer order, limited to `kinds` when given.
+
+    All kinds (`kinds` None) leaves out those the model's family refuses; naming a refused kind is an error.
+    """
+    family = model_family(model)
+    unknown = [k for k in kinds or [] if k not in SITE_METHODS]
     if unknown:
-        raise LayerLensError(f"site kind {unknown[0]!r} is unknown (choose from: {', '.join(BERT_SITES)})")
+        raise LayerLensError(f"site kind {unknown[0]!r} is unknown (choose from: {', '.join(SITE_METHODS)})")
+    refused = [k for k in kinds or [] if k in family.refused]
+    if refused:
+        kind = refused[0]
+        raise LayerLensError(f"site kind {kind!r} ({SITE_METHODS[kind]}) does not work on {family.name} models: "
+                             f"{family.refused[kind]} (leave {kind} out of baseline.sites)")
+    wanted = [k for k in SITE_METHODS if k not in family.refused] if kinds is None else kinds
+    prefix, layers = encoder_layers(model)
     sites = []
     for i, layer in enumerate(layers):
         for kind in wanted:
-            path, method, profiled = BERT_SITES[kind]
+            path, method = family.paths[kind], SITE_METHODS[kind]
             module = layer.get_submodule(path)
-            d_in, d_out = _linear_dims(module)
-            sites.append(Site(f"L{i}.{kind}", i, kind, method, f"{prefix}.{i}.{path}", d_in, d_out, module,
-                              tuple(layer.get_submodule(p) for p in profiled)))
+            profiled = tuple(layer.get_submodule(family.paths[k]) for k in PROFILED_KINDS.get(kind, (kind,)))
+            d_in, d_out = _dims(method, module, profiled)
+            sites.append(Site(f"L{i}.{kind}", i, kind, method, f"{prefix}.{i}.{path}", f"{family.layers}.{i}.{path}",
+                              d_in, d_out, module, profiled))
     return sites

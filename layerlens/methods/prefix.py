@@ -59,7 +59,7 @@ def _prefixed_forward(self, hidden_states, attention_mask=None, past_key_values=
 
 
 def attach_prefix(self_attention: nn.Module, length: int) -> nn.Module:
-    """Prefix-tune a transformers BertSelfAttention in place; returns the prefix module.
+    """Prefix-tune a transformers BertSelfAttention (or RobertaSelfAttention, its copy) in place; returns the prefix.
 
     Its query/key/value children are called, not read, so peft-LoRA-wrapped projections still apply.
     Attention weights are not returned (None), as with transformers' sdpa attention.
@@ -68,6 +68,9 @@ def attach_prefix(self_attention: nn.Module, length: int) -> nn.Module:
         raise LayerLensError(f"length must be a positive integer, got {length!r}")
     if hasattr(self_attention, ATTR):
         raise LayerLensError(f"{type(self_attention).__name__} already has a prefix")
+    if not all(hasattr(self_attention, name) for name in ("query", "key", "value", "scaling")):
+        raise LayerLensError(f"{type(self_attention).__name__} is not a BERT-style self-attention "
+                             "(query, key, value and scaling): a prefix cannot be attached")
     ref = next(self_attention.parameters())
     prefix = Prefix(length, self_attention.all_head_size).to(device=ref.device, dtype=ref.dtype)
     self_attention.add_module(ATTR, prefix)

@@ -37,7 +37,12 @@ class PretrainedBackbone:
 
     def classifier(self, num_labels: int) -> nn.Module:
         if self.pooling == "mean":
-            return MeanPoolingClassifier(AutoModel.from_pretrained(self.location(), add_pooling_layer=False), num_labels)
+            # Mean pooling never reads BERT's or RoBERTa's [CLS] pooler: drop it. DeBERTa's model has none, and
+            # so no add_pooling_layer argument to leave it out with.
+            encoder = AutoModel.from_pretrained(self.location())
+            if getattr(encoder, "pooler", None) is not None:
+                encoder.pooler = None
+            return MeanPoolingClassifier(encoder, num_labels)
         return AutoModelForSequenceClassification.from_pretrained(self.location(), num_labels=num_labels)
 
 
