@@ -14,10 +14,14 @@ class Budget:
     flops: float | None = None  # added FLOPs per token
     memory_mb: float | None = None  # added training memory
     latency_ms: float | None = None  # added latency per batch
+    # Estimated training time, % of full fine-tuning's: how deep backpropagation runs, plus the sites' latency.
+    train_time_pct: float | None = None
 
     def __post_init__(self):
         if self.params_pct is not None and not (is_number(self.params_pct) and 0 < self.params_pct <= 100):
             raise LayerLensError(f"budget.params_pct must be in (0, 100] or null, got {self.params_pct!r}")
+        if self.train_time_pct is not None and not (is_number(self.train_time_pct) and self.train_time_pct > 0):
+            raise LayerLensError(f"budget.train_time_pct must be a positive number or null, got {self.train_time_pct!r}")
         for name in ("params", "flops", "memory_mb", "latency_ms"):
             value = getattr(self, name)
             if value is not None and not (is_number(value) and math.isfinite(value) and value > 0):
@@ -39,9 +43,9 @@ class Budget:
         return "budget.params_pct"
 
     def limits(self, backbone_params: int) -> dict[str, float]:
-        """Every limit that is set, by name: params, flops, memory_mb, latency_ms."""
+        """Every limit that is set, by name: params, flops, memory_mb, latency_ms, train_time_pct."""
         limits = {"params": self.params_limit(backbone_params), "flops": self.flops,
-                  "memory_mb": self.memory_mb, "latency_ms": self.latency_ms}
+                  "memory_mb": self.memory_mb, "latency_ms": self.latency_ms, "train_time_pct": self.train_time_pct}
         return {name: float(value) for name, value in limits.items() if value is not None}
 
 

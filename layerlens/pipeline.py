@@ -1,11 +1,13 @@
 """One experiment: config -> data + backbone -> adapted model -> training -> best-checkpoint metrics."""
 
 import logging
+import math
 import time
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from torch import nn
 
@@ -16,6 +18,7 @@ from layerlens.errors import LayerLensError
 from layerlens.planning.plan import Plan
 from layerlens.provenance import git_commit, native_build
 from layerlens.settings import RunSettings, build, resolve_settings
+from layerlens.tracking import NullTracker
 from layerlens.training.classifier import SequenceClassifier
 from layerlens.training.resources import FitTimer, peak_rss_mb, reset_peak_rss
 from layerlens.training.resume import Interruption, check_resumable, shuffled_train_loader, write_run_record
@@ -45,8 +48,9 @@ def run_tags(s: RunSettings, sweep: str | None) -> dict[str, str]:
     return tags
 
 
-def planned_steps(trainer_cfg: DictConfig, train_batches: int) -> int:
-    """The optimiser steps `Trainer.fit` will run, from the trainer config and the batches per epoch."""
+def planned_steps(trainer_cfg: DictConfig, train_batches: int) -> tuple[int, int]:
+    """The optimiser steps `Trainer.fit` will run and the epochs they span, from the trainer config and the
+    batches per epoch."""
     limit = trainer_cfg.get("limit_train_batches")
     if isinstance(limit, int):
         train_batches = min(train_batches, limit)
@@ -54,15 +58,18 @@ def planned_steps(trainer_cfg: DictConfig, train_batches: int) -> int:
         train_batches = int(train_batches * limit)
     total = train_batches * trainer_cfg.max_epochs
     max_steps = trainer_cfg.get("max_steps") or -1
-    return min(total, max_steps) if max_steps > 0 else total
+    steps = min(total, max_steps) if max_steps > 0 else total
+    return steps, max(1, math.ceil(steps / max(train_batches, 1)))
 
 
 def adapt_context(s: RunSettings, cfg: DictConfig, data: GlueDataModule, backbone_params: int, output_dir: Path,
                   reuse_plan: bool = False) -> AdaptContext:
+    total_steps, epochs = planned_steps(cfg.trainer, len(data.train_dataloader()))
     return AdaptContext(
         backbone_params=backbone_params,
         budget=s.budget,
-        total_steps=planned_steps(cfg.trainer, len(data.train_dataloader())),
+        total_steps=total_steps,
+        epochs=epochs,
         train_batches=data.train_dataloader,
         output_dir=Path(output_dir),
         reuse_plan=reuse_plan,
@@ -130,9 +137,12 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
         resume_id = check_resumable(cfg, output_dir)
     interruption = Interruption(output_dir)
     reset_peak_rss()
-    with s.tracker.start_run(run_name(s), run_tags(s, sweep), cfg, run_id=resume_id) as run, \
+    # Under DDP every process runs all of this; only global rank 0 records the run (MLflow, run.json).
+    recording = rank_zero_only.rank == 0
+    tracker = s.tracker if recording else NullTracker()
+    with tracker.start_run(run_name(s), run_tags(s, sweep), cfg, run_id=resume_id) as run, \
             interruption.handling_signals():
-        if not resuming:
+        if not resuming and recording:
             write_run_record(output_dir, run.run_id, cfg)
         L.seed_everything(s.seed, workers=True)
         data = build_datamodule(s, s.backbone.tokenizer())
@@ -177,10 +187,9 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
         run.set_tags({"checkpoint": checkpoint.best_model_path})
     interruption.checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
     log.info(
-        "run %s (mlflow run %s): %s split %r, best checkpoint %s: acc %.4f, f1 %.4f; trainable %d (%.3f%% of backbone); "
-        "train %.1f s",
+        "run %s (mlflow run %s): %s split %r, best checkpoint %s: %s; trainable %d (%.3f%% of backbone); train %.1f s",
         run_name(s), run.run_id, s.task.name, s.task.eval_split, Path(checkpoint.best_model_path).name,
-        metrics.get("val/acc", float("nan")), metrics.get("val/f1", float("nan")), trainable,
-        metrics["params/trainable_pct"], timer.train_s,
+        ", ".join(f"{name.removeprefix('val/')} {metrics.get(name, float('nan')):.4f}" for name in s.task.metric_names),
+        trainable, metrics["params/trainable_pct"], timer.train_s,
     )
     return metrics[s.task.headline_metric]

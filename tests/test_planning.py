@@ -9,7 +9,7 @@ from transformers import BertConfig, BertModel
 from layerlens.budget import Budget, params_pct_for
 from layerlens.errors import LayerLensError
 from layerlens.methods import attach_adapter, attach_prefix
-from layerlens.planning.costs import SiteSpec, Workload, option_costs
+from layerlens.planning.costs import Depth, SiteSpec, Workload, option_costs
 from layerlens.planning.plan import Plan
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.sites import discover_sites
@@ -158,3 +158,41 @@ def test_the_smallest_params_pct_printed_holds_the_count(count, backbone):
     pct = float(params_pct_for(count, backbone))
     assert Budget(params_pct=pct).params_limit(backbone) >= count
     assert Budget(params_pct=pct * 0.99).params_limit(backbone) < count
+
+
+DEPTH = Depth(layers=2, layer_flops=2.0e5, epochs=4, cached=True)
+
+
+def test_depth_fraction_prices_backpropagation_depth_and_the_cache():
+    assert DEPTH.fraction(0) == pytest.approx(2 / 3)  # forward + input gradients, no weight gradients
+    assert DEPTH.fraction(0) > DEPTH.fraction(1) > DEPTH.fraction(2) > 0
+    uncached = Depth(layers=2, layer_flops=2.0e5, epochs=4, cached=False)
+    assert uncached.fraction(1) > DEPTH.fraction(1) and uncached.fraction(0) == DEPTH.fraction(0)
+
+
+def depth_planned(budgets):
+    sites = discover_sites(tiny_bert(), ["query", "value", "ffn_block"])
+    specs = [spec(s, 2.0 if s.layer == 0 else 1.0) for s in sites]  # layer 0 looks more useful
+    return make_plan(specs, WORKLOAD, budgets, PlannerSettings(), DEPTH)
+
+
+def test_a_training_time_budget_keeps_low_layers_frozen_and_the_plan_within_it():
+    tight, loose = (depth_planned({"params": 2000.0, "train_time_pct": pct}) for pct in (60.0, 90.0))
+    assert tight.lowest_adapted_layer() == 1 and tight.train_time_pct <= 60.0 and tight.within_budgets()
+    assert loose.lowest_adapted_layer() == 0 and loose.train_time_pct <= 90.0 and loose.within_budgets()
+    assert loose.objective > tight.objective
+    assert Plan.from_json(tight.to_json()).train_time_pct == tight.train_time_pct
+    assert tight.utilisation()["train_time_pct"] == pytest.approx(tight.train_time_pct / 60.0)
+
+
+def test_a_training_time_budget_too_small_for_any_plan_names_the_smallest_that_fits():
+    with pytest.raises(NoPlanFits, match=r"budget.train_time_pct must be >= [\d.]+ for any plan to fit "
+                                         r"\(the cheapest option in training time: .* at L1\.\w+\), got 20") as err:
+        depth_planned({"params": 2000.0, "train_time_pct": 20.0})
+    assert depth_planned({"params": 2000.0, "train_time_pct": err.value.needed * 1.0001}).adapted()
+
+
+def test_a_training_time_budget_needs_the_depth():
+    sites = discover_sites(tiny_bert(), ["query"])
+    with pytest.raises(LayerLensError, match="budget.train_time_pct needs the model's depth"):
+        make_plan([spec(s) for s in sites], WORKLOAD, {"train_time_pct": 50.0}, PlannerSettings())

@@ -14,6 +14,7 @@ class AdaptContext:
     backbone_params: int  # the unadapted classifier's parameter count
     budget: Budget
     total_steps: int  # optimiser steps the trainer will run
+    epochs: int  # passes over the training data (the last perhaps partial)
     train_batches: Callable[[], Iterable[dict]]  # a fresh pass over shuffled training batches
     output_dir: Path  # where the run writes its files
     reuse_plan: bool = False  # rebuild from the plan already in output_dir (evaluating a finished run)

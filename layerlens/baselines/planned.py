@@ -8,12 +8,13 @@ from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
 from layerlens.building import apply_plan, lora_config
 from layerlens.errors import LayerLensError
-from layerlens.planning.costs import SiteSpec, Workload
+from layerlens.planning.costs import Depth, SiteSpec, Workload
 from layerlens.planning.plan import Plan
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
 from layerlens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
-from layerlens.sites import BERT_SITES, Site, discover_sites
+from layerlens.sites import SITE_METHODS, Site, discover_sites, encoder_layers
+from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
 from layerlens.validation import require_fraction, require_positive
 
 PLAN_FILE, PLOT_FILE = "plan.json", "plan.png"
@@ -25,23 +26,25 @@ class LayerLensBaseline:
 
     name: str = "layerlens"
     lr: float = 1.5e-3
-    sites: list[str] = field(default_factory=lambda: list(BERT_SITES))
+    sites: list[str] = field(default_factory=lambda: list(SITE_METHODS))
     profile: ProfileSettings | dict = field(default_factory=ProfileSettings)
     planner: PlannerSettings | dict = field(default_factory=PlannerSettings)
     lora_alpha_ratio: float = 2.0  # lora_alpha = ratio * rank at every site: the same scale for every rank
     lora_dropout: float = 0.1
+    # Compute the frozen layers below the lowest adapted one once, without dropout, and reuse their output.
+    cache_frozen_layers: bool = True
 
     def __post_init__(self):
         require_positive("baseline.lr", self.lr)
         require_positive("baseline.lora_alpha_ratio", self.lora_alpha_ratio)
         require_fraction("baseline.lora_dropout", self.lora_dropout)
         if not isinstance(self.sites, (list, tuple)):
-            raise LayerLensError(f"baseline.sites must be a list of site kinds (choose from: {', '.join(BERT_SITES)}), "
+            raise LayerLensError(f"baseline.sites must be a list of site kinds (choose from: {', '.join(SITE_METHODS)}), "
                                  f"got {self.sites!r}")
-        unknown = [kind for kind in self.sites if kind not in BERT_SITES]
+        unknown = [kind for kind in self.sites if kind not in SITE_METHODS]
         if unknown or not self.sites:
             raise LayerLensError(f"baseline.sites: {str(unknown[0]) + ' is unknown' if unknown else 'none given'} "
-                                 f"(choose from: {', '.join(BERT_SITES)})")
+                                 f"(choose from: {', '.join(SITE_METHODS)})")
         repeated = [kind for i, kind in enumerate(self.sites) if kind in self.sites[:i]]
         if repeated:
             raise LayerLensError(f"baseline.sites: {repeated[0]} is listed twice")
@@ -62,7 +65,7 @@ class LayerLensBaseline:
 
     @staticmethod
     def method(kind: str) -> str:
-        return BERT_SITES[kind][1]
+        return SITE_METHODS[kind]
 
     def check_task(self, task) -> None:
         """Checks that need the task: a prefix no longer than the task's longest sequence."""
@@ -81,8 +84,10 @@ class LayerLensBaseline:
                  for s, u in zip(sites, profile.utility())]
         workload = Workload(profile.batch_size, profile.tokens_per_batch, profile.seq_len,
                             model.config.num_attention_heads, self.planner.flops_per_s)
+        _, layers = encoder_layers(model)
+        depth = Depth(len(layers), layer_flops(layers[0], profile.seq_len), ctx.epochs, self.caches(model))
         try:
-            plan = make_plan(specs, workload, ctx.budget.limits(ctx.backbone_params), self.planner)
+            plan = make_plan(specs, workload, ctx.budget.limits(ctx.backbone_params), self.planner, depth)
         except NoPlanFits as err:
             if err.name == "params" and ctx.budget.params_field(ctx.backbone_params) == "budget.params_pct":
                 purpose = "for any plan to fit" + (" within the other budgets" if err.within_others else "")
@@ -90,6 +95,10 @@ class LayerLensBaseline:
                                                           "option")) from None
             raise
         return sites, profile, plan
+
+    def caches(self, model: nn.Module) -> bool:
+        """Whether the frozen layers below the lowest adapted one are computed once (where the encoder allows it)."""
+        return self.cache_frozen_layers and cacheable(model)
 
     def save(self, plan: Plan, sites: list[Site], folder: Path) -> list[Path]:
         """plan.json and its plot; a LoRA-only plan also as peft's adapter_config.json (LoraConfig.from_pretrained)."""
@@ -111,4 +120,14 @@ class LayerLensBaseline:
             metrics = {**profile.validation(), **plan.metrics()}
             files = self.save(plan, sites, ctx.output_dir)
         model = apply_plan(model, sites, plan, self.lora_alpha_ratio, self.lora_dropout)
+        frozen = plan.lowest_adapted_layer()
+        if self.caches(model) and frozen != 0:
+            FrozenBottomCache(model, len(encoder_layers(model)[1]) if frozen is None else frozen)
         return Adapted(model, metrics, artifacts=files)
+
+
+def layer_flops(layer: nn.Module, seq_len: float) -> float:
+    """Forward FLOPs per token of one encoder layer: its linear maps, and attention's scores and mixing."""
+    linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
+    hidden = linears[0].in_features
+    return sum(2.0 * m.in_features * m.out_features for m in linears) + 4.0 * seq_len * hidden

@@ -1,4 +1,5 @@
-"""What one option (a method of some size at some site) adds: parameters, FLOPs, memory, latency.
+"""What one option (a method of some size at some site) adds: parameters, FLOPs, memory, latency; and what
+a plan's depth costs in training time.
 
 Analytic estimates from the site's shape and the training workload; latency is the option's training
 FLOPs (forward, plus twice that for the backward pass) at a configured throughput.
@@ -70,3 +71,25 @@ def option_costs(site: SiteSpec, method: str, size: int, w: Workload) -> Costs:
     memory_mb = (params * BYTES_PER_PARAM + activations * BYTES_PER_ACTIVATION) / MB
     latency_ms = 3.0 * flops * w.tokens_per_batch / w.flops_per_s * 1e3
     return Costs(float(params), float(flops), memory_mb, latency_ms)
+
+
+@dataclass(frozen=True)
+class Depth:
+    """What prices a plan's depth: backpropagation runs down to the lowest adapted layer, and the frozen
+    layers below it run forward once per epoch, or once in all when their output is cached."""
+
+    layers: int  # encoder layers
+    layer_flops: float  # forward FLOPs per token of one encoder layer
+    epochs: int
+    cached: bool  # the frozen bottom stack's output is computed once and reused (FrozenBottomCache)
+
+    def full_ft_step_ms(self, w: Workload) -> float:
+        """Full fine-tuning's training step: each layer forward, then backward for its input and its weights."""
+        return 3.0 * self.layers * self.layer_flops * w.tokens_per_batch / w.flops_per_s * 1e3
+
+    def fraction(self, lowest: int) -> float:
+        """Backbone work per training step, as a share of full fine-tuning's, when no layer below `lowest` is
+        adapted: the layers from `lowest` up run forward and backward for their input only (no weight
+        gradients); the frozen ones below run forward, and only in the first epoch if cached."""
+        below = lowest / self.epochs if self.cached else lowest
+        return (2.0 * (self.layers - lowest) + below) / (3.0 * self.layers)

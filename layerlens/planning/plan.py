@@ -10,6 +10,7 @@ from scipy.stats import spearmanr
 from layerlens.planning.costs import Costs
 
 COST_NAMES = ("params", "flops", "memory_mb", "latency_ms")
+TRAIN_TIME = "train_time_pct"  # a budget on the whole plan, not a sum over sites: see Depth in costs.py
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,18 @@ class Plan:
     choices: list[Choice]
     budgets: dict[str, float]  # the limits the plan was made under (unset ones left out)
     objective: float
+    # Estimated training time, % of full fine-tuning's: the backbone at the plan's depth plus the sites' latency.
+    train_time_pct: float | None = None
 
     def totals(self) -> dict[str, float]:
-        return {name: float(sum(getattr(c.costs, name) for c in self.choices)) for name in COST_NAMES}
+        totals = {name: float(sum(getattr(c.costs, name) for c in self.choices)) for name in COST_NAMES}
+        if self.train_time_pct is not None:
+            totals[TRAIN_TIME] = self.train_time_pct
+        return totals
+
+    def lowest_adapted_layer(self) -> int | None:
+        """The lowest layer with an adapted site (None if none is): every layer below it stays frozen."""
+        return min((c.layer for c in self.adapted()), default=None)
 
     def utilisation(self) -> dict[str, float]:
         totals = self.totals()
@@ -81,6 +91,9 @@ class Plan:
         out["plan/method_diversity"] = float(len(self.method_counts()))
         out["plan/rank_utility_spearman"] = self.rank_utility_spearman()
         out["plan/objective"] = self.objective
+        lowest = self.lowest_adapted_layer()
+        if lowest is not None:
+            out["plan/lowest_adapted_layer"] = float(lowest)
         return out
 
     def to_json(self) -> str:
@@ -91,6 +104,8 @@ class Plan:
                 "totals": self.totals(),
                 "utilisation": self.utilisation(),
                 "objective": self.objective,
+                "lowest_adapted_layer": self.lowest_adapted_layer(),
+                "train_time_pct": self.train_time_pct,
                 "compatibility": self.compatibility(),
                 "method_counts": self.method_counts(),
                 "method_diversity": len(self.method_counts()),
@@ -104,4 +119,4 @@ class Plan:
     def from_json(cls, text: str) -> "Plan":
         data = json.loads(text)
         choices = [Choice(**{**c, "costs": Costs(**c["costs"])}) for c in data["sites"]]
-        return cls(choices, data["budgets"], data["objective"])
+        return cls(choices, data["budgets"], data["objective"], data.get("train_time_pct"))

@@ -4,8 +4,8 @@ from dataclasses import dataclass, field
 
 from layerlens.errors import LayerLensError
 from layerlens.planning.allocator import BUDGET_TOLERANCE, allocate
-from layerlens.planning.costs import METHODS, Costs, SiteSpec, Workload, option_costs
-from layerlens.planning.plan import COST_NAMES, Choice, Plan
+from layerlens.planning.costs import METHODS, Costs, Depth, SiteSpec, Workload, option_costs
+from layerlens.planning.plan import COST_NAMES, TRAIN_TIME, Choice, Plan
 from layerlens.validation import at_least, is_number, require_positive, shown
 
 
@@ -81,19 +81,62 @@ def site_options(site: SiteSpec, settings: PlannerSettings) -> list[tuple[str, i
     return [("none", 0)] + [(site.method, size) for size in sorted(set(settings.sizes.get(site.method, [])))]
 
 
-def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, float], settings: PlannerSettings) -> Plan:
-    unknown = set(budgets) - set(COST_NAMES)
+def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, float], settings: PlannerSettings,
+              depth: Depth | None = None) -> Plan:
+    """The plan of greatest total value within the budgets. With `depth`, each plan's training time is estimated
+    (Depth.fraction of full fine-tuning's, plus its sites' latency); a `train_time_pct` budget then prices how
+    deep backpropagation runs, which no per-site cost can: one allocation per candidate lowest adapted layer,
+    each with the latency its depth leaves, and the best of them is kept."""
+    unknown = set(budgets) - set(COST_NAMES) - {TRAIN_TIME}
     if unknown:
-        raise LayerLensError(f"budget: unknown limit {sorted(unknown)[0]!r} (choose from: {', '.join(COST_NAMES)})")
+        raise LayerLensError(f"budget: unknown limit {sorted(unknown)[0]!r} (choose from: {', '.join(COST_NAMES)}, "
+                             f"{TRAIN_TIME})")
+    if TRAIN_TIME in budgets and depth is None:
+        raise LayerLensError(f"budget.{TRAIN_TIME} needs the model's depth to be priced (planner called without one)")
     options = [site_options(site, settings) for site in sites]
     costs = [[option_costs(site, method, size, workload) for method, size in opts] for site, opts in zip(sites, options)]
-    check_feasible(sites, options, costs, budgets)
-    names = list(budgets)
+    if TRAIN_TIME not in budgets:
+        plan = _allocate(sites, options, costs, budgets, settings)
+        return _with_time(plan, workload, depth)
+    limit = budgets[TRAIN_TIME]
+    per_site = {name: value for name, value in budgets.items() if name != TRAIN_TIME}
+    full_ms = depth.full_ft_step_ms(workload)
+    plans, first_error = [], None
+    for lowest in range(depth.layers):
+        spare_ms = (limit / 100 - depth.fraction(lowest)) * full_ms
+        if spare_ms < 0:
+            continue
+        kept = [opts if site.layer >= lowest else opts[:1] for site, opts in zip(sites, options)]
+        kept_costs = [c[: len(opts)] for c, opts in zip(costs, kept)]
+        try:
+            plans.append(_allocate(sites, kept, kept_costs,
+                                   {**per_site, "latency_ms": min(per_site.get("latency_ms", spare_ms), spare_ms)},
+                                   settings, budgets))
+        except LayerLensError as err:
+            first_error = first_error or err
+    if not plans:
+        candidates = [(100 * (depth.fraction(site.layer) + c.latency_ms / full_ms), f"{method} of size {size} at "
+                       f"{site.name}") for site, opts, site_costs in zip(sites, options, costs)
+                      for (method, size), c in zip(opts, site_costs) if method != "none"]
+        needed, label = min(candidates, default=(0.0, ""))
+        if first_error is not None and (limit >= needed or "latency_ms" in budgets):
+            raise first_error  # another budget binds, or no site has an option
+        raise NoPlanFits(f"budget.{TRAIN_TIME} must be >= {at_least(needed)} for any plan to fit (the cheapest "
+                         f"option in training time: {label}), got {shown(limit)}", TRAIN_TIME, limit, needed, False)
+    best = max(plans, key=lambda plan: plan.objective)  # max keeps the first of equals: the deepest plan
+    return _with_time(best, workload, depth)
+
+
+def _allocate(sites: list[SiteSpec], options: list[list[tuple[str, int]]], costs: list[list[Costs]],
+              limits: dict[str, float], settings: PlannerSettings, budgets: dict[str, float] | None = None) -> Plan:
+    """One allocation under per-site `limits`; the plan records `budgets` (the limits as the user set them)."""
+    check_feasible(sites, options, costs, limits)
+    names = list(limits)
     try:
         allocation = allocate(
             values=[[site.utility * size**settings.gain_exponent for _, size in opts] for site, opts in zip(sites, options)],
             costs=[[[getattr(c, name) for name in names] for c in site_costs] for site_costs in costs],
-            budgets=[budgets[name] for name in names],
+            budgets=[limits[name] for name in names],
             budget_names=[f"budget.{name}" for name in names],
         )
     except ValueError as err:
@@ -102,4 +145,15 @@ def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, floa
         Choice(site.name, site.layer, site.kind, site.method, *opts[j], site.utility, site_costs[j])
         for site, opts, site_costs, j in zip(sites, options, costs, allocation.choice)
     ]
-    return Plan(choices, dict(budgets), allocation.objective)
+    return Plan(choices, dict(limits if budgets is None else budgets), allocation.objective)
+
+
+def _with_time(plan: Plan, workload: Workload, depth: Depth | None) -> Plan:
+    """The plan with its estimated training time, % of full fine-tuning's (when the depth is known)."""
+    if depth is None:
+        return plan
+    lowest = plan.lowest_adapted_layer()
+    backbone = depth.fraction(depth.layers if lowest is None else lowest)
+    latency = sum(c.costs.latency_ms for c in plan.choices) / depth.full_ft_step_ms(workload)
+    plan.train_time_pct = 100 * (backbone + latency)
+    return plan

@@ -1,0 +1,116 @@
+"""Which speed levers pay: seconds per training step of each baseline and LayerLens variant, measured in one
+process on the same MRPC batches with the default backbone (forward, backward and AdamW step, as in training).
+
+    python experiments/levers_bench.py [--steps 30] [--rounds 2] [--out experiments/results/<date>-levers]
+
+Variants: full_ft; lora (defaults); layerlens with no training-time budget (plans over every layer); and
+layerlens under budget.train_time_pct = 45, without and with the frozen-bottom cache. For a cached variant the
+first pass over the batches fills the cache (what epoch 1 costs) and a second pass hits it (later epochs); both
+are reported. Each round runs every variant once; the median over rounds is reported, with each time as a
+ratio to full_ft's in the same round. Writes levers.csv and README.md into --out.
+"""
+
+import argparse
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
+
+import pandas as pd
+import torch
+from hydra import compose, initialize_config_dir
+
+from layerlens.pipeline import build_classifier, build_datamodule
+from layerlens.settings import resolve_settings
+from layerlens.training.classifier import decay_groups
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+VARIANTS = {
+    "full_ft": ["baseline=full_ft"],
+    "lora": ["baseline=lora"],
+    "layerlens, every layer (no time budget), no cache": ["baseline=layerlens", "budget.train_time_pct=null",
+                                                          "baseline.cache_frozen_layers=false"],
+    "layerlens, train_time_pct=45, no cache": ["baseline=layerlens", "baseline.cache_frozen_layers=false"],
+    "layerlens, train_time_pct=45, cache": ["baseline=layerlens"],
+}
+
+
+def build(overrides: list[str], out: Path):
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose("run", [*overrides, "logger=none", "seed=0"])
+    s = resolve_settings(cfg)
+    torch.manual_seed(0)
+    data = build_datamodule(s, s.backbone.tokenizer())
+    adapted, _ = build_classifier(s, cfg, data, out)
+    return adapted, data, s
+
+
+def seconds_per_step(model, batches, lr: float) -> float:
+    model.train()
+    optimizer = torch.optim.AdamW(decay_groups(model, 0.01), lr=lr)
+    start = time.perf_counter()
+    for batch in batches:
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (time.perf_counter() - start) / len(batches)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path,
+                        default=Path("experiments/results") / f"{datetime.now(timezone.utc):%Y-%m-%d}-levers")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(torch.get_num_threads())
+    rows = []
+    for round_ in range(args.rounds):
+        for name, overrides in VARIANTS.items():
+            adapted, data, s = build(overrides, args.out / "plans" / name.split(",")[0])
+            torch.manual_seed(round_)
+            batches = list(islice(iter(data.train_dataloader()), args.steps))
+            model = adapted.model
+            trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            plan_metrics = adapted.metrics
+            first = seconds_per_step(model, batches, s.baseline.lr)
+            rows.append({"round": round_, "variant": name, "pass": "first", "s_per_step": first,
+                         "trainable": trainable,
+                         "lowest_adapted_layer": plan_metrics.get("plan/lowest_adapted_layer"),
+                         "estimated_train_time_pct": plan_metrics.get("plan/train_time_pct")})
+            if "cache" in name and "no cache" not in name:
+                rows.append({**rows[-1], "pass": "second (cache hit)",
+                             "s_per_step": seconds_per_step(model, batches, s.baseline.lr)})
+            print(f"round {round_}: {name}: {rows[-1]['s_per_step']:.3f} s/step", file=sys.stderr)
+    table = pd.DataFrame(rows)
+    full = table[table.variant == "full_ft"].set_index("round").s_per_step
+    table["ratio_to_full_ft"] = table.s_per_step / table["round"].map(full)
+    table.to_csv(args.out / "levers.csv", index=False)
+    summary = (table.groupby(["variant", "pass"], sort=False)
+               .agg(s_per_step=("s_per_step", statistics.median), ratio_to_full_ft=("ratio_to_full_ft", statistics.median),
+                    trainable=("trainable", "first"), lowest_adapted_layer=("lowest_adapted_layer", "first"),
+                    estimated_train_time_pct=("estimated_train_time_pct", "first"))
+               .reset_index())
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (args.out / "README.md").write_text(
+        "# Speed levers: seconds per training step\n\n"
+        f"Command: `python experiments/levers_bench.py --steps {args.steps} --rounds {args.rounds}` at commit {commit}, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}.\n\n"
+        f"Each variant trains {args.steps} MRPC training batches (batch size 8, seed-0 data order per round) on "
+        "all-MiniLM-L6-v2: forward, backward, AdamW step. Median over rounds of the mean time per step; the ratio "
+        "is to full_ft's time in the same round. For the cached variant, the first pass fills the cache (epoch 1), "
+        "the second hits it (epochs 2+). Estimated train time: the planner's estimate, % of full fine-tuning's.\n\n"
+        + summary.to_markdown(index=False, floatfmt=".3f") + "\n")
+    print(summary.to_markdown(index=False, floatfmt=".3f"))
+
+
+if __name__ == "__main__":
+    main()

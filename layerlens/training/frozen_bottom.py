@@ -1,0 +1,127 @@
+"""Computing a frozen bottom stack once: the encoder layers below the lowest adapted one hold no trainable
+parameter, so their output for an example never changes. It is computed on the example's first pass and
+reused on every later one (each epoch, each validation), and backpropagation stops above it.
+
+The bottom stack (embeddings and those layers) runs in eval mode, without dropout, every time: that is what
+makes its output a function of the example alone. Rows are keyed by their unpadded token ids (and token type
+ids), so any batching, shuffling or padding finds them.
+"""
+
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from layerlens.sites import encoder_layers, model_family
+
+MB = 2**20
+# Families whose encoder runs its layers one after another on the hidden states and the attention mask alone
+# (DeBERTa's also passes relative positions and convolves after the first layer).
+CACHEABLE = ("bert",)
+
+
+def cacheable(model: nn.Module) -> bool:
+    return model_family(model).name in CACHEABLE
+
+
+@contextmanager
+def eval_mode(modules: list[nn.Module]):
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+
+
+class FrozenBottomCache:
+    """Serves the output of encoder layers 0 .. depth-1 from a per-example cache (see the module's docstring).
+
+    Attach it to a model whose embeddings and bottom `depth` layers are frozen. It replaces those layers'
+    forward methods: layer 0 returns the whole bottom stack's output, the others pass it on. Past `max_mb`
+    of cached states, new examples are computed each time they come (still without dropout).
+    """
+
+    def __init__(self, model: nn.Module, depth: int, max_mb: float = 2048):
+        if not cacheable(model):
+            raise ValueError(f"the frozen-bottom cache supports {', '.join(CACHEABLE)}-style encoders, "
+                             f"not {model_family(model).name}")
+        name, layers = encoder_layers(model)
+        if not 1 <= depth <= len(layers):
+            raise ValueError(f"depth must be in [1, {len(layers)}] (the encoder's layers), got {depth}")
+        trainable = [n for n, p in model.named_parameters()
+                     if p.requires_grad and _below(n, name, depth)]
+        if trainable:
+            raise ValueError(f"the bottom {depth} layers must be frozen to be cached, but {trainable[0]} is trainable")
+        self.base = model.get_submodule(name[: -len(".encoder.layer")])
+        self.bottom = list(layers[:depth])
+        self.forwards = [layer.forward for layer in self.bottom]
+        self.max_bytes = max_mb * MB
+        self.rows: dict[bytes, torch.Tensor] = {}
+        self.bytes = 0
+        self.hits = self.misses = 0
+        self._inputs: dict | None = None
+        self.base.register_forward_pre_hook(self._capture, with_kwargs=True)
+        self.bottom[0].forward = self._bottom_output
+        for layer in self.bottom[1:]:
+            layer.forward = _pass_on
+
+    def _capture(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._inputs = {"input_ids": ids, "token_type_ids": kwargs.get("token_type_ids"),
+                        "attention_mask": kwargs.get("attention_mask")}
+
+    def _keys(self) -> tuple[list[bytes], list[int]]:
+        ids, types, mask = (self._inputs[k] for k in ("input_ids", "token_type_ids", "attention_mask"))
+        lengths = mask.sum(dim=1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
+        keys = []
+        for i, n in enumerate(lengths):
+            key = ids[i, :n].cpu().numpy().tobytes()
+            if types is not None:
+                key += b"|" + types[i, :n].cpu().numpy().tobytes()
+            keys.append(key)
+        return keys, lengths
+
+    def _bottom_output(self, hidden_states, *args, **kwargs):
+        if self._inputs is None or self._inputs["input_ids"] is None:
+            raise RuntimeError("FrozenBottomCache needs the model called with input_ids")
+        keys, lengths = self._keys()
+        if all(key in self.rows for key in keys):
+            self.hits += len(keys)
+            out = hidden_states.new_zeros(hidden_states.shape)
+            for i, (key, n) in enumerate(zip(keys, lengths)):
+                out[i, :n] = self.rows[key]
+            return out
+        self.misses += len(keys)
+        out = self._compute(*args, **kwargs)
+        for i, (key, n) in enumerate(zip(keys, lengths)):
+            if key not in self.rows and self.bytes < self.max_bytes:
+                self.rows[key] = out[i, :n].clone()
+                self.bytes += self.rows[key].numel() * self.rows[key].element_size()
+        return out
+
+    @torch.no_grad()
+    def _compute(self, *args, **kwargs):
+        inputs = {k: v for k, v in self._inputs.items() if k != "attention_mask" and v is not None}
+        with eval_mode([self.base.embeddings, *self.bottom]):
+            hidden = self.base.embeddings(**inputs)
+            for forward in self.forwards:
+                hidden = forward(hidden, *args, **kwargs)
+        return hidden
+
+
+def _pass_on(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+def _below(parameter: str, layers: str, depth: int) -> bool:
+    """Whether a parameter lies in the embeddings or in one of the first `depth` encoder layers."""
+    base = layers[: -len("encoder.layer")]
+    if parameter.startswith(base + "embeddings."):
+        return True
+    prefix = layers + "."
+    if not parameter.startswith(prefix):
+        return False
+    return int(parameter[len(prefix):].split(".")[0]) < depth
