@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# The MRPC baseline sweep behind the README's numbers: the baselines in $BASELINES (default full_ft,lora),
-# seeds 0-2, default backbone and settings, as one Hydra multirun; then the report. Writes
-# experiments/results/<date>-<UTC time>-mrpc-<baselines>/ (report, machine description, the exact command).
-# Extra arguments are passed to layerlens.run.
+# The MRPC benchmark behind the README's numbers: the baselines in $BASELINES (default all four:
+# layerlens,lora,full_ft,adalora, run in that order) for the seeds in $SEEDS (default 0,1,2), default backbone,
+# data, epochs, batch size and evaluation for every baseline, as one Hydra multirun; then the report (Markdown,
+# CSV, Pareto and time plots). Writes experiments/results/<date>-<UTC time>-mrpc-<baselines>/ with the machine
+# description and the exact command. Extra arguments are passed to layerlens.run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-baselines="${BASELINES:-full_ft,lora}"
+baselines="${BASELINES:-layerlens,lora,full_ft,adalora}"
+seeds="${SEEDS:-0,1,2}"
 out="experiments/results/$(date -u +%F-%H%M)-mrpc-${baselines//,/-}"
 mkdir -p "$out"
 export MLFLOW_TRACKING_URI="${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db}"
-cmd=(python -m layerlens.run -m task=mrpc baseline=$baselines seed=0,1,2 trainer.enable_progress_bar=false "$@")
+cmd=(python -m layerlens.run -m task=mrpc baseline=$baselines seed=$seeds trainer.enable_progress_bar=false "$@")
 {
   echo "command: ${cmd[*]}"
   echo "then:    python -m layerlens.report sweep=latest task_name=mrpc out_dir=$out"
@@ -20,6 +22,7 @@ cmd=(python -m layerlens.run -m task=mrpc baseline=$baselines seed=0,1,2 trainer
   echo "date (UTC): $(date -u '+%F %T')"
   echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) x $(nproc) cores"
   echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
+  echo "load average at start (1, 5, 15 min): $(cut -d" " -f1-3 /proc/loadavg)"
   python -c "import platform, torch, transformers, peft, lightning; print('python', platform.python_version(), '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| lightning', lightning.__version__)"
 } > "$out/machine.txt"
 start=$(date +%s)

@@ -93,7 +93,7 @@ def plan_experiment(cfg: DictConfig, output_dir: Path) -> tuple[Plan, dict[str, 
     data = build_datamodule(s, s.backbone.tokenizer())
     model = s.backbone.classifier(s.task.num_labels)
     ctx = adapt_context(s, cfg, data, count_parameters(model), output_dir)
-    sites, profile, plan = s.baseline.plan(model, ctx)
+    sites, profile, plan, _ = s.baseline.plan(model, ctx)
     s.baseline.save(plan, sites, ctx.output_dir)
     return plan, profile.validation()
 
@@ -179,6 +179,10 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
             "params/trainable": trainable,
             "params/trainable_pct": 100.0 * trainable / backbone_params,
             "time/train_s": timer.train_s,
+            # What the adaptation took before training (profiling, planning), plus training: evaluation and
+            # loading excluded.
+            "time/total_s": adapted.metrics.get("time/profile_s", 0.0) + adapted.metrics.get("time/plan_s", 0.0)
+            + timer.train_s,
             "time/eval_s": eval_s,
             "mem/peak_rss_mb": peak_rss_mb(),
             "throughput/train_samples_per_s": timer.train_samples / timer.train_s,

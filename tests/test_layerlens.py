@@ -30,11 +30,13 @@ def test_a_run_profiles_plans_trains_and_records_everything(compose_run, trackin
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
-    for name in ("time/profile_s", "profile/utility_cv", "profile/grad_corr", "profile/grad_corr_p",
+    for name in ("time/profile_s", "time/plan_s", "time/total_s", "profile/utility_cv", "profile/grad_corr", "profile/grad_corr_p",
                  "profile/fisher_corr", "profile/fisher_corr_p", "plan/params", "plan/utilisation/params",
                  "plan/compatibility", "plan/method_diversity", "plan/rank_utility_spearman", "val/acc"):
         assert name in metrics, name
     assert -1 <= metrics["profile/grad_corr"] <= 1 and 0 <= metrics["profile/grad_corr_p"] <= 1
+    assert metrics["time/total_s"] == pytest.approx(
+        metrics["time/profile_s"] + metrics["time/plan_s"] + metrics["time/train_s"])
     assert {"plan.json", "plan.png", "config.yaml"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
     plan = Plan.from_json((tmp_path / "plan.json").read_text())
     assert plan.within_budgets() and plan.budgets["params"] == pytest.approx(0.0032 * metrics["params/backbone"], abs=1)

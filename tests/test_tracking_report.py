@@ -180,11 +180,29 @@ def test_headline_follows_each_tasks_own_metric_and_its_ratio_needs_the_same_hea
     assert list(no_headline_logged["headline"]) == ["val/acc", "val/acc"]
 
 
+def test_a_ratio_target_can_divide_by_another_metric_of_the_reference():
+    rows = [
+        {"run_id": "r0", "run_name": "full_ft-0", "task": "mrpc", "model": "m", "baseline": "full_ft", "seed": "0",
+         "val/acc": 0.8, "time/train_s": 200.0, "time/total_s": 200.0},
+        {"run_id": "r1", "run_name": "layerlens-0", "task": "mrpc", "model": "m", "baseline": "layerlens", "seed": "0",
+         "val/acc": 0.8, "time/train_s": 80.0, "time/profile_s": 12.0, "time/total_s": 93.0},
+    ]
+    targets = [Target("profiling", "time/profile_s", "ratio", "<=", 0.05, of="time/train_s"),
+               Target("total", "time/total_s", "ratio", "<=", 0.5)]
+    table = summary_of(rows, targets)
+    assert table.loc["layerlens", "profile_s_per_ref_train_s"] == pytest.approx(12 / 200)
+    assert table.loc["layerlens", "total_s_ratio"] == pytest.approx(93 / 200)
+    assert (table.loc["layerlens", "profiling"], table.loc["layerlens", "total"]) == ("not met", "met")
+    assert table.loc["full_ft", "profiling"] == "n/a"
+
+
 def test_target_config_errors_name_the_field():
     with pytest.raises(LayerLensError, match="metric must be one of"):
         Target("x", "val/nope", "ratio", ">=", 1)
     with pytest.raises(LayerLensError, match="op must be one of"):
         Target("x", "val/acc", "ratio", "=>", 1)
+    with pytest.raises(LayerLensError, match="target 'x': of must be one of .* with compare: ratio"):
+        Target("x", "time/profile_s", "absolute", "<=", 1, of="time/train_s")
     assert Target("x", "headline", "ratio", ">=", 1).column() == "headline_ratio"
 
 

@@ -1,4 +1,6 @@
+import time
 from dataclasses import dataclass, field, fields
+from typing import NamedTuple
 from pathlib import Path
 
 from peft.utils import CONFIG_NAME
@@ -18,6 +20,13 @@ from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
 from layerlens.validation import require_fraction, require_positive
 
 PLAN_FILE, PLOT_FILE = "plan.json", "plan.png"
+
+
+class Planned(NamedTuple):
+    sites: list[Site]
+    profile: Profile
+    plan: Plan
+    seconds: float  # planning alone (the allocations), after profiling
 
 
 @dataclass
@@ -74,7 +83,7 @@ class LayerLensBaseline:
             raise LayerLensError(f"baseline.planner.sizes.prefix must be <= task.max_length ({task.max_length}), "
                                  f"got {max(prefixes)}")
 
-    def plan(self, model: nn.Module, ctx: AdaptContext) -> tuple[list[Site], Profile, Plan]:
+    def plan(self, model: nn.Module, ctx: AdaptContext) -> "Planned":
         sites = discover_sites(model, self.sites)
         batches = ctx.train_batches()
         if hasattr(batches, "__len__") and len(batches) < self.profile.num_batches:
@@ -86,6 +95,7 @@ class LayerLensBaseline:
                             model.config.num_attention_heads, self.planner.flops_per_s)
         _, layers = encoder_layers(model)
         depth = Depth(len(layers), layer_flops(layers[0], profile.seq_len), ctx.epochs, self.caches(model))
+        start = time.perf_counter()
         try:
             plan = make_plan(specs, workload, ctx.budget.limits(ctx.backbone_params), self.planner, depth)
         except NoPlanFits as err:
@@ -94,7 +104,7 @@ class LayerLensBaseline:
                 raise LayerLensError(params_pct_too_small(ctx.budget, err.needed, ctx.backbone_params, purpose,
                                                           "option")) from None
             raise
-        return sites, profile, plan
+        return Planned(sites, profile, plan, time.perf_counter() - start)
 
     def caches(self, model: nn.Module) -> bool:
         """Whether the frozen layers below the lowest adapted one are computed once (where the encoder allows it)."""
@@ -116,8 +126,8 @@ class LayerLensBaseline:
             sites, metrics, files = discover_sites(model, self.sites), {}, []
             plan = Plan.from_json((ctx.output_dir / PLAN_FILE).read_text())
         else:
-            sites, profile, plan = self.plan(model, ctx)
-            metrics = {**profile.validation(), **plan.metrics()}
+            sites, profile, plan, plan_s = self.plan(model, ctx)
+            metrics = {**profile.validation(), **plan.metrics(), "time/plan_s": plan_s}
             files = self.save(plan, sites, ctx.output_dir)
         model = apply_plan(model, sites, plan, self.lora_alpha_ratio, self.lora_dropout)
         frozen = plan.lowest_adapted_layer()

@@ -15,6 +15,7 @@ SUMMARISED = {
     "params/trainable_pct": "trainable_pct",
     "time/train_s": "train_s",
     "time/profile_s": "profile_s",
+    "time/total_s": "total_s",  # profiling + planning + training
 }
 # The task's own headline metric (task.headline_metric in each run's config): val/acc for one task, val/mcc
 # or val/pearson for another. Targets name it `headline`; the table's headline_* columns hold it.
@@ -31,6 +32,9 @@ class Target:
     compare: str  # "ratio" (to the reference baseline) or "absolute"
     op: str
     value: float
+    # compare: ratio only: the reference's metric to divide by, when not `metric` itself (e.g. profiling time
+    # over the reference's training time).
+    of: str | None = None
 
     def __post_init__(self):
         if self.metric not in (*SUMMARISED, HEADLINE):
@@ -40,10 +44,15 @@ class Target:
             raise LayerLensError(f"target {self.name!r}: compare must be 'ratio' or 'absolute', got {self.compare!r}")
         if self.op not in OPS:
             raise LayerLensError(f"target {self.name!r}: op must be one of {', '.join(OPS)}, got {self.op!r}")
+        if self.of is not None and (self.compare != "ratio" or self.of not in SUMMARISED):
+            raise LayerLensError(f"target {self.name!r}: of must be one of {', '.join(SUMMARISED)}, with compare: "
+                                 f"ratio, got {self.of!r}")
 
     def column(self) -> str:
         short = HEADLINE if self.metric == HEADLINE else SUMMARISED[self.metric]
-        return f"{short}_ratio" if self.compare == "ratio" else f"{short}_mean"
+        if self.compare == "absolute":
+            return f"{short}_mean"
+        return f"{short}_ratio" if self.of is None else f"{short}_per_ref_{SUMMARISED[self.of]}"
 
     def verdict(self, row: pd.Series) -> str:
         value = row[self.column()]
@@ -87,6 +96,10 @@ def summarise(runs: pd.DataFrame, targets: list[Target], reference: str = "full_
     for short in summarised.values():
         table[f"{short}_ratio"] = merged[f"{short}_mean"] / merged[f"{short}_mean_ref"]
     table[f"{HEADLINE}_ratio"] = table[f"{HEADLINE}_ratio"].where(merged[HEADLINE] == merged[f"{HEADLINE}_ref"])
+    for target in targets:
+        if target.of is not None:
+            short, of = SUMMARISED[target.metric], SUMMARISED[target.of]
+            table[target.column()] = merged[f"{short}_mean"] / merged[f"{of}_mean_ref"]
     for target in targets:
         table[target.name] = table.apply(target.verdict, axis=1)
     return table

@@ -11,10 +11,11 @@ from layerlens.reporting.comparison import HEADLINE, SUMMARISED, Target
 from layerlens.reporting.plots import Plot
 
 LABELS = {"acc": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman",
-          "trainable_pct": "trainable %", "train_s": "train s", "profile_s": "profile s", HEADLINE: "headline"}
-DIGITS = {"trainable_pct": 3, "train_s": 1, "profile_s": 1}  # others: 4
+          "trainable_pct": "trainable %", "train_s": "train s", "profile_s": "profile s", "total_s": "total s",
+          HEADLINE: "headline"}
+DIGITS = {"trainable_pct": 3, "train_s": 1, "profile_s": 1, "total_s": 1}  # others: 4
 ALWAYS_SHOWN = ("trainable_pct", "train_s")  # other metric columns only where some run logged them
-SHOWN_RATIOS = (HEADLINE, "trainable_pct", "train_s")
+SHOWN_RATIOS = (HEADLINE, "trainable_pct", "train_s", "total_s")
 
 
 def provenance(tracking_uri: str, sweep: str | None, reference: str) -> str:
