@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerlens import _rank_alloc
-from layerlens.planning.allocator import Allocation, allocate, allocate_milp
+from layerlens.planning.allocator import Allocation, allocate, allocate_greedy, allocate_milp
 
 
 def fits(allocation, budgets):
@@ -103,6 +103,24 @@ def test_known_optima(solve, values, costs, budgets, choice, objective):
     assert plan.choice == choice
     assert plan.objective == pytest.approx(objective)
     assert len(plan.totals) == len(budgets) and fits(plan, budgets)
+
+
+@pytest.mark.parametrize(
+    "sites, options, budgets, fraction", [(40, 8, 1, 0.2), (40, 8, 2, 0.3), (30, 6, 3, 0.5), (60, 10, 2, 0.1)]
+)
+def test_the_greedy_baseline_fits_every_budget_and_never_beats_the_milp_optimum(sites, options, budgets, fraction):
+    values, costs, limits = random_problem(np.random.default_rng(sites + budgets), sites, options, budgets, fraction)
+    greedy, reference = allocate_greedy(values, costs, limits), allocate_milp(values, costs, limits)
+    assert fits(greedy, limits)
+    assert greedy.objective == pytest.approx(sum(site[j] for site, j in zip(values, greedy.choice)))
+    assert greedy.objective <= reference.objective * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("values, costs, budgets, choice, objective", [KNOWN[2], KNOWN[5], KNOWN[7]])
+def test_the_greedy_baseline_finds_the_optimum_of_a_trivial_problem(values, costs, budgets, choice, objective):
+    plan = allocate_greedy(values, costs, budgets)
+    assert plan.choice == choice and plan.objective == pytest.approx(objective)
+    assert plan == allocate_milp(values, costs, budgets)
 
 
 def test_the_allocation_reports_the_cost_used_per_budget():

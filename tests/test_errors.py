@@ -22,8 +22,8 @@ def all_runs(tracking_uri):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["task=foo"], "error: unknown task 'foo' (choose from: mrpc, rte)"),
-        (["model=gpt9"], "error: unknown model 'gpt9' (choose from: bert_base, minilm_l6, tiny)"),
+        (["task=foo"], "error: unknown task 'foo' (choose from: cola, mrpc, rte, stsb)"),
+        (["model=gpt9"], "error: unknown model 'gpt9' (choose from: bert_base, deberta_v3_base, minilm_l6, roberta_base, tiny)"),
         (["-m", "baseline=lora,magic"], "error: unknown baseline 'magic' (choose from: adalora, full_ft, layerlens, lora)"),
         (["model=tiny", "trainer.max_epochs=0"], "error: trainer.max_epochs must be an integer >= 1, got 0"),
         (["model=tiny", "data.batch_size=-4"], "error: data.batch_size must be an integer >= 1, got -4"),
@@ -88,6 +88,7 @@ def test_bad_config_values_fail_before_any_run_is_recorded(compose_run, tracking
     [
         ("budget.params_pct=150", "budget.params_pct must be in (0, 100] or null, got 150"),
         ("budget.params=-5", "budget.params must be a positive number or null, got -5"),
+        ("budget.train_time_pct=0", "budget.train_time_pct must be a positive number or null, got 0"),
         ("baseline=lora baseline.r=0", "baseline.r must be an integer >= 1, got 0"),
         ("baseline=layerlens baseline.planner.sizes.lora=[0,2]", "baseline.planner.sizes.lora must be integers >= 1, got 0"),
         ("baseline=layerlens baseline.planner.sizes.lora=[] baseline.planner.sizes.adapter=[] "
@@ -122,12 +123,15 @@ def test_a_prefix_is_only_checked_against_max_length_when_a_site_takes_one(compo
         ("baseline=layerlens baseline.profile.num_batches=100000",
          "baseline.profile.num_batches must be <= 459 (the training batches available), got 100000"),
         ("baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=null budget.params=10",
-         "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 10"),
+         "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at L1.query), got 10"),
         ("baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=0.001",
          "budget.params_pct must be >= 0.006328 for any plan to fit (the cheapest option adds 64 parameters; "
          "the backbone has 1011426), got 0.001"),
         ("baseline=layerlens baseline.profile.num_batches=2 budget.flops=100",
-         "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 100"),
+         "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora of size 1 at L1.query), got 100"),
+        ("baseline=layerlens baseline.profile.num_batches=2 budget.train_time_pct=10",
+         "budget.train_time_pct must be >= 41.93 for any plan to fit (the cheapest option in training time: adapter "
+         "of size 1 at L1.attn_block), got 10"),
         ("baseline=adalora budget.params_pct=null budget.params=10",
          "budget.params must be >= 65 to hold one AdaLoRA rank (the cheapest target module's), got 10"),
     ],

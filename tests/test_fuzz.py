@@ -28,7 +28,7 @@ from tests.conftest import compose_config
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 SOLVE_TIMEOUT_S = 30  # a solve of these sizes takes milliseconds
-GAP = 1e-5  # the solver's documented relative optimality gap
+GAP = 5e-4  # the solver's documented relative optimality gap
 
 
 def within_time_limit(fn, *args):
