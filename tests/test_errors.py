@@ -123,12 +123,12 @@ def test_a_prefix_is_only_checked_against_max_length_when_a_site_takes_one(compo
         ("baseline=layerlens baseline.profile.num_batches=100000",
          "baseline.profile.num_batches must be <= 459 (the training batches available), got 100000"),
         ("baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=null budget.params=10",
-         "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at L1.query), got 10"),
+         "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 10"),
         ("baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=0.001",
          "budget.params_pct must be >= 0.006328 for any plan to fit (the cheapest option adds 64 parameters; "
          "the backbone has 1011426), got 0.001"),
         ("baseline=layerlens baseline.profile.num_batches=2 budget.flops=100",
-         "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora of size 1 at L1.query), got 100"),
+         "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 100"),
         ("baseline=layerlens baseline.profile.num_batches=2 budget.train_time_pct=10",
          "budget.train_time_pct must be >= 41.93 for any plan to fit (the cheapest option in training time: adapter "
          "of size 1 at L1.attn_block), got 10"),
