@@ -54,7 +54,9 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
         return
     for override in overrides:
         group = conf_dir / override.key_or_group
-        if override.is_delete() or not group.is_dir() or override.package is not None:
+        # hydra/* groups also hold the plugins' options (joblib, submitit_slurm, ...): Hydra checks those itself.
+        if (override.is_delete() or not group.is_dir() or override.package is not None
+                or override.key_or_group.startswith("hydra/")):
             continue
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
         available = sorted(p.stem for p in group.glob("*.yaml"))

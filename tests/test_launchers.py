@@ -25,7 +25,7 @@ SLURM = [
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_slurm"])
 def test_the_group_check_lets_hydra_launcher_plugins_through(launcher):
-    # conf/hydra/launcher/ would hide every plugin's launcher from check_group_choices, which lists files only.
+    # conf/hydra/launcher/ holds only the project's own launcher configs: the plugins' must pass the check too.
     check_group_choices(["-m", f"hydra/launcher={launcher}"])
 
 
@@ -38,6 +38,16 @@ def test_slurm_launcher_composes_with_the_cluster_fields_and_one_task_per_device
     assert (params["partition"], params["timeout_min"], params["cpus_per_task"], params["mem_gb"]) == ("gpu", 240, 8, 64)
     assert params["gpus_per_node"] == params["tasks_per_node"] == cfg.trainer.devices == 4
     assert params["submitit_folder"].startswith(f"{cfg.hydra.sweep.dir}/.submitit/")
+
+
+def test_the_project_slurm_launcher_config_sets_the_cluster_fields_and_one_task_per_device():
+    check_group_choices(["-m", "hydra/launcher=slurm"])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("run", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.devices=2"],
+                      return_hydra_config=True)
+    params = instantiate(cfg.hydra.launcher).params
+    assert (params["partition"], params["timeout_min"], params["cpus_per_task"], params["mem_gb"]) == ("gpu", 240, 8, 64)
+    assert params["gpus_per_node"] == params["tasks_per_node"] == 2
 
 
 def test_ddp_trainer_composes_with_configurable_devices_and_nodes():
