@@ -1,7 +1,7 @@
 import time
 from dataclasses import dataclass, field, fields
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from peft.utils import CONFIG_NAME
 from torch import nn
@@ -83,7 +83,7 @@ class LayerLensBaseline:
             raise LayerLensError(f"baseline.planner.sizes.prefix must be <= task.max_length ({task.max_length}), "
                                  f"got {max(prefixes)}")
 
-    def plan(self, model: nn.Module, ctx: AdaptContext) -> "Planned":
+    def plan(self, model: nn.Module, ctx: AdaptContext) -> Planned:
         sites = discover_sites(model, self.sites)
         batches = ctx.train_batches()
         if hasattr(batches, "__len__") and len(batches) < self.profile.num_batches:

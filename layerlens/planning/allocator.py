@@ -86,8 +86,7 @@ def allocate_greedy(
 ) -> Allocation:
     """A greedy baseline for benchmarks, not exact: it may fall well short of the optimum. Starts from each
     site's cheapest option, weighing budget k's cost by 1 / budgets[k] (1 for a zero budget; ties to the
-    more valuable); then,
-    while one exists, takes the upgrade (a site's move to an option of more value) that keeps every
+    more valuable); then, while one exists, takes the upgrade (a site's move to an option of more value) that keeps every
     budget and adds the most value per unit of weighted cost. Raises ValueError as `allocate` does on
     invalid input, and when its starting plan does not fit."""
     v, c, offsets, b = _arrays(values, costs, budgets, budget_names)

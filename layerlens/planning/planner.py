@@ -44,13 +44,19 @@ class NoPlanFits(LayerLensError):
         self.name, self.limit, self.needed, self.within_others = name, limit, needed, within_others
 
 
+def adapting_options(sites: list[SiteSpec], options: list[list[tuple[str, int]]],
+                     costs: list[list[Costs]]) -> list[tuple[SiteSpec, str, Costs]]:
+    """Every option that adapts a site: the site, the option named for messages, and its costs."""
+    return [(site, f"{method} of size {size} at {site.name}", c)
+            for site, opts, site_costs in zip(sites, options, costs)
+            for (method, size), c in zip(opts, site_costs) if method != "none"]
+
+
 def check_feasible(sites: list[SiteSpec], options: list[list[tuple[str, int]]], costs: list[list[Costs]],
                    budgets: dict[str, float]) -> None:
     """Raise unless some option that adapts a site fits every budget, naming the binding budget and the
     smallest limit of it that would let one fit (with the other budgets as they are)."""
-    candidates = [(f"{method} of size {size} at {site.name}", c.as_dict())
-                  for site, opts, site_costs in zip(sites, options, costs)
-                  for (method, size), c in zip(opts, site_costs) if method != "none"]
+    candidates = [(label, c.as_dict()) for _, label, c in adapting_options(sites, options, costs)]
     if not candidates:
         methods = sorted({site.method for site in sites})
         raise LayerLensError(f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
@@ -115,15 +121,13 @@ def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, floa
         except LayerLensError as err:
             first_error = first_error or err
     if not plans:
-        candidates = [(100 * (depth.fraction(site.layer) + c.latency_ms / full_ms), f"{method} of size {size} at "
-                       f"{site.name}") for site, opts, site_costs in zip(sites, options, costs)
-                      for (method, size), c in zip(opts, site_costs) if method != "none"]
-        needed, label = min(candidates, default=(0.0, ""))
+        needed, label = min(((100 * (depth.fraction(site.layer) + c.latency_ms / full_ms), label)
+                             for site, label, c in adapting_options(sites, options, costs)), default=(0.0, ""))
         if first_error is not None and (limit >= needed or "latency_ms" in budgets):
             raise first_error  # another budget binds, or no site has an option
         raise NoPlanFits(f"budget.{TRAIN_TIME} must be >= {at_least(needed)} for any plan to fit (the cheapest "
                          f"option in training time: {label}), got {shown(limit)}", TRAIN_TIME, limit, needed, False)
-    best = max(plans, key=lambda plan: plan.objective)  # max keeps the first of equals: the deepest plan
+    best = max(plans, key=lambda plan: plan.objective)  # of equals, max keeps the first: the lowest `lowest` allowed
     return _with_time(best, workload, depth)
 
 
