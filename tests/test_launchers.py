@@ -15,13 +15,6 @@ from layerlens.paths import CONF_DIR
 from layerlens.settings import build
 from tests.conftest import compose_config, run_module
 
-SLURM = [
-    "hydra/launcher=submitit_slurm", "hydra.launcher.partition=gpu", "hydra.launcher.timeout_min=240",
-    "hydra.launcher.cpus_per_task=8", "hydra.launcher.mem_gb=64",
-    "trainer=ddp", "trainer.devices=4",
-    "hydra.launcher.gpus_per_node=${trainer.devices}", "hydra.launcher.tasks_per_node=${trainer.devices}",
-]
-
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_slurm"])
 def test_the_group_check_lets_hydra_launcher_plugins_through(launcher):
@@ -29,25 +22,17 @@ def test_the_group_check_lets_hydra_launcher_plugins_through(launcher):
     check_group_choices(["-m", f"hydra/launcher={launcher}"])
 
 
-def test_slurm_launcher_composes_with_the_cluster_fields_and_one_task_per_device():
+def test_the_project_slurm_launcher_config_sets_the_cluster_fields_and_one_task_per_device():
+    check_group_choices(["-m", "hydra/launcher=slurm"])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("run", SLURM, return_hydra_config=True)
+        cfg = compose("run", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.devices=4"],
+                      return_hydra_config=True)
     launcher = instantiate(cfg.hydra.launcher)  # builds the launcher; nothing is submitted before launch()
     assert type(launcher).__name__ == "SlurmLauncher"
     params = launcher.params
     assert (params["partition"], params["timeout_min"], params["cpus_per_task"], params["mem_gb"]) == ("gpu", 240, 8, 64)
     assert params["gpus_per_node"] == params["tasks_per_node"] == cfg.trainer.devices == 4
     assert params["submitit_folder"].startswith(f"{cfg.hydra.sweep.dir}/.submitit/")
-
-
-def test_the_project_slurm_launcher_config_sets_the_cluster_fields_and_one_task_per_device():
-    check_group_choices(["-m", "hydra/launcher=slurm"])
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("run", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.devices=2"],
-                      return_hydra_config=True)
-    params = instantiate(cfg.hydra.launcher).params
-    assert (params["partition"], params["timeout_min"], params["cpus_per_task"], params["mem_gb"]) == ("gpu", 240, 8, 64)
-    assert params["gpus_per_node"] == params["tasks_per_node"] == 2
 
 
 def test_ddp_trainer_composes_with_configurable_devices_and_nodes():
