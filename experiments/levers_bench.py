@@ -3,11 +3,14 @@ process on the same MRPC batches with the default backbone (forward, backward an
 
     python experiments/levers_bench.py [--steps 30] [--rounds 2] [--out experiments/results/<date>-levers]
 
-Variants: full_ft; lora (defaults); layerlens with no training-time budget (plans over every layer); and
-layerlens under budget.train_time_pct = 45, without and with the frozen-bottom cache. For a cached variant the
-first pass over the batches fills the cache (what epoch 1 costs) and a second pass hits it (later epochs); both
-are reported. Each round runs every variant once; the median over rounds is reported, with each time as a
-ratio to full_ft's in the same round. Writes levers.csv and README.md into --out.
+Variants: full_ft; lora (defaults); layerlens at the default budget (no training-time limit: plans over every
+layer); layerlens under budget=fast (train_time_pct 45), without and with the frozen-bottom cache; under
+train_time_pct = 50 with every site kind and with one method's sites only; and the bare backbone with
+backpropagation down to layer k (one bias of layer k's query projection and the head trainable, the layers below
+cached), which prices depth alone. Against the planner's estimate these show what its time model misses. For a cached variant the first pass over
+the batches fills the cache (what epoch 1 costs) and a second pass hits it (later epochs); both are reported.
+Each round runs every variant once; the median over rounds is reported, with each time as a ratio to full_ft's
+in the same round. Writes levers.csv and README.md into --out.
 """
 
 import argparse
@@ -26,17 +29,27 @@ from hydra import compose, initialize_config_dir
 
 from layerlens.pipeline import build_classifier, build_datamodule
 from layerlens.settings import resolve_settings
+from layerlens.sites import encoder_layers
 from layerlens.training.classifier import decay_groups
+from layerlens.training.frozen_bottom import FrozenBottomCache
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = {
     "full_ft": ["baseline=full_ft"],
     "lora": ["baseline=lora"],
-    "layerlens, every layer (no time budget), no cache": ["baseline=layerlens", "budget.train_time_pct=null",
-                                                          "baseline.cache_frozen_layers=false"],
-    "layerlens, train_time_pct=45, no cache": ["baseline=layerlens", "baseline.cache_frozen_layers=false"],
-    "layerlens, train_time_pct=45, cache": ["baseline=layerlens"],
+    "layerlens, default budget (every layer, no time budget)": ["baseline=layerlens"],
+    "layerlens, budget=fast (train_time_pct=45), no cache": ["baseline=layerlens", "budget=fast",
+                                                             "baseline.cache_frozen_layers=false"],
+    "layerlens, budget=fast (train_time_pct=45), cache": ["baseline=layerlens", "budget=fast"],
+    "layerlens, train_time_pct=50, cache": ["baseline=layerlens", "budget.train_time_pct=50"],
+    "layerlens, train_time_pct=50, cache, LoRA sites only": ["baseline=layerlens", "budget.train_time_pct=50",
+                                                            "baseline.sites=[query,key,value,attn_out]"],
+    "layerlens, train_time_pct=50, cache, adapter sites only": ["baseline=layerlens", "budget.train_time_pct=50",
+                                                               "baseline.sites=[attn_block,ffn_block]"],
+    "layerlens, train_time_pct=50, cache, prefix sites only": ["baseline=layerlens", "budget.train_time_pct=50",
+                                                              "baseline.sites=[attention]"],
 }
+BARE_DEPTHS = (0, 2, 3)  # "backbone only, backpropagation to layer k" variants
 
 
 def build(overrides: list[str], out: Path):
@@ -47,6 +60,33 @@ def build(overrides: list[str], out: Path):
     data = build_datamodule(s, s.backbone.tokenizer())
     adapted, _ = build_classifier(s, cfg, data, out)
     return adapted, data, s
+
+
+def bare(depth: int, out: Path):
+    """full_ft's model with every backbone weight frozen but one bias in layer `depth`'s query projection:
+    backpropagation runs from the head down into that layer and no further; the layers below are cached."""
+    adapted, data, s = build(["baseline=full_ft"], out)
+    model = adapted.model
+    name, layers = encoder_layers(model)
+    base = name[: -len("encoder.layer")]
+    for parameter_name, p in model.named_parameters():
+        p.requires_grad = not parameter_name.startswith(base)
+    layers[depth].attention.self.query.bias.requires_grad = True
+    if depth > 0:
+        FrozenBottomCache(model, depth)
+    return model, data, s, {"plan/lowest_adapted_layer": depth}
+
+
+def fills_cache(name: str) -> bool:
+    bare_depth = name.rsplit(" ", 1)[1] if name.startswith("backbone only") else None
+    return ", cache" in name or (bare_depth is not None and bare_depth != "0")
+
+
+def variant(name: str, out: Path):
+    if name.startswith("backbone only"):
+        return bare(int(name.rsplit(" ", 1)[1]), out)
+    adapted, data, s = build(VARIANTS[name], out / "plans" / name.split(",")[0])
+    return adapted.model, data, s, adapted.metrics
 
 
 def seconds_per_step(model, batches, lr: float) -> float:
@@ -71,20 +111,20 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch.get_num_threads())
     rows = []
+    names = [*VARIANTS, *(f"backbone only, backpropagation to layer {k}" for k in BARE_DEPTHS)]
     for round_ in range(args.rounds):
-        for name, overrides in VARIANTS.items():
-            adapted, data, s = build(overrides, args.out / "plans" / name.split(",")[0])
+        for name in names:
+            model, data, s, plan_metrics = variant(name, args.out)
             torch.manual_seed(round_)
             batches = list(islice(iter(data.train_dataloader()), args.steps))
-            model = adapted.model
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-            plan_metrics = adapted.metrics
             first = seconds_per_step(model, batches, s.baseline.lr)
             rows.append({"round": round_, "variant": name, "pass": "first", "s_per_step": first,
                          "trainable": trainable,
                          "lowest_adapted_layer": plan_metrics.get("plan/lowest_adapted_layer"),
-                         "estimated_train_time_pct": plan_metrics.get("plan/train_time_pct")})
-            if "cache" in name and "no cache" not in name:
+                         "estimated_train_time_pct": plan_metrics.get("plan/train_time_pct"),
+                         "estimated_sites_latency_ms": plan_metrics.get("plan/latency_ms")})
+            if fills_cache(name):
                 rows.append({**rows[-1], "pass": "second (cache hit)",
                              "s_per_step": seconds_per_step(model, batches, s.baseline.lr)})
             print(f"round {round_}: {name}: {rows[-1]['s_per_step']:.3f} s/step", file=sys.stderr)
@@ -95,7 +135,8 @@ def main() -> None:
     summary = (table.groupby(["variant", "pass"], sort=False)
                .agg(s_per_step=("s_per_step", statistics.median), ratio_to_full_ft=("ratio_to_full_ft", statistics.median),
                     trainable=("trainable", "first"), lowest_adapted_layer=("lowest_adapted_layer", "first"),
-                    estimated_train_time_pct=("estimated_train_time_pct", "first"))
+                    estimated_train_time_pct=("estimated_train_time_pct", "first"),
+                    estimated_sites_latency_ms=("estimated_sites_latency_ms", "first"))
                .reset_index())
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     (args.out / "README.md").write_text(
@@ -106,8 +147,11 @@ def main() -> None:
         f"torch {torch.__version__}.\n\n"
         f"Each variant trains {args.steps} MRPC training batches (batch size 8, seed-0 data order per round) on "
         "all-MiniLM-L6-v2: forward, backward, AdamW step. Median over rounds of the mean time per step; the ratio "
-        "is to full_ft's time in the same round. For the cached variant, the first pass fills the cache (epoch 1), "
-        "the second hits it (epochs 2+). Estimated train time: the planner's estimate, % of full fine-tuning's.\n\n"
+        "is to full_ft's time in the same round. For the cached variants, the first pass fills the cache (epoch 1), "
+        "the second hits it (epochs 2+). The backbone-only variants train one bias of layer k's query projection "
+        "and the head: what backpropagation to layer k costs without any site. Estimated train time: the planner's "
+        "estimate, % of full fine-tuning's (depth plus the sites' latency); estimated sites' latency: its sum of "
+        "the sites' latency per batch, in ms.\n\n"
         + summary.to_markdown(index=False, floatfmt=".3f") + "\n")
     print(summary.to_markdown(index=False, floatfmt=".3f"))
 
