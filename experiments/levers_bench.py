@@ -15,6 +15,7 @@ in the same round. Writes levers.csv and README.md into --out.
 
 import argparse
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -107,11 +108,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path,
                         default=Path("experiments/results") / f"{datetime.now(timezone.utc):%Y-%m-%d}-levers")
+    names = [*VARIANTS, *(f"backbone only, backpropagation to layer {k}" for k in BARE_DEPTHS)]
+    parser.add_argument("--variants", nargs="+", choices=names, default=names, metavar="NAME",
+                        help="the variants to run, by name (full_ft always runs: the ratios are to it)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch.get_num_threads())
     rows = []
-    names = [*VARIANTS, *(f"backbone only, backpropagation to layer {k}" for k in BARE_DEPTHS)]
+    names = [name for name in names if name == "full_ft" or name in args.variants]
     for round_ in range(args.rounds):
         for name in names:
             model, data, s, plan_metrics = variant(name, args.out)
@@ -141,7 +145,7 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     (args.out / "README.md").write_text(
         "# Speed levers: seconds per training step\n\n"
-        f"Command: `python experiments/levers_bench.py --steps {args.steps} --rounds {args.rounds}` at commit {commit}, "
+        f"Command: `{shlex.join(['python', *sys.argv])}` at commit {commit}, "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}.\n\n"
