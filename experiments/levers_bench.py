@@ -10,11 +10,12 @@ backpropagation down to layer k (one bias of layer k's query projection and the 
 cached), which prices depth alone. Against the planner's estimate these show what its time model misses. For a cached variant the first pass over
 the batches fills the cache (what epoch 1 costs) and a second pass hits it (later epochs); both are reported.
 Each round runs every variant once; the median over rounds is reported, with each time as a ratio to full_ft's
-in the same round. Writes levers.csv and README.md into --out.
+in the same round. Writes levers.csv, README.md and each LayerLens variant's plan (plans/) into --out.
 """
 
 import argparse
 import platform
+import re
 import shlex
 import statistics
 import subprocess
@@ -86,7 +87,7 @@ def fills_cache(name: str) -> bool:
 def variant(name: str, out: Path):
     if name.startswith("backbone only"):
         return bare(int(name.rsplit(" ", 1)[1]), out)
-    adapted, data, s = build(VARIANTS[name], out / "plans" / name.split(",")[0])
+    adapted, data, s = build(VARIANTS[name], out / "plans" / re.sub(r"[^\w=.]+", "-", name).strip("-"))
     return adapted.model, data, s, adapted.metrics
 
 
