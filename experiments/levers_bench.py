@@ -54,7 +54,8 @@ VARIANTS = {
                                                               "baseline.sites=[attention]"],
 }
 BARE_DEPTHS = (0, 2, 3)  # "backbone only, backpropagation to layer k" variants
-# Generic speed-ups, which would apply to every baseline alike: timed on full_ft and on this plan (after its cache fills).
+# Generic speed-ups, which would apply to every baseline alike: timed on full_ft and on this plan (after its cache
+# fills).
 GENERIC_LEVERS = ("full_ft", "layerlens, train_time_pct=50, cache")
 BF16_STEPS = 5  # on a CPU without native bf16, autocast is several times slower: a few steps tell
 
@@ -150,8 +151,9 @@ def main() -> None:
                 rows.append({**rows[-1], "pass": "second (cache hit)",
                              "s_per_step": seconds_per_step(model, batches, s.baseline.lr)})
             if name in GENERIC_LEVERS:
+                grouped = length_grouped(batches, data.collate)
                 rows.append({**rows[-1], "pass": "length-grouped batches",
-                             "s_per_step": seconds_per_step(model, length_grouped(batches, data.collate), s.baseline.lr)})
+                             "s_per_step": seconds_per_step(model, grouped, s.baseline.lr)})
                 rows.append({**rows[-1], "pass": "bf16 autocast",
                              "s_per_step": seconds_per_step(model, batches[:BF16_STEPS], s.baseline.lr, bf16=True)})
             print(f"round {round_}: {name}: {rows[-1]['s_per_step']:.3f} s/step", file=sys.stderr)
@@ -162,7 +164,8 @@ def main() -> None:
                                  for t, r, p in zip(table.s_per_step, table["round"], table["pass"])]
     table.to_csv(args.out / "levers.csv", index=False)
     summary = (table.groupby(["variant", "pass"], sort=False)
-               .agg(s_per_step=("s_per_step", statistics.median), ratio_to_full_ft=("ratio_to_full_ft", statistics.median),
+               .agg(s_per_step=("s_per_step", statistics.median),
+                    ratio_to_full_ft=("ratio_to_full_ft", statistics.median),
                     trainable=("trainable", "first"), lowest_adapted_layer=("lowest_adapted_layer", "first"),
                     estimated_train_time_pct=("estimated_train_time_pct", "first"),
                     estimated_sites_latency_ms=("estimated_sites_latency_ms", "first"))
@@ -174,15 +177,15 @@ def main() -> None:
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}.\n\n"
-        f"Each variant trains {args.steps} MRPC training batches (batch size 8, seed-0 data order per round) on "
-        "all-MiniLM-L6-v2: forward, backward, AdamW step. Median over rounds of the mean time per step; the ratio "
-        "is to full_ft's time in the same round (with the same generic speed-up, if any). For the cached variants, "
-        "the first pass fills the cache (epoch 1), the second hits it (epochs 2+). Length-grouped: the same "
-        "examples re-batched in order of length; bf16: the forward pass under torch.autocast(bfloat16), over the "
-        f"first {BF16_STEPS} batches only. The backbone-only variants train one bias of layer k's query projection "
-        "and the head: what backpropagation to layer k costs without any site. Estimated train time: the planner's "
-        "estimate, % of full fine-tuning's (depth plus the sites' latency); estimated sites' latency: its sum of "
-        "the sites' latency per batch, in ms.\n\n"
+        f"Each variant trains {args.steps} MRPC training batches (batch size 8; round r draws them in torch seed r's "
+        "shuffle, the same for every variant) on all-MiniLM-L6-v2: forward, backward, AdamW step. Median over "
+        "rounds of the mean time per step; the ratio is to full_ft's time in the same round (with the same generic "
+        "speed-up, if any). For the cached variants, the first pass fills the cache (epoch 1), the second hits it "
+        "(epochs 2+). Length-grouped: the same examples re-batched in order of length; bf16: the forward pass "
+        f"under torch.autocast(bfloat16), over the first {min(args.steps, BF16_STEPS)} batches only. The backbone-only variants "
+        "train one bias of layer k's query projection and the head: what backpropagation to layer k costs without "
+        "any site. Estimated train time: the planner's estimate, % of full fine-tuning's (depth plus the sites' "
+        "latency); estimated sites' latency: its sum of the sites' latency per batch, in ms.\n\n"
         + summary.to_markdown(index=False, floatfmt=".3f") + "\n")
     print(summary.to_markdown(index=False, floatfmt=".3f"))
 
