@@ -182,10 +182,11 @@ def main() -> None:
         "rounds of the mean time per step; the ratio is to full_ft's time in the same round (with the same generic "
         "speed-up, if any). For the cached variants, the first pass fills the cache (epoch 1), the second hits it "
         "(epochs 2+). Length-grouped: the same examples re-batched in order of length; bf16: the forward pass "
-        f"under torch.autocast(bfloat16), over the first {min(args.steps, BF16_STEPS)} batches only. The backbone-only variants "
-        "train one bias of layer k's query projection and the head: what backpropagation to layer k costs without "
-        "any site. Estimated train time: the planner's estimate, % of full fine-tuning's (depth plus the sites' "
-        "latency); estimated sites' latency: its sum of the sites' latency per batch, in ms.\n\n"
+        f"under torch.autocast(bfloat16), over the first {min(args.steps, BF16_STEPS)} batches only. The "
+        "backbone-only variants train one bias of layer k's query projection and the head: what backpropagation "
+        "to layer k costs without any site. Estimated train time: the planner's estimate, % of full fine-tuning's "
+        "(depth plus the sites' latency); estimated sites' latency: its sum of the sites' latency per batch, in "
+        "ms.\n\n"
         + summary.to_markdown(index=False, floatfmt=".3f") + "\n")
     print(summary.to_markdown(index=False, floatfmt=".3f"))
 
