@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
+from layerlens.building import task_head
 from layerlens.pipeline import build_classifier, build_datamodule
 from layerlens.settings import resolve_settings
 from layerlens.sites import encoder_layers
@@ -53,7 +54,7 @@ VARIANTS = {
     "layerlens, train_time_pct=50, cache, prefix sites only": ["baseline=layerlens", "budget.train_time_pct=50",
                                                               "baseline.sites=[attention]"],
 }
-BARE_DEPTHS = (0, 2, 3)  # "backbone only, backpropagation to layer k" variants
+BARE = {f"backbone only, backpropagation to layer {k}": k for k in (0, 2, 3)}  # name -> k
 # Generic speed-ups, which would apply to every baseline alike: timed on full_ft and on this plan (after its cache
 # fills).
 GENERIC_LEVERS = ("full_ft", "layerlens, train_time_pct=50, cache")
@@ -74,25 +75,22 @@ def bare(depth: int, out: Path):
     """full_ft's model with every backbone weight frozen but one bias in layer `depth`'s query projection:
     backpropagation runs from the head down into that layer and no further; the layers below are cached."""
     adapted, data, s = build(["baseline=full_ft"], out)
-    model = adapted.model
-    name, layers = encoder_layers(model)
-    base = name[: -len("encoder.layer")]
-    for parameter_name, p in model.named_parameters():
-        p.requires_grad = not parameter_name.startswith(base)
-    layers[depth].attention.self.query.bias.requires_grad = True
+    model = adapted.model.requires_grad_(False)
+    for name in task_head(model):
+        model.get_submodule(name).requires_grad_(True)
+    encoder_layers(model)[1][depth].attention.self.query.bias.requires_grad = True
     if depth > 0:
         FrozenBottomCache(model, depth)
     return model, data, s, {"plan/lowest_adapted_layer": depth}
 
 
 def fills_cache(name: str) -> bool:
-    bare_depth = name.rsplit(" ", 1)[1] if name.startswith("backbone only") else None
-    return ", cache" in name or (bare_depth is not None and bare_depth != "0")
+    return ", cache" in name or BARE.get(name, 0) > 0
 
 
 def variant(name: str, out: Path):
-    if name.startswith("backbone only"):
-        return bare(int(name.rsplit(" ", 1)[1]), out)
+    if name in BARE:
+        return bare(BARE[name], out)
     adapted, data, s = build(VARIANTS[name], out / "plans" / re.sub(r"[^\w=.]+", "-", name).strip("-"))
     return adapted.model, data, s, adapted.metrics
 
@@ -127,7 +125,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--out", type=Path,
                         default=Path("experiments/results") / f"{datetime.now(timezone.utc):%Y-%m-%d}-levers")
-    names = [*VARIANTS, *(f"backbone only, backpropagation to layer {k}" for k in BARE_DEPTHS)]
+    names = [*VARIANTS, *BARE]
     parser.add_argument("--variants", nargs="+", choices=names, default=names, metavar="NAME",
                         help="the variants to run, by name (full_ft always runs: the ratios are to it)")
     args = parser.parse_args()
