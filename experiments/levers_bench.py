@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
-from layerlens.building import task_head
+from layerlens.building import task_head, train_only
 from layerlens.pipeline import build_classifier, build_datamodule
 from layerlens.settings import resolve_settings
 from layerlens.sites import encoder_layers
@@ -75,9 +75,7 @@ def bare(depth: int, out: Path):
     """full_ft's model with every backbone weight frozen but one bias in layer `depth`'s query projection:
     backpropagation runs from the head down into that layer and no further; the layers below are cached."""
     adapted, data, s = build(["baseline=full_ft"], out)
-    model = adapted.model.requires_grad_(False)
-    for name in task_head(model):
-        model.get_submodule(name).requires_grad_(True)
+    model = train_only(adapted.model, task_head(adapted.model))
     encoder_layers(model)[1][depth].attention.self.query.bias.requires_grad = True
     if depth > 0:
         FrozenBottomCache(model, depth)

@@ -23,6 +23,14 @@ def task_head(model: nn.Module) -> list[str]:
             if name != encoder and any(True for _ in child.parameters())]
 
 
+def train_only(model: nn.Module, names: list[str]) -> nn.Module:
+    """`model` with every weight frozen but those of its top-level modules `names`."""
+    model.requires_grad_(False)
+    for name in names:
+        model.get_submodule(name).requires_grad_(True)
+    return model
+
+
 def lora_config(plan: Plan, sites: list[Site], alpha_ratio: float, dropout: float,
                 head: list[str] | None = None) -> LoraConfig | None:
     """A peft LoraConfig with one rank per adapted linear site (rank_pattern), or None if the plan has no LoRA.
@@ -50,9 +58,7 @@ def apply_plan(model: nn.Module, sites: list[Site], plan: Plan, alpha_ratio: flo
     head = task_head(model)
     config = lora_config(plan, sites, alpha_ratio, dropout, head)
     if config is None:
-        model.requires_grad_(False)
-        for name in head:
-            model.get_submodule(name).requires_grad_(True)
+        train_only(model, head)
     else:
         model = get_peft_model(model, config)  # freezes all but LoRA and the head: attach the rest after
     by_name = {site.name: site for site in sites}
