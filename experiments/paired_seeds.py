@@ -28,6 +28,8 @@ from statistics import mean, stdev
 
 from scipy.stats import wilcoxon
 
+from layerlens.data.tasks import TaskSpec
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -101,22 +103,20 @@ def load_runs(path: Path) -> dict[str, dict[int, dict]]:
     return runs
 
 
-def summary(values: list[float]) -> str:
-    if not values:
-        return "–"
-    return f"{mean(values):.4f} ± {stdev(values):.4f}" if len(values) > 1 else f"{values[0]:.4f}"
+def summary(values: list[float], digits: int = 4) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.{digits}f}" if values else "–"
+    return f"{mean(values):.{digits}f} ± {stdev(values):.{digits}f}"
 
 
-def analyse(out: Path, compare: tuple[str, str]) -> str:
+def analyse(out: Path, compare: tuple[str, str], metric_names: list[str]) -> str:
     runs = load_runs(out / "runs.jsonl")
     if not runs:
         raise SystemExit(f"error: {out / 'runs.jsonl'} holds no finished run")
-    first = next(iter(next(iter(runs.values())).values()))
-    task = first["config"]["task"]
-    split, metric_names = task.get("eval_split", "validation"), ["val/acc", "val/f1"]
-    metric_names = [m for m in metric_names if m in first["metrics"]] or [task["headline_metric"]]
-    lines = [f"Task {task['name']}, {split} split, best checkpoint of each run by {task['headline_metric']}; "
-             "mean ± sample std over the seeds each baseline finished.", ""]
+    task = next(iter(next(iter(runs.values())).values()))["config"]["task"]
+    lines = [f"Task {task['name']}, {task.get('eval_split', TaskSpec.eval_split)} split, best checkpoint of each run "
+             f"by {task.get('headline_metric', TaskSpec.headline_metric)}; mean ± sample std over the seeds each "
+             "baseline finished.", ""]
     header = ["baseline", "seeds", "n", *metric_names, "trainable params", "train s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     csv = ["baseline,seed," + ",".join(metric_names) + ",params/trainable,time/train_s"]
@@ -126,7 +126,7 @@ def analyse(out: Path, compare: tuple[str, str]) -> str:
         params = sorted({int(by_seed[s]["metrics"]["params/trainable"]) for s in seeds})
         lines.append(f"| {baseline} | {seeds[0]}–{seeds[-1]} | {len(seeds)} | " + " | ".join(cols)
                      + f" | {params[0]:,}" + (f"–{params[-1]:,}" if len(params) > 1 else "")
-                     + f" | {summary([by_seed[s]['metrics']['time/train_s'] for s in seeds])} |")
+                     + f" | {summary([by_seed[s]['metrics']['time/train_s'] for s in seeds], digits=1)} |")
         csv += [f"{baseline},{s}," + ",".join(f"{by_seed[s]['metrics'][m]:.6f}" for m in metric_names)
                 + f",{int(by_seed[s]['metrics']['params/trainable'])},{by_seed[s]['metrics']['time/train_s']:.1f}"
                 for s in seeds]
@@ -139,8 +139,8 @@ def analyse(out: Path, compare: tuple[str, str]) -> str:
         for s in paired:
             lines.append(f"| {s} | " + " | ".join(
                 f"{runs[a][s]['metrics'][m]:.4f} | {runs[b][s]['metrics'][m]:.4f}" for m in metric_names) + " |")
-        lines += ["", f"| metric | mean {a} − {b} | {a} higher / tie / lower | Wilcoxon signed-rank p (two-sided) |",
-                  "|---|---|---|---|"]
+        lines += ["", f"| metric | mean ± sample std of {a} − {b} | {a} higher / tie / lower "
+                  "| Wilcoxon signed-rank p (two-sided) |", "|---|---|---|---|"]
         for m in metric_names:
             diffs = [runs[a][s]["metrics"][m] - runs[b][s]["metrics"][m] for s in paired]
             wins, ties = sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs)
@@ -160,6 +160,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="runs at once")
     parser.add_argument("--deadline-s", type=float, default=float("inf"), help="stop every run after this long")
     parser.add_argument("--compare", default="layerlens,lora", help="the two baselines compared seed by seed")
+    parser.add_argument("--metrics", default="val/acc,val/f1", help="the metrics tabled and compared")
     parser.add_argument("--out", type=Path, help="results folder (default: a dated one under experiments/results)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/layerlens-paired"), help="run folders and logs")
     parser.add_argument("--analyse", type=Path, metavar="DIR", help="only rewrite DIR's tables from its runs.jsonl")
@@ -169,17 +170,15 @@ def main() -> None:
     if len(compare) != 2:
         raise SystemExit(f"error: --compare must name two baselines, got {args.compare!r}")
     if args.analyse:
-        print(analyse(args.analyse, compare))
+        print(analyse(args.analyse, compare, args.metrics.split(",")))
         return
     jobs = [job for spec in args.jobs for job in parse_jobs(spec)]
     if not jobs:
         raise SystemExit("error: --jobs names no run")
     out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(timezone.utc):%F-%H%M}-paired-seeds"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "command.txt").write_text(
-        "command: " + shlex.join([sys.argv[0], *sys.argv[1:]]) + "\n"
-        + "commit:  " + subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                       text=True).stdout.strip() + "\n")
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    (out / "command.txt").write_text(f"command: {shlex.join(sys.argv)}\ncommit:  {commit or 'unknown'}\n")
     start = time.monotonic()
     runner = Runner(out, args.work, args.overrides, max(1, (os.cpu_count() or 1) // args.workers),
                     start + args.deadline_s)
@@ -188,7 +187,7 @@ def main() -> None:
             print(outcome, flush=True)
     (out / "machine.txt").write_text("\n".join([*machine(), f"workers: {args.workers} runs at once",
                                                 f"wall time: {time.monotonic() - start:.0f} s"]) + "\n")
-    print(analyse(out, compare))
+    print(analyse(out, compare, args.metrics.split(",")))
 
 
 if __name__ == "__main__":
