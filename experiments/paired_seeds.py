@@ -19,7 +19,6 @@ import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -61,8 +60,6 @@ def machine() -> list[str]:
 class Runner:
     def __init__(self, out: Path, work: Path, overrides: list[str], threads: int, deadline: float):
         self.out, self.work, self.overrides, self.threads, self.deadline = out, work, overrides, threads, deadline
-        self.running: set[subprocess.Popen] = set()
-        self.lock = threading.Lock()
 
     def run(self, job: tuple[str, int]) -> str:
         baseline, seed = job
@@ -76,8 +73,6 @@ class Runner:
         self.work.mkdir(parents=True, exist_ok=True)
         with open(self.work / f"{name}.log", "w") as log:
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-            with self.lock:
-                self.running.add(proc)
             try:
                 proc.wait(timeout=max(1.0, self.deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -87,9 +82,6 @@ class Runner:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-            finally:
-                with self.lock:
-                    self.running.discard(proc)
         return f"{baseline} s{seed}: exit {proc.returncode}"
 
 
