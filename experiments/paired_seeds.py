@@ -5,7 +5,8 @@
 
 Each (baseline, seed) is one `python -m layerlens.run` process with `logger=jsonl`; `--workers` of them run at once
 (jobs in the order given, seed by seed, so pairs finish together). At the deadline the runs still going are stopped
-and left out. Writes experiments/results/<date>-<UTC time>-paired-seeds/ (or --out): runs.jsonl (one line per run),
+and left out. Each run appends its line to runs.jsonl as it ends, and a run already FINISHED there is not run again:
+start the same command with the same --out to go on where an earlier one stopped. Writes experiments/results/<date>-<UTC time>-paired-seeds/ (or --out): runs.jsonl (one line per run),
 results.md and results.csv (per baseline: seeds, mean and sample std of the eval split's metrics; per seed: the
 --compare pair side by side, their differences, win / tie / loss counts and Wilcoxon's signed-rank test), the
 command and the machine. `--analyse DIR` rewrites the tables of DIR's runs.jsonl without running anything.
@@ -106,8 +107,9 @@ def analyse(out: Path, compare: tuple[str, str], metric_names: list[str]) -> str
     if not runs:
         raise SystemExit(f"error: {out / 'runs.jsonl'} holds no finished run")
     task = next(iter(next(iter(runs.values())).values()))["config"]["task"]
-    lines = [f"Task {task['name']}, {task.get('eval_split', TaskSpec.eval_split)} split, best checkpoint of each run "
-             f"by {task.get('headline_metric', TaskSpec.headline_metric)}; mean ± sample std over the seeds each "
+    lines = [f"Task {task['name']}: test/* on its {task.get('test_split', TaskSpec.test_split)!r} split, read once "
+             f"with the checkpoint chosen by {task.get('headline_metric', TaskSpec.headline_metric)} on the selection "
+             f"split ({task.get('selection_split', TaskSpec.selection_split)}); mean ± sample std over the seeds each "
              "baseline finished.", ""]
     header = ["baseline", "seeds", "n", *metric_names, "trainable params", "train s"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -152,7 +154,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1, help="runs at once")
     parser.add_argument("--deadline-s", type=float, default=float("inf"), help="stop every run after this long")
     parser.add_argument("--compare", default="layerlens,lora", help="the two baselines compared seed by seed")
-    parser.add_argument("--metrics", default="val/acc,val/f1", help="the metrics tabled and compared")
+    parser.add_argument("--metrics", default="test/acc,test/f1", help="the metrics tabled and compared")
     parser.add_argument("--out", type=Path, help="results folder (default: a dated one under experiments/results)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/layerlens-paired"), help="run folders and logs")
     parser.add_argument("--analyse", type=Path, metavar="DIR", help="only rewrite DIR's tables from its runs.jsonl")
@@ -169,16 +171,23 @@ def main() -> None:
         raise SystemExit("error: --jobs names no run")
     out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(timezone.utc):%F-%H%M}-paired-seeds"
     out.mkdir(parents=True, exist_ok=True)
+    done = load_runs(out / "runs.jsonl") if (out / "runs.jsonl").is_file() else {}
+    jobs = [(baseline, seed) for baseline, seed in jobs if seed not in done.get(baseline, {})]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    (out / "command.txt").write_text(f"command: {shlex.join(sys.argv)}\ncommit:  {commit or 'unknown'}\n")
+    with open(out / "command.txt", "a") as record:  # one entry per start: a results folder may take several
+        record.write(f"command: {shlex.join(sys.argv)}\ncommit:  {commit or 'unknown'}\n"
+                     f"started: {datetime.now(timezone.utc):%F %T} UTC, {len(jobs)} runs not yet finished\n")
     start = time.monotonic()
     runner = Runner(out, args.work, args.overrides, max(1, (os.cpu_count() or 1) // args.workers),
                     start + args.deadline_s)
     with ThreadPoolExecutor(args.workers) as pool:
         for outcome in pool.map(runner.run, jobs):
             print(outcome, flush=True)
-    (out / "machine.txt").write_text("\n".join([*machine(), f"workers: {args.workers} runs at once",
-                                                f"wall time: {time.monotonic() - start:.0f} s"]) + "\n")
+            if (out / "runs.jsonl").is_file():  # the tables so far, so that a stopped sweep still leaves them
+                analyse(out, compare, args.metrics.split(","))
+    with open(out / "machine.txt", "a") as record:
+        record.write("\n".join([*machine(), f"workers: {args.workers} runs at once, {runner.threads} threads each",
+                                 f"wall time: {time.monotonic() - start:.0f} s", ""]) + "\n")
     print(analyse(out, compare, args.metrics.split(",")))
 
 

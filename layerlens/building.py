@@ -5,6 +5,7 @@ import re
 from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 
+from layerlens.errors import LayerLensError
 from layerlens.methods import attach_adapter, attach_prefix
 from layerlens.planning.plan import Plan
 from layerlens.sites import Site, encoder_layers
@@ -53,8 +54,25 @@ def lora_config(plan: Plan, sites: list[Site], alpha_ratio: float, dropout: floa
     )
 
 
+def check_plan_fits(plan: Plan, sites: list[Site]) -> None:
+    """Raise, naming the first site at fault, unless the plan's sites are the model's and each adapted one has a
+    method its kind accepts and a size of at least 1 (a plan.json edited by hand, or made for another model)."""
+    by_name = {site.name: site for site in sites}
+    planned = [c.site for c in plan.choices]
+    if sorted(planned) != sorted(by_name):
+        extra = sorted(set(planned) - set(by_name)) or sorted(set(by_name) - set(planned))
+        raise LayerLensError(f"plan: its sites are not the model's ({extra[0]!r} is in one and not the other)")
+    for c in plan.adapted():
+        if c.method != by_name[c.site].method:
+            raise LayerLensError(f"plan: site {c.site} ({c.kind}) takes {by_name[c.site].method} or none, "
+                                 f"got {c.method!r}")
+        if isinstance(c.size, bool) or not isinstance(c.size, int) or c.size < 1:
+            raise LayerLensError(f"plan: site {c.site} must have a size >= 1 for {c.method}, got {c.size!r}")
+
+
 def apply_plan(model: nn.Module, sites: list[Site], plan: Plan, alpha_ratio: float, dropout: float) -> nn.Module:
     """Exactly the plan's modules trainable, plus the task head; everything else frozen."""
+    check_plan_fits(plan, sites)
     head = task_head(model)
     config = lora_config(plan, sites, alpha_ratio, dropout, head)
     if config is None:

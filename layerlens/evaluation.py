@@ -11,15 +11,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from omegaconf import OmegaConf
 
-from layerlens.data import GlueDataModule, read_glue_tsv
+from layerlens.data import TEST, TRAIN, GlueDataModule, read_glue_tsv
 from layerlens.errors import LayerLensError
 from layerlens.pipeline import build_classifier
 from layerlens.settings import resolve_settings
 from layerlens.tracking.mlflow_tracker import CONFIG_ARTIFACT
 from layerlens.training.classifier import SequenceClassifier
-
-EVAL_SPLIT = "file"
-
 
 def file_key(path: Path) -> str:
     """A metric-name-safe label for a file, from its folder and name: .../MRPC/dev.tsv -> MRPC_dev."""
@@ -43,10 +40,9 @@ def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: i
     path = Path(file).resolve()
     rows = read_glue_tsv(path, s.task)
     tokenizer = s.backbone.tokenizer()
-    data = GlueDataModule(
-        datasets.DatasetDict({EVAL_SPLIT: rows}), tokenizer, s.task.max_length,
-        train_split=EVAL_SPLIT, eval_split=EVAL_SPLIT, batch_size=batch_size, eval_batch_size=batch_size,
-    )
+    # As TRAIN the file only sizes the adaptation's context: the run's plan is read back, not profiled again.
+    data = GlueDataModule(datasets.DatasetDict({TRAIN: rows, TEST: rows}), tokenizer, s.task.max_length,
+                          batch_size=batch_size, eval_batch_size=batch_size)
     adapted, _ = build_classifier(s, config, data, output_dir=Path(checkpoint).parent.parent, reuse_plan=True)
     module = SequenceClassifier(adapted.model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
     # Not the run's own trainer config: its batch limits (e.g. trainer=debug) must not cut the file short.
@@ -54,9 +50,10 @@ def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: i
         accelerator=config.trainer.accelerator, devices=1, precision=config.trainer.precision,
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
     )
-    scores = trainer.validate(module, dataloaders=data.val_dataloader(), ckpt_path=checkpoint, verbose=False)[0]
+    scores = trainer.test(module, dataloaders=data.test_dataloader(), ckpt_path=checkpoint, verbose=False)[0]
     key = file_key(path)
-    metrics = {f"eval/{key}/{name.removeprefix('val/')}": float(v) for name, v in scores.items() if name in s.task.metric_names}
+    metrics = {f"eval/{key}/{name.removeprefix('test/')}": float(v) for name, v in scores.items()
+               if name in s.task.metric_names_on("test")}
     metrics[f"eval/{key}/n_rows"] = float(len(rows))
     for name, value in metrics.items():
         client.log_metric(run_id, name, value)

@@ -13,7 +13,8 @@ from torch import nn
 
 from layerlens.baselines import LayerLensBaseline
 from layerlens.baselines.base import AdaptContext, Adapted
-from layerlens.data import GlueDataModule, load_task_splits
+from layerlens.data import GlueDataModule, load_task_splits, protocol_splits
+from layerlens.data.kinds import on_test
 from layerlens.errors import LayerLensError
 from layerlens.planning.plan import Plan
 from layerlens.provenance import git_commit, native_build
@@ -100,11 +101,9 @@ def plan_experiment(cfg: DictConfig, output_dir: Path) -> tuple[Plan, dict[str, 
 
 def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:
     return GlueDataModule(
-        load_task_splits(s.task),
+        protocol_splits(s.task, load_task_splits(s.task)),
         tokenizer,
         max_length=s.task.max_length,
-        train_split=s.task.train_split,
-        eval_split=s.task.eval_split,
         batch_size=s.batch_size,
         eval_batch_size=s.eval_batch_size,
         num_workers=s.num_workers,
@@ -124,7 +123,9 @@ class CheckpointFromStep(ModelCheckpoint):
 
 
 def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) -> float:
-    """Train and evaluate one configuration; returns the task's headline metric on its eval split.
+    """Train one configuration, choose its checkpoint on the selection split and read the test split once with it;
+    returns the task's headline metric on the selection split (what a search may maximise), or on the test split
+    when the task has no selection split (task.selection_split=none: the last epoch's checkpoint).
 
     With `resume=<output folder>`, continue that interrupted run (same MLflow run, same folder) from its checkpoint.
     """
@@ -155,26 +156,32 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
         trainable = count_parameters(model, trainable_only=True)
         module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
         timer = FitTimer()
+        selects = s.task.selects
         checkpoint = CheckpointFromStep(
             adapted.first_checkpoint_step,
             dirpath=Path(output_dir) / "checkpoints",
-            filename="best-{epoch}-{step}",
-            monitor=s.task.headline_metric,
+            filename="best-{epoch}-{step}" if selects else "last-{epoch}-{step}",
+            monitor=s.task.headline_metric if selects else None,
             mode="max",
             save_top_k=1,
         )
         interruption.loader = shuffled_train_loader(data, s.seed)
         trainer = build(cfg, "trainer", callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
                         logger=run.lightning_logger(), default_root_dir=str(output_dir))
-        trainer.fit(module, train_dataloaders=interruption.loader, val_dataloaders=data.val_dataloader(),
+        trainer.fit(module, train_dataloaders=interruption.loader,
+                    val_dataloaders=data.val_dataloader() if selects else None,
                     ckpt_path=interruption.checkpoint if resuming else None)
 
-        trainer.loggers = []  # the best checkpoint's metrics are logged once, below, after the epoch curves
+        trainer.loggers = []  # the chosen checkpoint's metrics are logged once, below, after the epoch curves
         start = time.perf_counter()
-        best = trainer.validate(module, datamodule=data, ckpt_path="best", verbose=False)[0]
+        chosen = checkpoint.best_model_path
+        selected = trainer.validate(module, dataloaders=data.val_dataloader(), ckpt_path=chosen,
+                                    verbose=False)[0] if selects else {}
+        tested = trainer.test(module, dataloaders=data.test_dataloader(), ckpt_path=chosen, verbose=False)[0]
         eval_s = time.perf_counter() - start
         metrics = {
-            **{k: float(v) for k, v in best.items() if k.startswith("val/")},
+            **{k: float(v) for k, v in selected.items() if k.startswith("val/")},
+            **{k: float(v) for k, v in tested.items() if k.startswith("test/")},
             "params/backbone": backbone_params,
             "params/trainable": trainable,
             "params/trainable_pct": 100.0 * trainable / backbone_params,
@@ -190,10 +197,13 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
         run.log_metrics(metrics, step=trainer.global_step + 1)
         run.set_tags({"checkpoint": checkpoint.best_model_path})
     interruption.checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
+    chosen_by = f"best on the selection split by {s.task.headline_metric}" if selects else "the last epoch's"
     log.info(
-        "run %s (mlflow run %s): %s split %r, best checkpoint %s: %s; trainable %d (%.3f%% of backbone); train %.1f s",
-        run_name(s), run.run_id, s.task.name, s.task.eval_split, Path(checkpoint.best_model_path).name,
-        ", ".join(f"{name.removeprefix('val/')} {metrics.get(name, float('nan')):.4f}" for name in s.task.metric_names),
+        "run %s (mlflow run %s): %s test split %r, checkpoint %s (%s): %s; trainable %d (%.3f%% of backbone); "
+        "train %.1f s",
+        run_name(s), run.run_id, s.task.name, s.task.test_split, Path(checkpoint.best_model_path).name, chosen_by,
+        ", ".join(f"{name.removeprefix('test/')} {metrics.get(name, float('nan')):.4f}"
+                  for name in s.task.metric_names_on("test")),
         trainable, metrics["params/trainable_pct"], timer.train_s,
     )
-    return metrics[s.task.headline_metric]
+    return metrics[s.task.headline_metric if selects else on_test(s.task.headline_metric)]

@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from layerlens.cli import main_guard, one_line_errors, output_dir, sweep_id
+from layerlens.data.tasks import NO_SELECTION
 from layerlens.errors import LayerLensError
 from layerlens.paths import CONF_DIR
 from layerlens.pipeline import run_experiment
@@ -32,6 +33,9 @@ def main(cfg) -> float:
     """The run's headline metric (task.headline_metric), a float: what a search maximises."""
     if not searching():
         return run_experiment(cfg, output_dir(), sweep_id())
+    if cfg.task.get("selection_split") == NO_SELECTION:
+        raise LayerLensError("task.selection_split: a search chooses on the selection split; with none it would "
+                             "choose on the test split (set holdout or a split name)")
     try:
         metric = run_experiment(cfg, output_dir(), sweep_id())
     except LayerLensError as err:  # one_line_errors would end the whole search

@@ -4,7 +4,8 @@ from collections import Counter
 import datasets
 import pytest
 
-from layerlens.data import GlueDataModule, TaskSpec, load_task_splits, read_glue_tsv
+from layerlens.data import SELECTION, TEST, TRAIN, GlueDataModule, TaskSpec, load_task_splits, protocol_splits, read_glue_tsv
+from layerlens.data.selection import holdout_rows
 from layerlens.errors import LayerLensError
 from layerlens.models import RandomBertBackbone
 from layerlens.settings import build
@@ -118,10 +119,58 @@ def test_hub_source_and_data_dir_exclude_each_other(tmp_path):
 def test_batches_are_padded_to_their_longest_row_only():
     mrpc = task("mrpc", max_length=128)
     splits = load_task_splits(mrpc)
-    splits = datasets.DatasetDict({name: split.select(range(16)) for name, split in splits.items()})
+    splits = datasets.DatasetDict({TRAIN: splits["train"].select(range(16)), TEST: splits["dev"].select(range(16))})
     tokenizer = RandomBertBackbone("tiny").tokenizer()
-    data = GlueDataModule(splits, tokenizer, 128, "train", "dev", batch_size=4, eval_batch_size=4)
-    lengths = [batch["input_ids"].shape[1] for batch in data.val_dataloader()]
+    data = GlueDataModule(splits, tokenizer, 128, batch_size=4, eval_batch_size=4)
+    lengths = [batch["input_ids"].shape[1] for batch in data.test_dataloader()]
     assert max(lengths) <= 128 and len(set(lengths)) > 1
     batch = next(iter(data.train_dataloader()))
     assert set(batch) >= {"input_ids", "attention_mask", "labels"} and batch["labels"].shape == (4,)
+
+
+def test_the_holdout_is_a_fixed_stratified_share_of_train_and_the_test_split_is_dev_untouched():
+    mrpc = task("mrpc")
+    named = load_task_splits(mrpc)
+    roles = protocol_splits(mrpc, named)
+    assert set(roles) == {TRAIN, SELECTION, TEST}
+    assert roles[TEST]["text_a"] == named["dev"]["text_a"]
+    assert len(roles[TRAIN]) + len(roles[SELECTION]) == len(named["train"])
+    pairs = lambda split: Counter(zip(split["text_a"], split["text_b"], split["label"]))
+    assert pairs(roles[TRAIN]) + pairs(roles[SELECTION]) == pairs(named["train"])  # disjoint, nothing lost
+    # Each class keeps its share: MRPC's train split has 2474 positives and 1194 negatives.
+    assert Counter(roles[SELECTION]["label"]) == {1: round(0.1 * 2474), 0: round(0.1 * 1194)}
+    # The rows depend on task.selection_seed alone, not on the run's seed or anything else.
+    again = protocol_splits(task("mrpc"), load_task_splits(task("mrpc")))
+    assert again[SELECTION]["text_a"] == roles[SELECTION]["text_a"]
+    other = protocol_splits(task("mrpc", selection_seed=1), named)
+    assert other[SELECTION]["text_a"] != roles[SELECTION]["text_a"]
+
+
+def test_holdout_rows_keep_a_row_of_each_class_in_train_and_stratify_only_classes():
+    labels = [0] * 9 + [1] * 3 + [2]
+    held = holdout_rows(labels, 0.34, seed=0, stratified=True)
+    assert Counter(labels[i] for i in held) == {0: 3, 1: 1}  # a class of one row stays in train
+    assert len(holdout_rows([0.5, 1.5, 2.5, 3.5], 0.5, seed=0, stratified=False)) == 2
+    assert len(holdout_rows([0, 0], 0.9, seed=0, stratified=True)) == 1
+
+
+def test_selection_none_and_a_named_selection_file(tmp_path):
+    rows = [["1", "1", "2", "A cat sat.", "A cat was sitting."], ["0", "3", "4", "Rain.", "Sun."]]
+    for name in ("train", "dev", "pick"):
+        write_tsv(tmp_path / f"{name}.tsv", MRPC_HEADER, rows)
+    none = task("mrpc", data_dir=tmp_path, selection_split="none")
+    assert set(protocol_splits(none, load_task_splits(none))) == {TRAIN, TEST}
+    named = task("mrpc", data_dir=tmp_path, selection_split="pick")
+    roles = protocol_splits(named, load_task_splits(named))
+    assert len(roles[SELECTION]) == 2 and len(roles[TRAIN]) == 2
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"selection_split": "dev"}, r"task.selection_split must differ from the train and test splits"),
+    ({"selection_split": "train"}, r"task.selection_split must differ"),
+    ({"selection_fraction": 1.0}, r"task.selection_fraction must be in \(0, 1\)"),
+    ({"test_split": "train"}, r"task.test_split must differ from task.train_split"),
+])
+def test_a_selection_that_would_touch_another_split_is_refused(overrides, match):
+    with pytest.raises(LayerLensError, match=match):
+        task("mrpc", **overrides)

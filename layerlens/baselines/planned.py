@@ -14,6 +14,7 @@ from layerlens.planning.costs import Depth, SiteSpec, Workload
 from layerlens.planning.plan import Plan
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
+from layerlens.planning.utilities import planning_utilities
 from layerlens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
 from layerlens.sites import SITE_METHODS, Site, discover_sites, encoder_layers
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
@@ -67,6 +68,11 @@ class LayerLensBaseline:
                 setattr(self, key, settings(**value))
             elif not isinstance(value, settings):
                 raise LayerLensError(f"baseline.{key} must be a mapping of settings, got {value!r}")
+        if self.planner.utility == "kind_depth":
+            missing = [kind for kind in self.sites if kind not in self.planner.kind_prior]
+            if missing:
+                raise LayerLensError(f"baseline.planner.kind_prior has no constant for site kind {missing[0]!r} "
+                                     "(utility kind_depth needs one for every kind in baseline.sites)")
         methods = sorted({self.method(kind) for kind in self.sites})
         if not any(self.planner.sizes.get(method) for method in methods):
             raise LayerLensError(f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
@@ -89,8 +95,10 @@ class LayerLensBaseline:
         if hasattr(batches, "__len__") and len(batches) < self.profile.num_batches:
             raise LayerLensError(too_many_batches(self.profile.num_batches, len(batches)))
         profile = profile_sites(model, sites, batches, self.profile)
+        utilities = planning_utilities(self.planner.utility, profile.utility(), [s.layer for s in sites],
+                                       [s.kind for s in sites], self.planner.utility_seed, self.planner.kind_prior)
         specs = [SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, float(u))
-                 for s, u in zip(sites, profile.utility())]
+                 for s, u in zip(sites, utilities)]
         workload = Workload(profile.batch_size, profile.tokens_per_batch, profile.seq_len,
                             model.config.num_attention_heads, self.planner.flops_per_s)
         _, layers = encoder_layers(model)

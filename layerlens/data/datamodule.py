@@ -4,18 +4,18 @@ from torch.utils.data import DataLoader
 from transformers import DataCollatorWithPadding, PreTrainedTokenizerBase
 
 from layerlens.data.glue_files import LABEL, TEXT_A, TEXT_B
+from layerlens.data.selection import SELECTION, TEST, TRAIN
 
 
 class GlueDataModule(L.LightningDataModule):
-    """Tokenised train/eval splits with dynamic padding (each batch padded to its longest row)."""
+    """Tokenised splits by role (train, selection, test: see layerlens.data.selection) with dynamic padding (each
+    batch padded to its longest row)."""
 
     def __init__(
         self,
         splits: datasets.DatasetDict,
         tokenizer: PreTrainedTokenizerBase,
         max_length: int,
-        train_split: str,
-        eval_split: str,
         batch_size: int,
         eval_batch_size: int,
         num_workers: int = 0,
@@ -23,7 +23,6 @@ class GlueDataModule(L.LightningDataModule):
         super().__init__()
         self.tokenizer = tokenizer
         self.max_length = max_length
-        self.train_split, self.eval_split = train_split, eval_split
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_workers = num_workers
         self.collate = DataCollatorWithPadding(tokenizer)
@@ -48,7 +47,10 @@ class GlueDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self.loader(self.train_split, shuffle=True)
+        return self.loader(TRAIN, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self.loader(self.eval_split)
+        return self.loader(SELECTION)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.loader(TEST)

@@ -120,8 +120,9 @@ def _normalised(raw: datasets.Dataset, text_columns, labels: list) -> datasets.D
 
 
 def load_task_splits(task: TaskSpec) -> datasets.DatasetDict:
-    """The task's train and eval splits, from the hub or from GLUE TSV files."""
-    splits = (task.train_split, task.eval_split)
+    """The task's named splits (train, test, and a selection split of its own if it has one), by name, from the
+    hub or from GLUE TSV files."""
+    splits = task.named_splits
     if task.source == "hub":
         hub = datasets.load_dataset(task.hub_path, task.hub_name)
         parts = {split: hub[HUB_SPLITS.get(split, split)] for split in splits}

@@ -42,6 +42,12 @@ def task_kind(num_labels: int) -> str:
     return "regression" if num_labels == 1 else "classification"
 
 
-def metric_names(num_labels: int) -> list[str]:
-    """The names under which the classifier logs its eval metrics, e.g. val/acc."""
-    return [f"val/{name}" for name in TASK_KINDS[task_kind(num_labels)].metrics]
+def metric_names(num_labels: int, stage: str = "val") -> list[str]:
+    """The names under which the classifier logs its metrics on the selection split (stage val, e.g. val/acc) or
+    on the test split (stage test, e.g. test/acc)."""
+    return [f"{stage}/{name}" for name in TASK_KINDS[task_kind(num_labels)].metrics]
+
+
+def on_test(metric: str) -> str:
+    """The test split's counterpart of a selection-split metric: val/acc -> test/acc."""
+    return "test/" + metric.removeprefix("val/")

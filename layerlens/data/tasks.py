@@ -4,10 +4,13 @@ from pathlib import Path
 from layerlens.data.kinds import metric_names, task_kind
 from layerlens.errors import LayerLensError
 from layerlens.paths import EMBEDDED_GLUE_DIR
-from layerlens.validation import require_choice, require_int
+from layerlens.validation import require_choice, require_fraction, require_int
 
 SOURCES = ("embedded", "hub")
 DEFAULT_HEADLINE = "val/acc"
+# task.selection_split: a share of the train split held out (the default), no selection at all (the checkpoint
+# after the last epoch is tested), or else the name of a split of its own (a <name>.tsv beside train.tsv).
+HOLDOUT, NO_SELECTION = "holdout", "none"
 
 
 @dataclass
@@ -29,7 +32,12 @@ class TaskSpec:
     source: str = "embedded"
     data_dir: str | None = None
     train_split: str = "train"
-    eval_split: str = "dev"
+    # Read once, at the end, with the selected checkpoint only: never used to choose anything.
+    test_split: str = "dev"
+    # Chooses the checkpoint (and, in searches, the hyper-parameters): see HOLDOUT and NO_SELECTION above.
+    selection_split: str = HOLDOUT
+    selection_fraction: float = 0.1  # holdout: this share of each class of the train split
+    selection_seed: int = 0  # holdout: the rows drawn, the same for every run seed and baseline
     hub_path: str = "nyu-mll/glue"
     hub_name: str | None = None
     hub_text_columns: list[str] = field(default_factory=lambda: ["sentence1", "sentence2"])
@@ -58,9 +66,16 @@ class TaskSpec:
             )
         require_int("task.max_length", self.max_length, 2)
         require_choice("task.headline_metric", self.headline_metric, self.metric_names)
-        for name in ("train_split", "eval_split", "label_column"):
+        for name in ("train_split", "test_split", "selection_split", "label_column"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise LayerLensError(f"task.{name} must be a non-empty name, got {getattr(self, name)!r}")
+        if self.selection_split in (self.train_split, self.test_split):
+            raise LayerLensError(f"task.selection_split must differ from the train and test splits (use "
+                                 f"{HOLDOUT!r} to hold out part of {self.train_split!r}), got {self.selection_split!r}")
+        if self.train_split == self.test_split:
+            raise LayerLensError(f"task.test_split must differ from task.train_split, got {self.test_split!r} for both")
+        require_fraction("task.selection_fraction", self.selection_fraction, low_open=True)
+        require_int("task.selection_seed", self.selection_seed, 0)
         if self.column_names is not None:
             self._check_column_names()
 
@@ -81,6 +96,20 @@ class TaskSpec:
     @property
     def metric_names(self) -> list[str]:
         return metric_names(self.num_labels)
+
+    def metric_names_on(self, stage: str) -> list[str]:
+        return metric_names(self.num_labels, stage)
+
+    @property
+    def selects(self) -> bool:
+        """Whether a selection split chooses the checkpoint (else the last epoch's is tested)."""
+        return self.selection_split != NO_SELECTION
+
+    @property
+    def named_splits(self) -> list[str]:
+        """The splits read from files or the hub: train, test, and a selection split that has a name of its own."""
+        own = [] if self.selection_split in (HOLDOUT, NO_SELECTION) else [self.selection_split]
+        return [self.train_split, self.test_split, *own]
 
     def split_file(self, split: str) -> Path:
         base = Path(self.data_dir).expanduser() if self.data_dir is not None else EMBEDDED_GLUE_DIR / self.glue_dir

@@ -54,10 +54,6 @@ class Plan:
     def adapted(self) -> list[Choice]:
         return [c for c in self.choices if c.method != "none"]
 
-    def compatibility(self) -> float:
-        """Share of sites whose method is one their kind accepts."""
-        return float(np.mean([c.method in ("none", c.allowed) for c in self.choices]))
-
     def method_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
         for c in self.adapted():
@@ -87,7 +83,6 @@ class Plan:
         out.update({f"plan/utilisation/{name}": value for name, value in self.utilisation().items()})
         out.update({f"plan/sites/{method}": float(n) for method, n in self.method_counts().items()})
         out.update({f"plan/consistency/{method}": share for method, share in self.rank_utility_consistency().items()})
-        out["plan/compatibility"] = self.compatibility()
         out["plan/method_diversity"] = float(len(self.method_counts()))
         out["plan/rank_utility_spearman"] = self.rank_utility_spearman()
         out["plan/objective"] = self.objective
@@ -106,7 +101,6 @@ class Plan:
                 "objective": self.objective,
                 "lowest_adapted_layer": self.lowest_adapted_layer(),
                 "train_time_pct": self.train_time_pct,
-                "compatibility": self.compatibility(),
                 "method_counts": self.method_counts(),
                 "method_diversity": len(self.method_counts()),
                 "rank_utility_spearman": self.rank_utility_spearman(),

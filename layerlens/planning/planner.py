@@ -6,7 +6,8 @@ from layerlens.errors import LayerLensError
 from layerlens.planning.allocator import BUDGET_TOLERANCE, allocate
 from layerlens.planning.costs import METHODS, Costs, Depth, SiteSpec, Workload, option_costs
 from layerlens.planning.plan import COST_NAMES, TRAIN_TIME, Choice, Plan
-from layerlens.validation import at_least, is_number, require_positive, shown
+from layerlens.planning.utilities import PROFILED, UTILITIES
+from layerlens.validation import at_least, is_number, require_choice, require_int, require_positive, shown
 
 
 def _default_sizes() -> dict[str, list[int]]:
@@ -18,6 +19,10 @@ class PlannerSettings:
     sizes: dict[str, list[int]] = field(default_factory=_default_sizes)  # per method; [] leaves it out
     gain_exponent: float = 0.5  # an option's value: site utility * size ** gain_exponent (concave for < 1)
     flops_per_s: float = 2.0e10  # throughput that turns an option's FLOPs into latency
+    # What sites are valued by: the profile, or a control that ignores it (see layerlens.planning.utilities).
+    utility: str = PROFILED
+    utility_seed: int = 0  # utility=random: the permutation
+    kind_prior: dict[str, float] = field(default_factory=dict)  # utility=kind_depth: a constant per site kind
 
     def __post_init__(self):
         if not isinstance(self.sizes, dict):
@@ -34,6 +39,12 @@ class PlannerSettings:
         if not (is_number(self.gain_exponent) and 0 < self.gain_exponent <= 1):
             raise LayerLensError(f"baseline.planner.gain_exponent must be in (0, 1], got {self.gain_exponent!r}")
         require_positive("baseline.planner.flops_per_s", self.flops_per_s)
+        require_choice("baseline.planner.utility", self.utility, list(UTILITIES))
+        require_int("baseline.planner.utility_seed", self.utility_seed, 0)
+        if not isinstance(self.kind_prior, dict):
+            raise LayerLensError(f"baseline.planner.kind_prior must map site kinds to constants, got {self.kind_prior!r}")
+        for kind, value in self.kind_prior.items():
+            require_positive(f"baseline.planner.kind_prior.{kind}", value)
 
 
 class NoPlanFits(LayerLensError):

@@ -112,7 +112,6 @@ PLAN_CHECKS = {
     "profile/fisher_corr_p": "Fisher corr p",
     "profile/utility_cv": "utility CV",
     "plan/utilisation/params": "params budget used",
-    "plan/compatibility": "compatibility",
     "plan/consistency/lora": "consistency lora",
     "plan/consistency/adapter": "consistency adapter",
     "plan/consistency/prefix": "consistency prefix",

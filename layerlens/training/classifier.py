@@ -32,21 +32,35 @@ class SequenceClassifier(L.LightningModule):
         self.model = model.train()
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
         self.predictions_of = TASK_KINDS[task_kind(num_labels)].predict
-        self.val_metrics = task_metrics(num_labels, prefix="val/")
+        # val: the selection split, which chooses the checkpoint; test: the test split, read once at the end.
+        self.stage_metrics = torch.nn.ModuleDict({stage: task_metrics(num_labels, prefix=f"{stage}/")
+                                                  for stage in ("val", "test")})
 
     def training_step(self, batch, batch_idx):
         loss = self.model(**batch).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
         return loss
 
-    def validation_step(self, batch, batch_idx):
+    def _evaluate(self, batch, stage: str) -> None:
         out = self.model(**batch)
-        self.val_metrics.update(self.predictions_of(out.logits), batch["labels"])
-        self.log("val/loss", out.loss, batch_size=batch["labels"].shape[0])
+        self.stage_metrics[stage].update(self.predictions_of(out.logits), batch["labels"])
+        self.log(f"{stage}/loss", out.loss, batch_size=batch["labels"].shape[0])
+
+    def _log_stage(self, stage: str) -> None:
+        self.log_dict(self.stage_metrics[stage].compute(), prog_bar=True)
+        self.stage_metrics[stage].reset()
+
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, "test")
 
     def on_validation_epoch_end(self):
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.val_metrics.reset()
+        self._log_stage("val")
+
+    def on_test_epoch_end(self):
+        self._log_stage("test")
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(decay_groups(self.model, self.weight_decay), lr=self.lr)

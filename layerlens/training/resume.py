@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Sampler
 
 from layerlens.errors import LayerLensError
+from layerlens.data.selection import TRAIN
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class EpochShuffle(Sampler[int]):
 
 def shuffled_train_loader(data, seed: int) -> DataLoader:
     """The datamodule's training batches in an EpochShuffle order (same rows, batch size and collation)."""
-    rows = data.tokenised[data.train_split]
+    rows = data.tokenised[TRAIN]
     return DataLoader(rows, batch_size=data.batch_size, sampler=EpochShuffle(len(rows), seed), collate_fn=data.collate,
                       num_workers=data.num_workers, generator=torch.Generator().manual_seed(seed))
 

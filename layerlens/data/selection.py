@@ -1,0 +1,38 @@
+"""The three roles a task's rows play: train (fit), selection (choose the checkpoint), test (read once)."""
+
+import datasets
+import numpy as np
+
+from layerlens.data.glue_files import LABEL
+from layerlens.data.tasks import HOLDOUT, NO_SELECTION, TaskSpec
+from layerlens.errors import LayerLensError
+
+TRAIN, SELECTION, TEST = "train", "selection", "test"
+
+
+def holdout_rows(labels: list, fraction: float, seed: int, stratified: bool) -> np.ndarray:
+    """Sorted indices of the held-out rows: `fraction` of each class (rounded, at least one where a class has two
+    rows or more), or of all rows when not stratified, drawn with `seed` alone."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    groups = [np.flatnonzero(labels == value) for value in np.unique(labels)] if stratified else [np.arange(len(labels))]
+    held = []
+    for rows in groups:
+        count = min(len(rows) - 1, max(1, round(fraction * len(rows)))) if len(rows) > 1 else 0
+        held.append(rng.permutation(rows)[:count])
+    return np.sort(np.concatenate(held)) if held else np.array([], dtype=int)
+
+
+def protocol_splits(task: TaskSpec, splits: datasets.DatasetDict) -> datasets.DatasetDict:
+    """The task's named splits as train, selection (unless task.selection_split is none) and test."""
+    train, test = splits[task.train_split], splits[task.test_split]
+    if task.selection_split == NO_SELECTION:
+        return datasets.DatasetDict({TRAIN: train, TEST: test})
+    if task.selection_split != HOLDOUT:
+        return datasets.DatasetDict({TRAIN: train, SELECTION: splits[task.selection_split], TEST: test})
+    held = holdout_rows(train[LABEL], task.selection_fraction, task.selection_seed, task.kind == "classification")
+    if len(held) == 0:
+        raise LayerLensError(f"task.selection_fraction: {task.selection_fraction} of {len(train)} train rows holds "
+                             "out none: raise it, or set task.selection_split=none")
+    kept = np.setdiff1d(np.arange(len(train)), held)
+    return datasets.DatasetDict({TRAIN: train.select(kept), SELECTION: train.select(held), TEST: test})
