@@ -3,8 +3,10 @@ parameter, so their output for an example never changes. It is computed on the e
 reused on every later one (each epoch, each validation), and backpropagation stops above it.
 
 The bottom stack (embeddings and those layers) runs in eval mode, without dropout, every time: that is what
-makes its output a function of the example alone. Rows are keyed by their unpadded token ids (and token type
-ids), so any batching, shuffling or padding finds them.
+makes its output a function of the example alone. The embeddings, too, run only when the bottom is computed;
+on every pass a zero tensor stands in for their output, which the model reads only for its shape, dtype and
+device. Rows are keyed by their unpadded token ids (and token type ids), so any batching, shuffling or padding
+finds them.
 """
 
 from contextlib import contextmanager
@@ -39,9 +41,9 @@ def eval_mode(modules: list[nn.Module]):
 class FrozenBottomCache:
     """Serves the output of encoder layers 0 .. depth-1 from a per-example cache (see the module's docstring).
 
-    Attach it to a model whose embeddings and bottom `depth` layers are frozen. It replaces those layers'
-    forward methods: layer 0 returns the whole bottom stack's output, the others pass it on. Past `max_mb`
-    of cached states, new examples are computed each time they come (still without dropout).
+    Attach it to a model whose embeddings and bottom `depth` layers are frozen. It replaces their forward
+    methods: the embeddings return a placeholder, layer 0 the whole bottom stack's output, the others pass it
+    on. Past `max_mb` of cached states, new examples are computed each time they come (still without dropout).
     """
 
     def __init__(self, model: nn.Module, depth: int, max_mb: float = 2048):
@@ -56,7 +58,9 @@ class FrozenBottomCache:
         if trainable:
             raise ValueError(f"the bottom {depth} layers must be frozen to be cached, but {trainable[0]} is trainable")
         self.base = model.get_submodule(name[: -len(".encoder.layer")])
+        self.embeddings = self.base.embeddings
         self.bottom = list(layers[:depth])
+        self.embed = self.embeddings.forward
         self.forwards = [layer.forward for layer in self.bottom]
         self.max_bytes = max_mb * MB
         self.rows: dict[bytes, torch.Tensor] = {}
@@ -64,6 +68,7 @@ class FrozenBottomCache:
         self.hits = self.misses = 0
         self._inputs: dict | None = None
         self.base.register_forward_pre_hook(self._capture, with_kwargs=True)
+        self.embeddings.forward = self._placeholder
         self.bottom[0].forward = self._bottom_output
         for layer in self.bottom[1:]:
             layer.forward = _pass_on
@@ -72,6 +77,12 @@ class FrozenBottomCache:
         ids = kwargs.get("input_ids", args[0] if args else None)
         self._inputs = {"input_ids": ids, "token_type_ids": kwargs.get("token_type_ids"),
                         "attention_mask": kwargs.get("attention_mask")}
+
+    def _placeholder(self, input_ids=None, *args, inputs_embeds=None, **kwargs):
+        """Zeros shaped (and typed) as the embeddings' output: the bottom's output replaces them in layer 0."""
+        rows = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        weight = self.embeddings.word_embeddings.weight
+        return weight.new_zeros(*rows.shape, self.base.config.hidden_size)
 
     def _keys(self) -> tuple[list[bytes], list[int]]:
         ids, types, mask = (self._inputs[k] for k in ("input_ids", "token_type_ids", "attention_mask"))
@@ -105,8 +116,8 @@ class FrozenBottomCache:
     @torch.no_grad()
     def _compute(self, *args, **kwargs):
         inputs = {k: v for k, v in self._inputs.items() if k != "attention_mask" and v is not None}
-        with eval_mode([self.base.embeddings, *self.bottom]):
-            hidden = self.base.embeddings(**inputs)
+        with eval_mode([self.embeddings, *self.bottom]):
+            hidden = self.embed(**inputs)
             for forward in self.forwards:
                 hidden = forward(hidden, *args, **kwargs)
         return hidden
