@@ -32,7 +32,7 @@ def store(tmp_path_factory):
                 "baseline": baseline, "task": "cola", "model": "tiny", "seed": str(seed), "sweep": "p1"})
             run_id = run.info.run_id
             client.log_param(run_id, "task.headline_metric", "val/mcc")
-            metrics = {"val/mcc": score, "val/acc": 0.5, "params/trainable_pct": pct, "time/train_s": train[seed]}
+            metrics = {"test/mcc": score, "test/acc": 0.5, "params/trainable_pct": pct, "time/train_s": train[seed]}
             if profile:
                 metrics["time/profile_s"] = profile[seed]
             for name, value in metrics.items():
@@ -67,7 +67,7 @@ def test_pareto_front_keeps_the_points_nothing_beats():
 def table_of_store():
     rows = [
         {"run_id": f"{b}{s}", "run_name": f"{b}-cola-s{s}", "task": "cola", "model": "tiny", "baseline": b,
-         "seed": str(s), "headline": "val/mcc", "val/mcc": score, "params/trainable_pct": pct,
+         "seed": str(s), "headline": "val/mcc", "test/mcc": score, "params/trainable_pct": pct,
          "time/train_s": train[s], **({"time/profile_s": profile[s]} if profile else {})}
         for b, (pct, scores, train, profile) in RUNS.items() for s, score in enumerate(scores)
     ]
@@ -78,7 +78,7 @@ def test_pareto_plot_draws_each_baseline_with_error_bars_on_a_log_axis_and_rings
     fig = pareto_figure(table_of_store(), "title", "caption")
     ax = fig.axes[0]
     assert ax.get_xscale() == "log" and ax.get_title() == "task cola · model tiny"
-    assert "val/mcc" in ax.get_ylabel() and "params/trainable_pct" in ax.get_xlabel()
+    assert "test/mcc" in ax.get_ylabel() and "params/trainable_pct" in ax.get_xlabel()
     labels = ax.get_legend_handles_labels()[1]
     assert set(labels) == {"full_ft", "layerlens", "lora", "Pareto front"}
     front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
@@ -102,7 +102,7 @@ def test_time_plot_stacks_profiling_on_layerlens_only():
 
 def test_one_seed_and_several_panels_still_plot(tmp_path):
     rows = [{"run_id": f"r{i}", "run_name": f"lora-{t}", "task": t, "model": "tiny", "baseline": "lora", "seed": "0",
-             "headline": h, h: 0.5, "params/trainable_pct": 1.0, "time/train_s": 3.0}
+             "headline": h, h.replace("val/", "test/"): 0.5, "params/trainable_pct": 1.0, "time/train_s": 3.0}
             for i, (t, h) in enumerate([("stsb", "val/pearson"), ("mrpc", "val/acc")])]
     fig = pareto_figure(summarise(pd.DataFrame(rows), []), "title", "caption")
     assert [ax.get_title() for ax in fig.axes] == ["task mrpc · model tiny", "task stsb · model tiny"]

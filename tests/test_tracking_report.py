@@ -15,7 +15,7 @@ from layerlens.reporting.comparison import Target, summarise
 from tests.conftest import compose_config
 
 METRICS = {
-    "val/acc", "val/f1", "val/mcc", "params/trainable", "params/trainable_pct", "time/train_s", "time/eval_s",
+    "val/acc", "val/f1", "val/mcc", "test/acc", "test/f1", "test/mcc", "params/trainable", "params/trainable_pct", "time/train_s", "time/eval_s",
     "mem/peak_rss_mb", "throughput/train_samples_per_s",
 }
 
@@ -58,7 +58,7 @@ def test_each_run_records_its_metrics_tags_config_and_checkpoint(store):
     assert runs[0].data.metrics["params/trainable_pct"] == pytest.approx(100.0)
 
 
-def test_final_val_metrics_are_the_best_checkpoints(store):
+def test_final_selection_metrics_are_the_best_checkpoints_and_the_test_split_is_read_once(store):
     uri, _, _ = store
     client, runs = runs_of(uri)
     for run in runs:
@@ -68,6 +68,7 @@ def test_final_val_metrics_are_the_best_checkpoints(store):
         assert final.step > max(m.step for m in per_epoch)
         assert final.value == pytest.approx(max(m.value for m in per_epoch))
         assert run.data.metrics["val/acc"] == final.value
+        assert len(client.get_metric_history(run.info.run_id, "test/acc")) == 1  # the test split is read once
 
 
 def test_report_for_a_sweep_names_runs_seeds_ratios_and_targets(store, tmp_path):
@@ -78,13 +79,17 @@ def test_report_for_a_sweep_names_runs_seeds_ratios_and_targets(store, tmp_path)
     assert list(table["baseline"]) == ["full_ft", "lora"] and list(table["n_runs"]) == [2, 2]
     assert list(table["seeds"]) == ["0,1", "0,1"]
     assert list(table["headline"]) == ["val/acc", "val/acc"]  # MRPC's: the ratios follow accuracy, as before
+    _, runs = runs_of(uri)
+    swept_lora = [r.data.metrics["test/acc"] for r in runs if r.data.tags.get("sweep") == "s1"
+                  and r.data.tags["baseline"] == "lora"]
+    assert table.loc[1, "acc_mean"] == pytest.approx(sum(swept_lora) / 2)  # the test split's, not the selection's
     assert table.loc[0, "headline_ratio"] == pytest.approx(1.0)
     lora = table.iloc[1]
     assert lora["headline_ratio"] == pytest.approx(lora["acc_mean"] / table.loc[0, "acc_mean"])
     assert lora["train_s_ratio"] == pytest.approx(lora["train_s_mean"] / table.loc[0, "train_s_mean"])
     assert lora["trainable <= 5%"] == "met" and table.loc[0, "trainable <= 5%"] == "not met"
     text = markdown.read_text()
-    assert "sweep s1" in text and "lora-mrpc-s0 lora-mrpc-s1" in text and "eval split" in text
+    assert "sweep s1" in text and "lora-mrpc-s0 lora-mrpc-s1" in text and "test split" in text
     assert [p.name for p in plots] == ["comparison-s1-pareto.png", "comparison-s1-time.png"]
 
 
@@ -124,6 +129,9 @@ def test_evaluate_scores_a_file_and_logs_it_under_its_name(store):
     assert metrics["eval/MRPC_dev/n_rows"] == 408  # the whole file, not the run's limit_val_batches
     logged = client.get_run(run_id).data
     assert logged.metrics["eval/MRPC_dev/acc"] == metrics["eval/MRPC_dev/acc"]
+    # MRPC's dev file is the run's test split: scoring it again gives what the run logged.
+    for name in ("acc", "f1", "mcc"):
+        assert metrics[f"eval/MRPC_dev/{name}"] == pytest.approx(logged.metrics[f"test/{name}"], abs=1e-6)
     assert logged.tags["eval/MRPC_dev/file"] == str(dev)
     with pytest.raises(LayerLensError, match="run_id: no run 'missing'"):
         evaluate_run(uri, "missing", dev)
@@ -136,13 +144,13 @@ def summary_of(rows, targets):
 def test_summary_statistics_and_targets_are_exact():
     rows = [
         {"run_id": f"r{i}", "run_name": f"{b}-{s}", "task": "mrpc", "model": "m", "baseline": b, "seed": str(s),
-         "val/acc": acc, "val/f1": 0.9, "params/trainable_pct": pct, "time/train_s": t}
+         "test/acc": acc, "test/f1": 0.9, "params/trainable_pct": pct, "time/train_s": t}
         for i, (b, s, acc, pct, t) in enumerate(
             [("full_ft", 0, 0.80, 100.0, 100.0), ("full_ft", 1, 0.84, 100.0, 120.0),
              ("lora", 0, 0.78, 1.0, 40.0), ("lora", 1, 0.76, 1.0, 80.0)]
         )
     ]
-    targets = [Target("acc", "val/acc", "ratio", ">=", 0.95), Target("time", "time/train_s", "ratio", "<=", 0.5)]
+    targets = [Target("acc", "test/acc", "ratio", ">=", 0.95), Target("time", "time/train_s", "ratio", "<=", 0.5)]
     table = summary_of(rows, targets)
     assert table.loc["full_ft", "acc_mean"] == pytest.approx(0.82)
     assert table.loc["lora", "acc_std"] == pytest.approx(0.0141421, rel=1e-4)
@@ -160,14 +168,14 @@ def test_headline_follows_each_tasks_own_metric_and_its_ratio_needs_the_same_hea
                 "seed": "0", "headline": headline, **metrics}
 
     rows = [
-        run(0, "mrpc", "full_ft", "val/acc", **{"val/acc": 0.80, "val/mcc": 0.50}),
-        run(1, "mrpc", "lora", "val/acc", **{"val/acc": 0.76, "val/mcc": 0.30}),
-        run(2, "stsb", "full_ft", "val/pearson", **{"val/pearson": 0.80, "val/spearman": 0.70}),
-        run(3, "stsb", "lora", "val/pearson", **{"val/pearson": 0.60, "val/spearman": 0.69}),
-        run(4, "cola", "full_ft", "val/acc", **{"val/acc": 0.70, "val/mcc": 0.40}),
-        run(5, "cola", "lora", "val/mcc", **{"val/acc": 0.69, "val/mcc": 0.39}),
+        run(0, "mrpc", "full_ft", "val/acc", **{"test/acc": 0.80, "test/mcc": 0.50}),
+        run(1, "mrpc", "lora", "val/acc", **{"test/acc": 0.76, "test/mcc": 0.30}),
+        run(2, "stsb", "full_ft", "val/pearson", **{"test/pearson": 0.80, "test/spearman": 0.70}),
+        run(3, "stsb", "lora", "val/pearson", **{"test/pearson": 0.60, "test/spearman": 0.69}),
+        run(4, "cola", "full_ft", "val/acc", **{"test/acc": 0.70, "test/mcc": 0.40}),
+        run(5, "cola", "lora", "val/mcc", **{"test/acc": 0.69, "test/mcc": 0.39}),
     ]
-    targets = [Target("headline 95%", "headline", "ratio", ">=", 0.95), Target("mcc", "val/mcc", "absolute", ">=", 0.35)]
+    targets = [Target("headline 95%", "headline", "ratio", ">=", 0.95), Target("mcc", "test/mcc", "absolute", ">=", 0.35)]
     table = summarise(pd.DataFrame(rows), targets).set_index(["task", "baseline"])
     assert table.loc[("mrpc", "lora"), "headline_mean"] == pytest.approx(0.76)
     assert table.loc[("mrpc", "lora"), "headline_ratio"] == pytest.approx(0.76 / 0.80)
@@ -183,9 +191,9 @@ def test_headline_follows_each_tasks_own_metric_and_its_ratio_needs_the_same_hea
 def test_a_ratio_target_can_divide_by_another_metric_of_the_reference():
     rows = [
         {"run_id": "r0", "run_name": "full_ft-0", "task": "mrpc", "model": "m", "baseline": "full_ft", "seed": "0",
-         "val/acc": 0.8, "time/train_s": 200.0, "time/total_s": 200.0},
+         "test/acc": 0.8, "time/train_s": 200.0, "time/total_s": 200.0},
         {"run_id": "r1", "run_name": "layerlens-0", "task": "mrpc", "model": "m", "baseline": "layerlens", "seed": "0",
-         "val/acc": 0.8, "time/train_s": 80.0, "time/profile_s": 12.0, "time/total_s": 93.0},
+         "test/acc": 0.8, "time/train_s": 80.0, "time/profile_s": 12.0, "time/total_s": 93.0},
     ]
     targets = [Target("profiling", "time/profile_s", "ratio", "<=", 0.05, of="time/train_s"),
                Target("total", "time/total_s", "ratio", "<=", 0.5)]
@@ -198,9 +206,9 @@ def test_a_ratio_target_can_divide_by_another_metric_of_the_reference():
 
 def test_target_config_errors_name_the_field():
     with pytest.raises(LayerLensError, match="metric must be one of"):
-        Target("x", "val/nope", "ratio", ">=", 1)
+        Target("x", "test/nope", "ratio", ">=", 1)
     with pytest.raises(LayerLensError, match="op must be one of"):
-        Target("x", "val/acc", "ratio", "=>", 1)
+        Target("x", "test/acc", "ratio", "=>", 1)
     with pytest.raises(LayerLensError, match="target 'x': of must be one of .* with compare: ratio"):
         Target("x", "time/profile_s", "absolute", "<=", 1, of="time/train_s")
     assert Target("x", "headline", "ratio", ">=", 1).column() == "headline_ratio"
@@ -210,11 +218,11 @@ def test_runs_of_different_configs_are_separate_rows_named_by_what_differs():
     def run(i, baseline, seed, lr, acc):
         config = {"baseline.lr": lr, "trainer.max_epochs": "4"}
         return {"run_id": f"r{i}", "run_name": f"{baseline}-{seed}", "task": "mrpc", "model": "m",
-                "baseline": baseline, "seed": str(seed), "config": config, "val/acc": acc}
+                "baseline": baseline, "seed": str(seed), "config": config, "test/acc": acc}
 
     rows = [run(0, "full_ft", 0, "5e-05", 0.80), run(1, "lora", 0, "0.002", 0.70), run(2, "lora", 1, "0.002", 0.72),
             run(3, "lora", 0, "0.003", 0.78)]
-    targets = [Target("acc", "val/acc", "ratio", ">=", 0.95)]
+    targets = [Target("acc", "test/acc", "ratio", ">=", 0.95)]
     table = summarise(pd.DataFrame(rows), targets).set_index(["baseline", "variant"])
     assert table.loc[("lora", "baseline.lr=0.002"), "n_runs"] == 2
     assert table.loc[("lora", "baseline.lr=0.002"), "acc_mean"] == pytest.approx(0.71)
@@ -227,7 +235,7 @@ def test_runs_of_different_configs_are_separate_rows_named_by_what_differs():
 
 def test_seed_column_orders_numbers_numerically_and_other_tags_after():
     rows = [{"run_id": f"r{i}", "run_name": f"lora-{s}", "task": "mrpc", "model": "m", "baseline": "lora", "seed": s,
-             "val/acc": 0.8} for i, s in enumerate(["10", "2", "²", "x"])]
+             "test/acc": 0.8} for i, s in enumerate(["10", "2", "²", "x"])]
     assert summarise(pd.DataFrame(rows), []).loc[0, "seeds"] == "2,10,x,²"
 
 
@@ -235,7 +243,7 @@ def test_plan_checks_list_each_planned_run_and_skip_the_others():
     from layerlens.reporting.comparison import plan_checks
 
     runs = pd.DataFrame([
-        {"task": "mrpc", "model": "m", "run_name": "lora-mrpc-s0", "sweep": "a", "start_time": 1, "val/acc": 0.8},
+        {"task": "mrpc", "model": "m", "run_name": "lora-mrpc-s0", "sweep": "a", "start_time": 1, "test/acc": 0.8},
         {"task": "mrpc", "model": "m", "run_name": "layerlens-mrpc-s1", "sweep": "a", "start_time": 2,
          "profile/grad_corr": 0.97,
          "profile/fisher_corr": 0.98, "plan/utilisation/params": 0.99, "plan/consistency/lora": 1.0},

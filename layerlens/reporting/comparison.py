@@ -5,20 +5,22 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from layerlens.data.kinds import TASK_KINDS
+from layerlens.data.kinds import TASK_KINDS, on_test
 from layerlens.data.tasks import DEFAULT_HEADLINE
 from layerlens.errors import LayerLensError
 
-# Every eval metric of every task kind (a run logs those of its own kind), then cost.
+# Every test-split metric of every task kind (a run logs those of its own kind), then cost. The selection split's
+# val/* chose each run's checkpoint, so they are not what a comparison reports.
 SUMMARISED = {
-    **{f"val/{name}": name for kind in TASK_KINDS.values() for name in kind.metrics},
+    **{f"test/{name}": name for kind in TASK_KINDS.values() for name in kind.metrics},
     "params/trainable_pct": "trainable_pct",
     "time/train_s": "train_s",
     "time/profile_s": "profile_s",
     "time/total_s": "total_s",  # profiling + planning + training
 }
-# The task's own headline metric (task.headline_metric in each run's config): val/acc for one task, val/mcc
-# or val/pearson for another. Targets name it `headline`; the table's headline_* columns hold it.
+# The task's own headline metric (task.headline_metric in each run's config: val/acc for one task, val/mcc
+# or val/pearson for another), read on the test split (test/acc, ...). Targets name it `headline`; the table's
+# headline_* columns hold it.
 HEADLINE = "headline"
 GROUP = ["task", "model", "baseline"]
 ROW = [*GROUP, "variant", HEADLINE]
@@ -77,7 +79,7 @@ def summarise(runs: pd.DataFrame, targets: list[Target], reference: str = "full_
             runs = runs.assign(**{metric: float("nan")})
     headline = runs[HEADLINE].fillna(DEFAULT_HEADLINE) if HEADLINE in runs else DEFAULT_HEADLINE
     runs = label_variants(runs.assign(**{HEADLINE: headline}))
-    runs = runs.assign(headline_value=[row.get(row[HEADLINE], float("nan")) for _, row in runs.iterrows()])
+    runs = runs.assign(headline_value=[row.get(on_test(row[HEADLINE]), float("nan")) for _, row in runs.iterrows()])
     summarised = {**SUMMARISED, "headline_value": HEADLINE}
     grouped = runs.groupby(ROW, sort=True)
     table = grouped.agg(

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no backend state, Agg renders the PNG
 
+from layerlens.data.kinds import on_test
+
 PANELS = ["task", "model"]  # one panel per task and model
 SAVE = {"dpi": 110, "bbox_inches": "tight"}  # "tight": the caption below the axes is kept
 
@@ -39,7 +41,8 @@ def write_plots(table: pd.DataFrame, out_dir: Path, stem: str, scope: str, sourc
     pareto = Plot(
         out_dir / f"{stem}-pareto.png",
         "headline metric vs trainable %",
-        f"Each task's headline metric (task.headline_metric: the best checkpoint's score on the eval split) against "
+        f"Each task's headline metric on the test split (task.headline_metric, read as test/*: the score of the "
+        f"checkpoint chosen on the selection split) against "
         f"the trainable share of the backbone (params/trainable_pct, log scale), per baseline; {setting}. Ringed "
         f"and joined: the Pareto front, the rows that no other row beats with fewer trainable parameters and at "
         f"least as high a score. Source: {source}.",
@@ -95,7 +98,7 @@ def _pareto_panel(ax, rows: pd.DataFrame) -> None:
     ax.scatter(front["trainable_pct_mean"], front["headline_mean"], s=220, facecolors="none", edgecolors="black")
     ax.set_xscale("log")
     ax.set_xlabel("trainable % of the backbone (params/trainable_pct, log scale)")
-    ax.set_ylabel(f"{', '.join(sorted(rows['headline'].unique()))} (mean ± std over seeds)")
+    ax.set_ylabel(f"{', '.join(sorted({on_test(h) for h in rows['headline']}))} (mean ± std over seeds)")
     ax.legend(fontsize=7)
 
 

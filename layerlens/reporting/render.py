@@ -21,9 +21,10 @@ SHOWN_RATIOS = (HEADLINE, "trainable_pct", "train_s", "total_s")
 def provenance(tracking_uri: str, sweep: str | None, reference: str) -> str:
     scope = f"sweep {sweep.replace('+', ' + sweep ')}" if sweep else "all finished runs"
     return (
-        f"Source: MLflow store {tracking_uri}, {scope}. Task metrics (acc, F1, MCC; Pearson, Spearman): each run's "
-        f"best checkpoint, by the task's headline metric (task.headline_metric), on its task's eval split (dev "
-        f"unless task.eval_split says otherwise); mean ± sample std over the n seeds of each row. Ratios: row mean / "
+        f"Source: MLflow store {tracking_uri}, {scope}. Task metrics (acc, F1, MCC; Pearson, Spearman): test/*, on "
+        f"each run's test split (task.test_split, GLUE's dev), read once with the checkpoint chosen by the task's "
+        f"headline metric on its selection split (task.selection_split: a held-out share of train unless set "
+        f"otherwise); mean ± sample std over the n seeds of each row. Ratios: row mean / "
         f"{reference} mean for the same task and model, left empty where that is not one configuration (filter by "
         f"sweep). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
     )
