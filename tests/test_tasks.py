@@ -208,7 +208,7 @@ def test_report_follows_a_headline_other_than_acc(runs, tmp_path):
     files = make_report(compose_config("report", [f"tracking_uri={uri}", "task_name=stsb", f"out_dir={tmp_path}"]))
     table = pd.read_csv(files.csv).set_index("baseline")
     assert list(table["headline"]) == ["val/pearson", "val/pearson"]
-    pearson = {b: logged[("stsb", b)].data.metrics["val/pearson"] for b in ("full_ft", "lora")}
+    pearson = {b: logged[("stsb", b)].data.metrics["test/pearson"] for b in ("full_ft", "lora")}
     assert table.loc["lora", "headline_mean"] == pytest.approx(pearson["lora"])
     assert table.loc["lora", "headline_ratio"] == pytest.approx(pearson["lora"] / pearson["full_ft"])
     expected = "met" if pearson["lora"] / pearson["full_ft"] >= 0.95 else "not met"
