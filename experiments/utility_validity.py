@@ -183,12 +183,41 @@ def write_tables(out: Path, sites, candidates: dict[str, np.ndarray], records: d
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 
+def write_curve(out: Path, sites, records: dict, sizes: dict[str, int], scale: int) -> None:
+    """Append to results.md the gain at `scale` times each method's size against the gain at its size, and the
+    exponent e that gain ∝ size^e implies (the planner assumes baseline.planner.gain_exponent, 0.5)."""
+    reference = records[None]["selection_loss"]
+    rows, exponents = [], {}
+    for site in sites:
+        small, large = records.get(site.name), records.get(f"{site.name}@x{scale}")
+        if small is None or large is None:
+            continue
+        g1, g2 = reference - small["selection_loss"], reference - large["selection_loss"]
+        e = float(np.log(g2 / g1) / np.log(scale)) if g1 > 0 and g2 > 0 else float("nan")
+        rows.append(f"| {site.name} | {site.method} {sizes[site.method]} → {sizes[site.method] * scale} | "
+                    f"{g1:+.4f} | {g2:+.4f} | {e:.2f} |")
+        if np.isfinite(e):
+            exponents.setdefault(site.method, []).append(e)
+    summary = [f"{method}: median {np.median(values):.2f} over {len(values)} sites (range {min(values):.2f} to "
+               f"{max(values):.2f})" for method, values in exponents.items()]
+    lines = ["", f"### The gain curve: {scale}x the size", "",
+             f"Gain (drop in selection loss against the head alone) at each method's size and at {scale}x it; "
+             "e: the exponent that gain ∝ size^e implies (the planner assumes 0.5 for every method); "
+             "nan where a gain is not positive.", "", *(f"- {line}" for line in summary), "",
+             "| site | sizes | gain | gain at the larger size | e |", "|---|---|---|---|---|", *rows]
+    with open(out / "results.md", "a") as f:
+        f.write("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="results folder (default: a dated one under experiments/results)")
     parser.add_argument("--warmup-steps", type=int, default=100, help="batches the head trains alone first")
     parser.add_argument("--steps", type=int, default=100, help="batches each trial trains")
     parser.add_argument("--sizes", default="lora=4,adapter=4,prefix=4", help="the fixed size of each method")
+    parser.add_argument("--curve-scale", type=int, default=4, help="then each site of --curve-layers again at this "
+                        "many times its size, for the gain curve (1: no curve)")
+    parser.add_argument("--curve-layers", default="3,5", help="the layers whose sites the gain curve measures")
     parser.add_argument("overrides", nargs="*", help="layerlens.run overrides (after --)")
     args = parser.parse_args()
     sizes = {k: int(v) for k, v in (item.split("=") for item in args.sizes.split(","))}
@@ -251,6 +280,20 @@ def main() -> None:
               f"{record['selection_acc']:.4f} ({record['seconds']:.0f} s)", flush=True)
         write_tables(out, sites, candidates, records, header)
     write_tables(out, sites, candidates, records, header)
+    if args.curve_scale > 1:  # the gain curve: the same trials at `curve_scale` times the size
+        scaled = {method: size * args.curve_scale for method, size in sizes.items()}
+        layers_wanted = {int(x) for x in args.curve_layers.split(",")}
+        for index in [i for i, site in enumerate(sites) if site.layer in layers_wanted]:
+            name = f"{sites[index].name}@x{args.curve_scale}"
+            if name in records:
+                continue
+            record = {**trial(base, sites, index, scaled, head_state, trial_batches, selection, s.baseline.lr),
+                      "site": name}
+            records[name] = record
+            with open(log, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            print(f"{name}: selection loss {record['selection_loss']:.4f} ({record['seconds']:.0f} s)", flush=True)
+        write_curve(out, sites, records, sizes, args.curve_scale)
     print((out / "results.md").read_text())
 
 
