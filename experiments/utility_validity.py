@@ -209,6 +209,35 @@ def write_curve(out: Path, sites, records: dict, sizes: dict[str, int], scale: i
         f.write("\n".join(lines) + "\n")
 
 
+def reliability(first: Path, second: Path) -> str:
+    """How well two replicates' one-site gains agree (Spearman over the sites both measured, and within each kind),
+    and how well each replicate's utilities predict the other's gains: no utility can predict gains better than
+    the gains predict themselves."""
+    runs = [json.loads((folder / "results.json").read_text()) for folder in (first, second)]
+    by_site = [{row["site"]: row for row in run["sites"]} for run in runs]
+    sites = [name for name in by_site[0] if name in by_site[1]]
+    kinds = [by_site[0][name]["kind"] for name in sites]
+    lines = [f"# One-site gains, replicated: {first.name} against {second.name}", "",
+             f"{len(sites)} sites measured in both. Spearman ρ (p) over all sites, and the mean ρ within a kind.", ""]
+    lines += ["| what | ρ, all sites (p) | mean ρ within a kind |", "|---|---|---|"]
+    for metric in ("loss_gain", "acc_gain"):
+        gains = [np.array([by_site[i][name][metric] for name in sites]) for i in (0, 1)]
+        c = correlations(gains[1], gains[0], kinds)
+        lines.append(f"| {metric} of one replicate against the other's | {c['rho']:+.3f} (p {c['p']:.2g}) | "
+                     f"{c['within_mean_rho']:+.2f} |")
+    utilities = [name for name in by_site[0][sites[0]] if name not in ("site", "kind", "layer", "loss_gain", "acc_gain")]
+    for name in utilities:
+        for i, j in ((0, 1), (1, 0)):
+            values = np.array([by_site[i][site][name] for site in sites])
+            gains = np.array([by_site[j][site]["loss_gain"] for site in sites])
+            c = correlations(gains, values, kinds)
+            lines.append(f"| {name} of {(first, second)[i].name} against the loss gain of {(first, second)[j].name} | "
+                         f"{c['rho']:+.3f} (p {c['p']:.2g}) | {c['within_mean_rho']:+.2f} |")
+    text = "\n".join(lines) + "\n"
+    (first / "reliability.md").write_text(text)
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="results folder (default: a dated one under experiments/results)")
@@ -218,8 +247,13 @@ def main() -> None:
     parser.add_argument("--curve-scale", type=int, default=4, help="then each site of --curve-layers again at this "
                         "many times its size, for the gain curve (1: no curve)")
     parser.add_argument("--curve-layers", default="3,5", help="the layers whose sites the gain curve measures")
+    parser.add_argument("--reliability", type=Path, metavar="DIR", help="only compare --out's gains with those of "
+                        "DIR, a replicate (e.g. another seed), into --out/reliability.md")
     parser.add_argument("overrides", nargs="*", help="layerlens.run overrides (after --)")
     args = parser.parse_args()
+    if args.reliability:
+        print(reliability(args.out, args.reliability))
+        return
     sizes = {k: int(v) for k, v in (item.split("=") for item in args.sizes.split(","))}
     out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(timezone.utc):%F-%H%M}-utility-validity"
     out.mkdir(parents=True, exist_ok=True)
