@@ -8,7 +8,7 @@ Each (baseline, seed) is one `python -m layerlens.run` process with `logger=json
 and left out. Each run appends its line to runs.jsonl as it ends, and a run already FINISHED there is not run again:
 start the same command with the same --out to go on where an earlier one stopped. Writes experiments/results/<date>-<UTC time>-paired-seeds/ (or --out): runs.jsonl (one line per run),
 results.md and results.csv (per baseline: seeds, mean and sample std of the eval split's metrics; per seed: the
---compare pair side by side, their differences, win / tie / loss counts and Wilcoxon's signed-rank test), the
+--compare pair (or pairs) side by side, their differences, win / tie / loss counts and Wilcoxon's signed-rank test), the
 command and the machine. `--analyse DIR` rewrites the tables of DIR's runs.jsonl without running anything.
 """
 
@@ -102,7 +102,7 @@ def summary(values: list[float], digits: int = 4) -> str:
     return f"{mean(values):.{digits}f} ± {stdev(values):.{digits}f}"
 
 
-def analyse(out: Path, compare: tuple[str, str], metric_names: list[str]) -> str:
+def analyse(out: Path, compares: list[tuple[str, str]], metric_names: list[str]) -> str:
     runs = load_runs(out / "runs.jsonl")
     if not runs:
         raise SystemExit(f"error: {out / 'runs.jsonl'} holds no finished run")
@@ -124,25 +124,25 @@ def analyse(out: Path, compare: tuple[str, str], metric_names: list[str]) -> str
         csv += [f"{baseline},{s}," + ",".join(f"{by_seed[s]['metrics'][m]:.6f}" for m in metric_names)
                 + f",{int(by_seed[s]['metrics']['params/trainable'])},{by_seed[s]['metrics']['time/train_s']:.1f}"
                 for s in seeds]
-    a, b = compare
-    paired = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
-    if paired:
-        lines += ["", f"Seed by seed, {a} against {b} ({len(paired)} seeds both finished):", ""]
-        lines += ["| seed | " + " | ".join(f"{a} {m} | {b} {m}" for m in metric_names) + " |",
-                  "|---|" + "---|---|" * len(metric_names)]
-        for s in paired:
-            lines.append(f"| {s} | " + " | ".join(
-                f"{runs[a][s]['metrics'][m]:.4f} | {runs[b][s]['metrics'][m]:.4f}" for m in metric_names) + " |")
-        lines += ["", f"| metric | mean ± sample std of {a} − {b} | {a} higher / tie / lower "
-                  "| Wilcoxon signed-rank p (two-sided) |", "|---|---|---|---|"]
-        for m in metric_names:
-            diffs = [runs[a][s]["metrics"][m] - runs[b][s]["metrics"][m] for s in paired]
-            wins, ties = sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs)
-            p = wilcoxon(diffs).pvalue if len(paired) > 1 and any(abs(d) > 1e-9 for d in diffs) else float("nan")
-            lines.append(f"| {m} | {summary(diffs)} | {wins} / {ties} / {len(diffs) - wins - ties} | {p:.3g} |")
-        both = sum(all(runs[a][s]["metrics"][m] >= runs[b][s]["metrics"][m] - 1e-9 for m in metric_names)
-                   for s in paired)
-        lines += ["", f"{a} at or above {b} in every metric at {both} of {len(paired)} seeds."]
+    for a, b in compares:
+        paired = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
+        if paired:
+            lines += ["", f"Seed by seed, {a} against {b} ({len(paired)} seeds both finished):", ""]
+            lines += ["| seed | " + " | ".join(f"{a} {m} | {b} {m}" for m in metric_names) + " |",
+                      "|---|" + "---|---|" * len(metric_names)]
+            for s in paired:
+                lines.append(f"| {s} | " + " | ".join(
+                    f"{runs[a][s]['metrics'][m]:.4f} | {runs[b][s]['metrics'][m]:.4f}" for m in metric_names) + " |")
+            lines += ["", f"| metric | mean ± sample std of {a} − {b} | {a} higher / tie / lower "
+                      "| Wilcoxon signed-rank p (two-sided) |", "|---|---|---|---|"]
+            for m in metric_names:
+                diffs = [runs[a][s]["metrics"][m] - runs[b][s]["metrics"][m] for s in paired]
+                wins, ties = sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs)
+                p = wilcoxon(diffs).pvalue if len(paired) > 1 and any(abs(d) > 1e-9 for d in diffs) else float("nan")
+                lines.append(f"| {m} | {summary(diffs)} | {wins} / {ties} / {len(diffs) - wins - ties} | {p:.3g} |")
+            both = sum(all(runs[a][s]["metrics"][m] >= runs[b][s]["metrics"][m] - 1e-9 for m in metric_names)
+                       for s in paired)
+            lines += ["", f"{a} at or above {b} in every metric at {both} of {len(paired)} seeds."]
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.csv").write_text("\n".join(csv) + "\n")
     return "\n".join(lines)
@@ -153,15 +153,16 @@ def main() -> None:
     parser.add_argument("--jobs", action="append", default=[], help="BASELINES:SEEDS, e.g. lora,layerlens:0-19")
     parser.add_argument("--workers", type=int, default=1, help="runs at once")
     parser.add_argument("--deadline-s", type=float, default=float("inf"), help="stop every run after this long")
-    parser.add_argument("--compare", default="layerlens,lora", help="the two baselines compared seed by seed")
+    parser.add_argument("--compare", action="append", default=[],
+                        help="two baselines compared seed by seed, e.g. layerlens,lora (repeat for more pairs)")
     parser.add_argument("--metrics", default="test/acc,test/f1", help="the metrics tabled and compared")
     parser.add_argument("--out", type=Path, help="results folder (default: a dated one under experiments/results)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/layerlens-paired"), help="run folders and logs")
     parser.add_argument("--analyse", type=Path, metavar="DIR", help="only rewrite DIR's tables from its runs.jsonl")
     parser.add_argument("overrides", nargs="*", help="layerlens.run overrides for every run (after --)")
     args = parser.parse_args()
-    compare = tuple(args.compare.split(","))
-    if len(compare) != 2:
+    compare = [tuple(pair.split(",")) for pair in args.compare or ["layerlens,lora"]]
+    if any(len(pair) != 2 for pair in compare):
         raise SystemExit(f"error: --compare must name two baselines, got {args.compare!r}")
     if args.analyse:
         print(analyse(args.analyse, compare, args.metrics.split(",")))

@@ -87,7 +87,7 @@ def test_paired_seeds_tables_finished_runs_and_tests_the_differences(tmp_path):
     lines = [line(b, s, *v[i:i + 2]) for s, v in scores.items() for b, i in (("a", 0), ("b", 2))]
     lines += [line("a", 5, 0.99, 0.99, status="KILLED"), line("b", 5, 0.5, 0.5)]
     (tmp_path / "runs.jsonl").write_text("\n".join(lines) + "\n")
-    text = paired.analyse(tmp_path, ("a", "b"), ["val/acc", "val/f1"])
+    text = paired.analyse(tmp_path, [("a", "b")], ["val/acc", "val/f1"])
 
     assert "| a | 0–4 | 5 | 0.8100 ± 0.0158 | 0.8640 ± 0.0114 |" in text  # the KILLED run left out
     assert "| b | 0–5 | 6 |" in text
