@@ -22,7 +22,8 @@ from layerlens.settings import RunSettings, build, resolve_settings
 from layerlens.tracking import NullTracker
 from layerlens.training.classifier import SequenceClassifier
 from layerlens.training.resources import FitTimer, peak_rss_mb, reset_peak_rss
-from layerlens.training.resume import Interruption, check_resumable, shuffled_train_loader, write_run_record
+from layerlens.training.resume import (Interruption, check_resumable, resume_warning_silenced, shuffled_train_loader,
+                                       write_run_record)
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +169,10 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
         interruption.loader = shuffled_train_loader(data, s.seed)
         trainer = build(cfg, "trainer", callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
                         logger=run.lightning_logger(), default_root_dir=str(output_dir))
-        trainer.fit(module, train_dataloaders=interruption.loader,
-                    val_dataloaders=data.val_dataloader() if selects else None,
-                    ckpt_path=interruption.checkpoint if resuming else None)
+        with resume_warning_silenced():
+            trainer.fit(module, train_dataloaders=interruption.loader,
+                        val_dataloaders=data.val_dataloader() if selects else None,
+                        ckpt_path=interruption.checkpoint if resuming else None)
 
         trainer.loggers = []  # the chosen checkpoint's metrics are logged once, below, after the epoch curves
         start = time.perf_counter()

@@ -2,12 +2,10 @@
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure  # no pyplot: no backend to choose, Agg renders the PNG
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from layerlens.planning.plan import Plan  # noqa: E402
+from layerlens.planning.plan import Plan
 
 METHOD_COLOURS = {"lora": "tab:blue", "adapter": "tab:orange", "prefix": "tab:green", "none": "lightgrey"}
 
@@ -15,7 +13,8 @@ METHOD_COLOURS = {"lora": "tab:blue", "adapter": "tab:orange", "prefix": "tab:gr
 def plot_plan(plan: Plan, path: Path, title: str) -> Path:
     kinds = list(dict.fromkeys(c.kind for c in plan.choices))
     layers = sorted({c.layer for c in plan.choices})
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(max(8, 0.28 * len(plan.choices)), 7), sharex=True)
+    fig = Figure(figsize=(max(8, 0.28 * len(plan.choices)), 7))
+    top, bottom = fig.subplots(2, 1, sharex=True)
     xs = range(len(plan.choices))
     top.bar(xs, [c.utility for c in plan.choices], color="tab:purple")
     top.set_ylabel("utility (profiled)")
@@ -26,7 +25,7 @@ def plot_plan(plan: Plan, path: Path, title: str) -> Path:
     for boundary in range(len(kinds), len(plan.choices), len(kinds)):
         for ax in (top, bottom):
             ax.axvline(boundary - 0.5, color="grey", linewidth=0.5)
-    handles = [plt.Rectangle((0, 0), 1, 1, color=colour) for colour in METHOD_COLOURS.values()]
+    handles = [Rectangle((0, 0), 1, 1, color=colour) for colour in METHOD_COLOURS.values()]
     # Above the axes: over the bars it would hide the tallest.
     bottom.legend(handles, list(METHOD_COLOURS), loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncols=4,
                   frameon=False)
@@ -34,5 +33,4 @@ def plot_plan(plan: Plan, path: Path, title: str) -> Path:
     bottom.set_xlabel(f"site (layers {layers[0]}-{layers[-1]}); budget used: {used}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path

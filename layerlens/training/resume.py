@@ -31,8 +31,15 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RUN_RECORD = "run.json"  # in the output folder: the MLflow run id and the config, for resuming
 _STATE_KEY = "layerlens_resume"
 
-# Lightning warns about any mid-epoch resume of a DataLoader it cannot restore itself; EpochShuffle is restored here.
-warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+
+
+@contextmanager
+def resume_warning_silenced():
+    """Lightning warns about any mid-epoch resume of a DataLoader it cannot restore itself; EpochShuffle is restored
+    here, so within this block that warning is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+        yield
 
 
 def interrupt_checkpoint(output_dir: Path) -> Path:
