@@ -135,6 +135,24 @@ def test_a_plan_builds_trains_its_own_parameters_and_the_head_only(family):
     assert changed == trainable
 
 
+@pytest.mark.parametrize("alpha_ratio", [2.0, 0.5])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_lora_site_is_scaled_by_the_alpha_ratio_whatever_its_rank(family, alpha_ratio):
+    """lora_alpha = alpha_ratio * rank per site, so that peft's scaling lora_alpha / rank is alpha_ratio at every
+    rank; one lora_alpha for all (alpha_ratio * the largest rank) would scale the smaller ranks up."""
+    model = tiny(family)
+    sites = discover_sites(model)
+    ranks = {"L0.query": 1, "L0.ffn_in": 3, "L1.value": 8, "L1.attn_out": 2}  # 8: the largest, not the first
+    model = apply_plan(model, sites, small_plan(sites, {name: ("lora", r) for name, r in ranks.items()}),
+                       alpha_ratio=alpha_ratio, dropout=0.0)
+    by_path = {s.path: s.name for s in sites}
+    found = {}
+    for name, module in model.base_model.model.named_modules():
+        if hasattr(module, "lora_A") and name in by_path:
+            found[by_path[name]] = (module.r["default"], module.scaling["default"])
+    assert found == {name: (r, alpha_ratio) for name, r in ranks.items()}
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_an_adapter_only_plan_trains_the_adapters_and_the_head(family):
     model = tiny(family)

@@ -1,12 +1,20 @@
 """Bad input: one line naming what is wrong, a non-zero exit, and any run already started marked FAILED."""
 
+import csv
+import math
+import re
+from collections import Counter
+
 import pytest
 from mlflow.tracking import MlflowClient
 
+from layerlens.baselines import planned
 from layerlens.errors import LayerLensError
+from layerlens.paths import CONF_DIR
 from layerlens.pipeline import run_experiment
+from layerlens.profiling import profile_sites
 from layerlens.settings import resolve_settings
-from tests.conftest import run_module
+from tests.conftest import REPO, run_module
 from tests.test_data import MRPC_HEADER, write_tsv
 
 
@@ -19,12 +27,17 @@ def all_runs(tracking_uri):
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
+def options(group: str) -> str:
+    return ", ".join(sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml")))
+
+
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["task=foo"], "error: unknown task 'foo' (choose from: cola, mrpc, rte, stsb)"),
-        (["model=gpt9"], "error: unknown model 'gpt9' (choose from: bert_base, deberta_v3_base, minilm_l6, roberta_base, tiny)"),
-        (["-m", "baseline=lora,magic"], "error: unknown baseline 'magic' (choose from: adalora, full_ft, layerlens, lora)"),
+        # the options of a config group: its files in conf/<group>/, in order
+        (["task=foo"], f"error: unknown task 'foo' (choose from: {options('task')})"),
+        (["model=gpt9"], f"error: unknown model 'gpt9' (choose from: {options('model')})"),
+        (["-m", "baseline=lora,magic"], f"error: unknown baseline 'magic' (choose from: {options('baseline')})"),
         (["model=tiny", "trainer.max_epochs=0"], "error: trainer.max_epochs must be an integer >= 1, got 0"),
         (["model=tiny", "data.batch_size=-4"], "error: data.batch_size must be an integer >= 1, got -4"),
         (["model=tiny", "baseline.lr=0"], "error: baseline.lr must be a positive number, got 0"),
@@ -120,18 +133,19 @@ def test_a_prefix_is_only_checked_against_max_length_when_a_site_takes_one(compo
 @pytest.mark.parametrize(
     "override,message",
     [
-        ("baseline=layerlens baseline.profile.num_batches=100000",
-         "baseline.profile.num_batches must be <= 459 (the training batches available), got 100000"),
+        # The tiny model (hidden 32): LoRA of rank 1 on a 32x32 projection adds 1 * (32 + 32) = 64 parameters and
+        # 2 * 64 = 128 FLOPs a token; the L0 sites come first, then by kind, and L0.query is the first LoRA site.
         ("baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=null budget.params=10",
          "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 10"),
+        # The backbone: embeddings (30522 + 512 + 2) x 32 + LayerNorm 64 = 993216; each of the 2 layers 4 x (32 x 32
+        # + 32) + 2 x 64 (LayerNorms) + 32 x 64 + 64 + 64 x 32 + 32 = 8544; pooler 1056; classifier 66: 1011426.
+        # 100 * 64 / 1011426 = 0.0063278, rounded up to 4 digits.
         ("baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=0.001",
          "budget.params_pct must be >= 0.006328 for any plan to fit (the cheapest option adds 64 parameters; "
          "the backbone has 1011426), got 0.001"),
         ("baseline=layerlens baseline.profile.num_batches=2 budget.flops=100",
          "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 100"),
-        ("baseline=layerlens baseline.profile.num_batches=2 budget.train_time_pct=10",
-         "budget.train_time_pct must be >= 41.93 for any plan to fit (the cheapest option in training time: adapter "
-         "of size 1 at L1.attn_block), got 10"),
+        # AdaLoRA's rank 1 on a 32x32 module: A (1 x 32), B (32 x 1) and its singular value E (1): 65.
         ("baseline=adalora budget.params_pct=null budget.params=10",
          "budget.params must be >= 65 to hold one AdaLoRA rank (the cheapest target module's), got 10"),
     ],
@@ -144,6 +158,53 @@ def test_bad_values_that_need_the_data_mark_the_started_run_failed(compose_run, 
     (run,) = all_runs(tracking_uri)
     assert run.info.status == "FAILED"
     assert run.data.tags["layerlens.error"].startswith(message.split(" ")[0])
+
+
+def test_more_profile_batches_than_the_train_split_has_names_how_many_it_has(compose_run, tracking_uri, tmp_path):
+    cfg = compose_run("baseline=layerlens", "baseline.profile.num_batches=100000")
+    with pytest.raises(LayerLensError) as err:
+        run_experiment(cfg, tmp_path)
+    # By the rule: MRPC's train.tsv less the selection holdout (task.selection_fraction of each class, rounded),
+    # in batches of data.batch_size, the last one partial.
+    with open(REPO / "layerlens/data/glue/MRPC/train.tsv", newline="", encoding="utf-8-sig") as f:
+        classes = Counter(row["Quality"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    held = sum(round(cfg.task.selection_fraction * n) for n in classes.values())
+    available = math.ceil((sum(classes.values()) - held) / cfg.data.batch_size)
+    assert str(err.value) == (f"baseline.profile.num_batches must be <= {available} (the training batches "
+                              "available), got 100000")
+    (run,) = all_runs(tracking_uri)
+    assert run.info.status == "FAILED"
+
+
+def test_a_train_time_budget_under_every_option_names_the_least_that_fits(compose_run, tracking_uri, tmp_path,
+                                                                         monkeypatch):
+    profiles = []
+    monkeypatch.setattr(planned, "profile_sites", lambda *args: profiles.append(profile_sites(*args)) or profiles[-1])
+    cfg = compose_run("baseline=layerlens", "baseline.profile.num_batches=2", "budget.train_time_pct=10")
+    with pytest.raises(LayerLensError) as err:
+        run_experiment(cfg, tmp_path)
+    match = re.fullmatch(r"budget\.train_time_pct must be >= ([0-9.]+) for any plan to fit \(the cheapest option in "
+                         r"training time: (.+)\), got 10", str(err.value))
+    assert match, str(err.value)
+
+    # By the rule: the least training time adapts one site of the top layer only. The backbone then costs
+    # (2 * 1 + (layers - 1) / epochs) / (3 * layers) of full fine-tuning (the frozen layers below, cached, run in
+    # the first epoch only), and the site its FLOPs over full fine-tuning's (layers x a layer's FLOPs; the tokens
+    # and the throughput cancel). A layer: 4 hidden x hidden maps, 2 hidden x ffn maps, attention 4 * seq * hidden
+    # (seq: the profiled mean padded length). Every default site kind's size-1 option adds 4 * hidden FLOPs:
+    # LoRA 2 * (hidden + hidden), adapter 4 * hidden * 1, prefix 4 * 1 * hidden.
+    layers, hidden, ffn = cfg.model.num_hidden_layers, cfg.model.hidden_size, cfg.model.intermediate_size
+    epochs, seq = cfg.trainer.max_epochs, profiles[0].seq_len  # trainer=debug: 2 epochs, of 3 batches each
+    layer = 2 * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * seq * hidden
+    needed = 100 * ((2 + (layers - 1) / epochs) / (3 * layers) + 4 * hidden / (layers * layer))
+    assert needed <= float(match[1]) == pytest.approx(math.ceil(needed * 100) / 100)  # rounded up to 4 digits
+    top = layers - 1
+    tied = {f"lora of size 1 at L{top}.{kind}" for kind in ("query", "key", "value", "attn_out")} | {
+        f"adapter of size 1 at L{top}.{kind}" for kind in ("attn_block", "ffn_block")} | {
+        f"prefix of size 1 at L{top}.attention"}
+    assert match[2] in tied  # any of them: they tie
+    (run,) = all_runs(tracking_uri)
+    assert run.info.status == "FAILED" and run.data.tags["layerlens.error"].startswith("budget.train_time_pct")
 
 
 def bad_data_dir(tmp_path, kind: str):

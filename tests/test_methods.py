@@ -61,19 +61,34 @@ def test_adapter_on_attention_output_block():
     assert not torch.allclose(model(**batch()).logits, before)
 
 
+# The parameters that get a gradient at init: the adapter's `up` starts at zero, so nothing flows back through it to
+# `down` (its gradient is exactly zero) until `up` has moved; a prefix's keys and values both get one at once.
+FIRST_STEP = {"adapter": {"up.weight", "up.bias"}, "prefix": {"keys", "values"}}
+
+
 @pytest.mark.parametrize("method", ["adapter", "prefix"])
-def test_one_step_trains_only_the_method(method):
+def test_training_steps_move_the_methods_parameters_only(method):
     model = tiny_bert().train()
     model.requires_grad_(False)
     module = attach(method, model.bert.encoder.layer[0], 4)
     frozen = {n: p.clone() for n, p in model.named_parameters() if "layerlens" not in n}
-    own = [p.clone() for p in module.parameters()]
+    own = dict(module.named_parameters())
+    start = {n: p.detach().clone() for n, p in own.items()}
     trainable = [p for p in model.parameters() if p.requires_grad]
     assert len(trainable) == len(own)
-    optimizer = torch.optim.AdamW(trainable, lr=1e-2)
+    # no weight decay: only gradients move a parameter
+    optimizer = torch.optim.AdamW(trainable, lr=1e-2, weight_decay=0.0)
+
     model(**batch()).loss.backward()
+    assert {n for n, p in own.items() if p.grad.abs().sum() > 0} == FIRST_STEP[method]
     optimizer.step()
-    assert all(not torch.equal(a, b) for a, b in zip(own, module.parameters()))
+    assert {n for n, p in own.items() if not torch.equal(p, start[n])} == FIRST_STEP[method]
+
+    optimizer.zero_grad()
+    model(**batch()).loss.backward()
+    assert all(p.grad.abs().sum() > 0 for p in own.values())  # `up` has moved: `down` gets its gradient
+    optimizer.step()
+    assert all(not torch.equal(p, start[n]) for n, p in own.items())
     assert all(torch.equal(p, frozen[n]) for n, p in model.named_parameters() if n in frozen)
 
 
