@@ -1,11 +1,13 @@
 """The planner on pure numbers: option costs match the real modules, plans keep their budgets and checks."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertModel
 
+from layerlens.building import apply_plan, check_plan_fits
 from layerlens.budget import Budget, params_pct_for
 from layerlens.errors import LayerLensError
 from layerlens.methods import attach_adapter, attach_prefix
@@ -195,3 +197,26 @@ def test_a_training_time_budget_needs_the_depth():
     sites = discover_sites(tiny_bert(), ["query"])
     with pytest.raises(LayerLensError, match="budget.train_time_pct needs the model's depth"):
         make_plan([spec(s) for s in sites], WORKLOAD, {"train_time_pct": 50.0}, PlannerSettings())
+
+
+def test_a_plan_that_does_not_fit_the_model_is_refused_in_one_line_before_anything_is_attached():
+    model = tiny_bert()
+    sites = discover_sites(model)
+    plan = make_plan([spec(s) for s in sites], WORKLOAD, {"params": 1e9}, PlannerSettings())
+    check_plan_fits(plan, sites)  # as planned, it fits
+    lora = next(i for i, c in enumerate(plan.choices) if c.method == "lora")
+    name = plan.choices[lora].site
+    edits = {
+        f"plan: site {name} (query) takes lora or none, got 'adapter'": replace(plan.choices[lora], method="adapter"),
+        f"plan: site {name} must have a size >= 1 for lora, got 0": replace(plan.choices[lora], size=0),
+        "plan: its sites are not the model's ('L9.query' is in one and not the other)":
+            replace(plan.choices[lora], site="L9.query"),
+    }
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    for message, choice in edits.items():
+        edited = replace(plan, choices=[choice if i == lora else c for i, c in enumerate(plan.choices)])
+        with pytest.raises(LayerLensError) as err:
+            apply_plan(model, sites, edited, alpha_ratio=2.0, dropout=0.0)
+        assert str(err.value) == message
+    assert all(p.requires_grad for p in model.parameters())  # nothing frozen, nothing attached
+    assert {n for n, _ in model.named_parameters()} == set(before)
