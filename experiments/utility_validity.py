@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
-from scipy.stats import spearmanr
+from scipy.stats import rankdata, spearmanr
 
 from layerlens.building import apply_plan, task_head, train_only
 from layerlens.data import TRAIN
@@ -233,6 +233,13 @@ def reliability(first: Path, second: Path) -> str:
             c = correlations(gains, values, kinds)
             lines.append(f"| {name} of {(first, second)[i].name} against the loss gain of {(first, second)[j].name} | "
                          f"{c['rho']:+.3f} (p {c['p']:.2g}) | {c['within_mean_rho']:+.2f} |")
+    # The best estimate of a site's gain is the mean over replicates (ranks averaged: gains' scales differ by seed).
+    mean_gain = np.mean([rankdata([by_site[i][site]["loss_gain"] for site in sites]) for i in (0, 1)], axis=0)
+    for name in utilities:
+        values = np.mean([rankdata([by_site[i][site][name] for site in sites]) for i in (0, 1)], axis=0)
+        c = correlations(mean_gain, values, kinds)
+        lines.append(f"| {name}, mean rank of both, against the mean rank of both loss gains | "
+                     f"{c['rho']:+.3f} (p {c['p']:.2g}) | {c['within_mean_rho']:+.2f} |")
     text = "\n".join(lines) + "\n"
     (first / "reliability.md").write_text(text)
     return text
