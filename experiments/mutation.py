@@ -1,0 +1,198 @@
+"""Mutation score of the core modules (issue 23): mutmut 3 run on a scratch copy of the tree, one table per run.
+
+    python experiments/mutation.py --out experiments/results/2026-12-06-mutation/final [MODULE ...]
+
+MODULE is a path among `[tool.mutmut] only_mutate` in pyproject.toml (default: all of them); the tests are that
+section's `pytest_add_cli_args_test_selection`. mutmut runs each mutant against only the selected tests that call
+the mutated function, fastest first, stopping at the first failure.
+
+What it does, and why:
+- copies layerlens/, conf/, tests/ and pyproject.toml, as committed at HEAD (`--from worktree`: as they are on disk,
+  uncommitted edits included) into a scratch folder, so that edits made meanwhile in the checkout do not leak in;
+- puts the compiled `layerlens._rank_alloc` beside the mutated copies: mutmut imports the package from mutants/,
+  where nothing builds it;
+- starts mutmut with scikit-build-core's editable-install finder removed from sys.meta_path: that finder would
+  otherwise import `layerlens` from the checkout, never from mutants/, and every mutant would survive;
+- runs at nice 19 with one thread per process (OMP_NUM_THREADS=1);
+- writes OUT/summary.md (killed / survived / timeout / no tests per module), OUT/mutants.tsv (every mutant: status,
+  line, the change in one line) and OUT/run.json (command, versions, machine, date, duration).
+"""
+
+import argparse
+import csv
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from collections import Counter
+from importlib.metadata import version
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+COPIED = ["layerlens", "conf", "tests", "pyproject.toml"]
+STATUSES = ["killed", "survived", "timeout", "no tests"]
+
+# mutmut's entry point, minus the editable install's redirect of `layerlens` (and the checkout on sys.path).
+BOOT = f"""
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ScikitBuildRedirectingFinder"]
+sys.path[:] = [p for p in sys.path if p.rstrip("/") != {str(REPO)!r}]
+sys.argv[0] = "mutmut"
+from mutmut.__main__ import cli
+cli()
+"""
+
+
+def mutmut_config() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["mutmut"]
+
+
+def populate(workdir: Path, source: str) -> str:
+    """Copy the tree into `workdir`; returns a description of what was copied."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    if source == "HEAD":
+        archive = subprocess.run(["git", "archive", "HEAD", *COPIED], cwd=REPO, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive.stdout, check=True)
+        return f"HEAD {head.strip()}"
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", *COPIED],
+                            cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, workdir / name)
+    dirty = subprocess.run(["git", "status", "--short", "--", *COPIED], cwd=REPO, capture_output=True,
+                           text=True).stdout.split("\n")
+    return f"working tree on HEAD {head.strip()}, changed: {', '.join(l[3:] for l in dirty if l) or 'nothing'}"
+
+
+def place_extension(workdir: Path) -> None:
+    origin = Path(importlib.util.find_spec("layerlens._rank_alloc").origin)
+    target = workdir / "mutants" / "layerlens" / origin.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(origin, target)
+
+
+def one_line(diff: str) -> str:
+    removed = [l[1:].strip() for l in diff.splitlines() if l.startswith("-") and not l.startswith("---")]
+    added = [l[1:].strip() for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++")]
+    return f"{' / '.join(removed) or '(nothing)'}  →  {' / '.join(added) or '(removed)'}"
+
+
+def changed_line(diff: str, source_lines: list[str], function: str) -> int | None:
+    """The source line of the mutant's first removed line, searched from the mutated function's `def`."""
+    removed = [l[1:].strip() for l in diff.splitlines() if l.startswith("-") and not l.startswith("---")]
+    if not removed:
+        return None
+    start = next((i for i, l in enumerate(source_lines) if l.lstrip().startswith(f"def {function}(")), 0)
+    for i in range(start, len(source_lines)):
+        if source_lines[i].strip() == removed[0]:
+            return i + 1
+    return None
+
+
+def collect(workdir: Path, modules: list[str]) -> list[dict]:
+    os.chdir(workdir)  # mutmut reads its config and mutants/ relative to the working directory
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.mutation.diff_apply import get_diff_for_mutant
+    from mutmut.utils.format_utils import orig_function_and_class_names_from_key
+    from mutmut.stats import status_by_exit_code
+
+    rows = []
+    for module in modules:
+        data = SourceFileMutationData(path=module)
+        data.load()
+        source_lines = Path(module).read_text().splitlines()
+        for name, code in sorted(data.exit_code_by_key.items(), key=lambda kv: _order(kv[0])):
+            diff = get_diff_for_mutant(name, path=module)
+            function = orig_function_and_class_names_from_key(name)[0].rpartition(".")[-1]
+            rows.append({"module": module, "mutant": name, "status": status_by_exit_code[code],
+                         "line": changed_line(diff, source_lines, function) or "", "change": one_line(diff)})
+    return rows
+
+
+def _order(name: str) -> tuple[str, int]:
+    stem, _, number = name.rpartition("__mutmut_")
+    return stem, int(number) if number.isdigit() else 0
+
+
+def summary(rows: list[dict], modules: list[str]) -> str:
+    lines = ["| module | mutants | killed | survived | timeout | no tests | other | % killed | % killed or timeout |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for module in [*modules, "all"]:
+        counts = Counter(r["status"] for r in rows if module in ("all", r["module"]))
+        total = sum(counts.values())
+        other = total - sum(counts[s] for s in STATUSES)
+        pct = lambda n: f"{100 * n / total:.1f}" if total else "-"  # noqa: E731
+        lines.append(f"| {module} | {total} | {counts['killed']} | {counts['survived']} | {counts['timeout']} | "
+                     f"{counts['no tests']} | {other} | {pct(counts['killed'])} | "
+                     f"{pct(counts['killed'] + counts['timeout'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    config = mutmut_config()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("modules", nargs="*", help="paths among [tool.mutmut] only_mutate (default: all)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for summary.md, mutants.tsv, run.json")
+    parser.add_argument("--from", dest="source", choices=["HEAD", "worktree"], default="HEAD")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/layerlens-mutation"))
+    parser.add_argument("--max-children", type=int, default=2)
+    args = parser.parse_args()
+    modules = args.modules or config["only_mutate"]
+    unknown = [m for m in modules if m not in config["only_mutate"]]
+    if unknown:
+        parser.error(f"not in [tool.mutmut] only_mutate: {', '.join(unknown)}")
+    out = args.out.resolve()
+    workdir = args.workdir.resolve()
+
+    copied = populate(workdir, args.source)
+    place_extension(workdir)
+    globs = [m.removesuffix(".py").replace("/", ".") + ".*" for m in modules]
+    command = ["nice", "-n", "19", sys.executable, "-c", BOOT, "run", "--max-children", str(args.max_children),
+               *globs]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    started = datetime.datetime.now().astimezone()
+    clock = time.perf_counter()
+    with open(workdir / "mutmut.log", "w") as log:
+        done = subprocess.run(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - clock
+    if done.returncode != 0:
+        sys.exit(f"mutmut exited with {done.returncode}; see {workdir / 'mutmut.log'}")
+
+    rows = collect(workdir, modules)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.md").write_text(summary(rows, modules))
+    with open(out / "mutants.tsv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["module", "line", "status", "mutant", "change"], delimiter="\t")
+        writer.writeheader()
+        writer.writerows(rows)
+    load = os.getloadavg()
+    (out / "run.json").write_text(json.dumps({
+        "command": ["python", "experiments/mutation.py", *sys.argv[1:]],
+        "mutmut_command": "nice -n 19 mutmut run --max-children "
+                          f"{args.max_children} {' '.join(globs)}  (OMP_NUM_THREADS=1)",
+        "modules": modules,
+        "tests": config["pytest_add_cli_args_test_selection"],
+        "copied": copied,
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(seconds),
+        "load_average_at_end": [round(x, 2) for x in load],
+        "mutmut": version("mutmut"), "python": platform.python_version(), "torch": version("torch"),
+        "transformers": version("transformers"), "peft": version("peft"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+    }, indent=2) + "\n")
+    print(summary(rows, modules), end="")
+    print(f"{seconds:.0f} s; every mutant in {out / 'mutants.tsv'}")
+
+
+if __name__ == "__main__":
+    main()
