@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification
 
-from layerlens.training.frozen_bottom import FrozenBottomCache
+from layerlens.training.frozen_bottom import MB, FrozenBottomCache
 
 
 def tiny_classifier(layers: int = 3):
@@ -122,3 +122,96 @@ def test_the_fast_budget_plans_above_the_bottom_and_training_runs_from_the_cache
     rows = len(batch["labels"])
     assert (cache.misses, cache.hits) == (rows, rows)  # computed on the first pass, served on the second
     assert all(torch.equal(p, bottom[n]) for n, p in layers[0].named_parameters())
+
+
+# Found by mutation testing (experiments/mutation.py): what the tests above left free to change.
+
+
+def test_a_trainable_embedding_is_refused_and_the_first_trainable_parameter_below_is_named():
+    model = tiny_classifier()
+    freeze_below(model, 2)
+    model.bert.embeddings.LayerNorm.weight.requires_grad_(True)
+    model.bert.encoder.layer[1].output.dense.bias.requires_grad_(True)
+    with pytest.raises(ValueError, match=r"^the bottom 2 layers must be frozen to be cached, "
+                                         r"but bert\.embeddings\.LayerNorm\.weight is trainable$"):
+        FrozenBottomCache(model, 2)
+
+
+@pytest.mark.parametrize("depth", [0, 4])
+def test_a_depth_outside_the_encoders_layers_is_refused(depth):
+    model = tiny_classifier()
+    freeze_below(model, 3)
+    with pytest.raises(ValueError, match=rf"^depth must be in \[1, 3\] \(the encoder's layers\), got {depth}$"):
+        FrozenBottomCache(model, depth)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_the_lowest_and_the_highest_depth_serve_the_frozen_layers_outputs(depth):
+    reference, cached = tiny_classifier().eval(), tiny_classifier().eval()
+    freeze_below(cached, depth)
+    FrozenBottomCache(cached, depth)
+    inputs = batch(ROWS, [0, 1, 0])
+    for _ in range(2):  # the fill, then from the cache
+        torch.testing.assert_close(cached(**inputs).logits, reference(**inputs).logits, atol=1e-5, rtol=1e-5)
+
+
+def test_an_encoder_of_another_family_is_refused_naming_it():
+    torch.manual_seed(0)
+    model = DebertaV2ForSequenceClassification(DebertaV2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100))
+    model.requires_grad_(False)
+    with pytest.raises(ValueError, match="^the frozen-bottom cache supports bert-style encoders, not deberta-v2$"):
+        FrozenBottomCache(model, 1)
+
+
+def frozen_classifier(depth: int):
+    model = tiny_classifier()
+    freeze_below(model, depth)
+    return model
+
+
+def test_the_cache_counts_its_bytes_and_past_its_limit_computes_rows_each_time():
+    assert FrozenBottomCache(frozen_classifier(2), 2).max_bytes == 2048 * MB  # by default, 2 GiB
+    model = frozen_classifier(2).eval()
+    row_bytes = [len(r) * 32 * 4 for r in ROWS]  # each row's real tokens, 32 float32 values each
+    cache = FrozenBottomCache(model, 2, max_mb=(row_bytes[0] + row_bytes[1]) / MB)  # room for the first two
+    inputs = batch(ROWS, [0, 1, 0])
+    first = model(**inputs).logits
+    assert (len(cache.rows), cache.bytes) == (2, row_bytes[0] + row_bytes[1])  # the limit reached: the third not kept
+    second = model(**inputs).logits  # the third row is missing, so the whole batch is computed again
+    assert (cache.misses, cache.hits) == (6, 0)
+    torch.testing.assert_close(second, first)
+
+
+def test_the_cache_needs_input_ids_and_the_base_model_called():
+    model = frozen_classifier(2)
+    FrozenBottomCache(model, 2)
+    message = "^FrozenBottomCache needs the model called with input_ids$"
+    with pytest.raises(RuntimeError, match=message):  # the encoder alone: the base model's inputs never seen
+        model.bert.encoder(torch.zeros(1, 5, 32))
+    with pytest.raises(RuntimeError, match=message):
+        model(inputs_embeds=torch.randn(1, 5, 32), attention_mask=torch.ones(1, 5, dtype=torch.long))
+
+
+def test_the_base_model_called_by_keyword_and_without_a_mask_is_served_whole_rows():
+    reference, cached = tiny_classifier().eval(), frozen_classifier(2).eval()
+    cache = FrozenBottomCache(cached, 2)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [11, 12, 13, 14, 15]])  # 2 rows of 5 tokens: no padding, no mask
+    expected = reference.bert(input_ids=ids).last_hidden_state
+    for _ in range(2):  # the fill, then from the cache
+        torch.testing.assert_close(cached.bert(input_ids=ids).last_hidden_state, expected, atol=1e-5, rtol=1e-5)
+    assert (cache.misses, cache.hits) == (2, 2)
+    assert sorted(row.shape[0] for row in cache.rows.values()) == [5, 5]
+
+
+def test_rows_of_the_same_tokens_with_other_token_types_are_cached_apart():
+    reference, cached = tiny_classifier().eval(), frozen_classifier(2).eval()
+    cache = FrozenBottomCache(cached, 2)
+    ids = torch.tensor([[5, 6, 7, 8, 9]] * 2)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "token_type_ids": torch.tensor([[0, 0, 0, 0, 0], [0, 0, 1, 1, 1]])}
+    expected = reference(**inputs).logits
+    assert not torch.allclose(expected[0], expected[1])  # the token types matter
+    for _ in range(2):  # the fill, then from the cache
+        torch.testing.assert_close(cached(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
+    assert (len(cache.rows), cache.misses, cache.hits) == (2, 2, 2)

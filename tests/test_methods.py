@@ -1,8 +1,13 @@
+import copy
+import re
+
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
 
+from layerlens.errors import LayerLensError
 from layerlens.methods import adapter_params, attach_adapter, attach_prefix, prefix_params
 
 HIDDEN = 32
@@ -154,3 +159,96 @@ def test_errors():
         attach_adapter(layer.output, HIDDEN, 2)
     with pytest.raises(ValueError):
         attach_prefix(layer.attention.self, 2)
+
+
+# Found by mutation testing (experiments/mutation.py): what the tests above left free to change.
+
+
+def test_the_prefix_starts_as_bert_initializes_its_weights():
+    """N(0, 0.02), BERT's initializer_range: near zero, so a pretrained layer is barely perturbed at init."""
+    torch.manual_seed(3)
+    prefix = attach_prefix(tiny_bert().bert.encoder.layer[0].attention.self, 64)  # 64 x 32 draws per tensor
+    for p in (prefix.keys, prefix.values):
+        assert p.shape == (64, HIDDEN)
+        assert abs(p.mean().item()) < 0.002  # about 4.5 standard errors
+        assert 0.018 < p.std().item() < 0.022
+
+
+def attention_with_dropout(p: float):
+    """A self-attention whose only randomness is its attention dropout (no hidden dropout in the layer)."""
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                        vocab_size=100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=p)
+    return BertForSequenceClassification(config).bert.encoder.layer[0].attention.self
+
+
+def test_the_prefixed_attention_drops_attention_weights_in_training_only():
+    attention = attention_with_dropout(0.5)
+    attach_prefix(attention, 3)
+    hidden = torch.randn(2, 5, HIDDEN)
+    attention.train()
+    torch.manual_seed(4)
+    first = attention(hidden)[0]
+    second = attention(hidden)[0]
+    assert not torch.allclose(first, second)  # a fresh dropout mask on each pass
+    attention.eval()
+    assert torch.equal(attention(hidden)[0], attention(hidden)[0])
+    without = attention_with_dropout(0.0)
+    attach_prefix(without, 3)
+    without.load_state_dict(attention.state_dict())  # the same weights and prefix
+    without.train()
+    torch.testing.assert_close(without(hidden)[0], attention(hidden)[0])  # p = 0: training changes nothing
+
+
+def test_the_prefixed_attention_refuses_a_kv_cache():
+    attention = tiny_bert().bert.encoder.layer[0].attention.self
+    attach_prefix(attention, 2)
+    with pytest.raises(NotImplementedError, match="^prefix-tuned attention does not support a KV cache$"):
+        attention(torch.randn(1, 4, HIDDEN), past_key_values=object())
+
+
+@pytest.mark.parametrize("method", ["adapter", "prefix"])
+def test_the_method_is_made_on_its_layers_dtype_and_device(method):
+    layer = tiny_bert().bert.encoder.layer[0].to(torch.float64)
+    assert {p.dtype for p in attach(method, layer, 2).parameters()} == {torch.float64}
+    on_meta = copy.deepcopy(tiny_bert().bert.encoder.layer[0]).to("meta")  # a device other than the default
+    assert {p.device.type for p in attach(method, on_meta, 2).parameters()} == {"meta"}
+
+
+@pytest.mark.parametrize("size", [0, -1, True, 2.0, "2", None])
+def test_a_size_that_is_not_a_positive_integer_is_refused_in_one_line_naming_it(size):
+    layer = tiny_bert().bert.encoder.layer[0]
+    with pytest.raises(LayerLensError, match=f"^width must be a positive integer, got {re.escape(repr(size))}$"):
+        attach_adapter(layer.output, HIDDEN, size)
+    with pytest.raises(LayerLensError, match=f"^length must be a positive integer, got {re.escape(repr(size))}$"):
+        attach_prefix(layer.attention.self, size)
+    assert not hasattr(layer.output, "layerlens_adapter") and not hasattr(layer.attention.self, "layerlens_prefix")
+
+
+def test_a_second_method_on_one_block_and_a_prefix_off_self_attention_are_refused_naming_the_block():
+    layer = tiny_bert().bert.encoder.layer[0]
+    attach_adapter(layer.output, HIDDEN, 2)
+    attach_prefix(layer.attention.self, 2)
+    with pytest.raises(LayerLensError, match="^BertOutput already has an adapter$"):
+        attach_adapter(layer.output, HIDDEN, 2)
+    with pytest.raises(LayerLensError, match="^BertSelfAttention already has a prefix$"):
+        attach_prefix(layer.attention.self, 2)
+    with pytest.raises(LayerLensError, match=re.escape("BertIntermediate is not a BERT-style self-attention "
+                                                       "(query, key, value and scaling): a prefix cannot be attached")):
+        attach_prefix(layer.intermediate, 2)
+
+
+def test_the_adapter_adds_up_of_gelu_of_down_to_its_blocks_output():
+    block = tiny_bert().bert.encoder.layer[0].output  # BertOutput: LayerNorm(dense(hidden) + residual), eval mode
+    adapter = attach_adapter(block, HIDDEN, 4)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in adapter.parameters():  # `up` away from its zero init, so that the adapter shows
+            p.copy_(torch.randn_like(p))
+    hidden, residual = torch.randn(2, 3, 64), torch.randn(2, 3, HIDDEN)
+    norm = block.LayerNorm
+    plain = F.layer_norm(F.linear(hidden, block.dense.weight, block.dense.bias) + residual, (HIDDEN,),
+                         norm.weight, norm.bias, norm.eps)
+    expected = plain + F.linear(F.gelu(F.linear(plain, adapter.down.weight, adapter.down.bias)),
+                                adapter.up.weight, adapter.up.bias)
+    torch.testing.assert_close(block(hidden, residual), expected)

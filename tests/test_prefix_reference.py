@@ -49,8 +49,9 @@ def padded_batch():
     return ids, keep
 
 
-def reference_attention(attention, hidden, keep, prefix_keys, prefix_values):
-    """Prefixed self-attention in plain torch. hidden: (batch, n, HIDDEN); keep: (batch, n) of 0/1.
+def reference_attention(attention, hidden, keep, prefix_keys, prefix_values, scale=None):
+    """Prefixed self-attention in plain torch. hidden: (batch, n, HIDDEN); keep: (batch, n) of 0/1; scale: of the
+    scores, 1/√d unless given.
 
     Head h owns hidden columns h*d .. (h+1)*d-1 of the queries, keys and values (BERT's layout), the prefix's
     included. Every prefix position is visible to every query; padded key positions are not.
@@ -66,7 +67,8 @@ def reference_attention(attention, hidden, keep, prefix_keys, prefix_values):
     out = torch.empty(batch, n, HIDDEN)
     for h in range(HEADS):
         cols = slice(h * d, (h + 1) * d)
-        scores = q[:, :, cols] @ k[:, :, cols].transpose(1, 2) / math.sqrt(d)  # (batch, n, length + n)
+        scores = q[:, :, cols] @ k[:, :, cols].transpose(1, 2)  # (batch, n, length + n)
+        scores = scores / math.sqrt(d) if scale is None else scores * scale
         scores = scores.masked_fill(~visible[:, None, :], float("-inf"))
         out[:, :, cols] = scores.softmax(dim=-1) @ v[:, :, cols]
     return out
@@ -95,11 +97,15 @@ def reference_encoder(model, ids, keep):
 
 @pytest.mark.parametrize("family", ["bert", "roberta"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_each_prefixed_self_attention_equals_attention_written_out_by_hand(family, attn):
+# None: the layer's own 1/√d; 0.7: a layer whose `scaling` is another keeps it (sdpa's default would be 1/√d)
+@pytest.mark.parametrize("scaling", [None, 0.7])
+def test_each_prefixed_self_attention_equals_attention_written_out_by_hand(family, attn, scaling):
     model = with_random_prefixes(tiny_encoder(family, attn))
     ids, keep = padded_batch()
     seen = []
     for layer in model.encoder.layer:
+        if scaling is not None:
+            layer.attention.self.scaling = scaling
         layer.attention.self.register_forward_hook(
             lambda module, args, kwargs, output: seen.append((module, args[0], output[0])), with_kwargs=True)
     with torch.no_grad():
@@ -109,7 +115,7 @@ def test_each_prefixed_self_attention_equals_attention_written_out_by_hand(famil
     for module, hidden, output in seen:
         prefix = module.layerlens_prefix
         with torch.no_grad():
-            expected = reference_attention(module, hidden, keep, prefix.keys, prefix.values)
+            expected = reference_attention(module, hidden, keep, prefix.keys, prefix.values, scaling)
             without_prefix = reference_attention(module, hidden, keep, prefix.keys[:0], prefix.values[:0])
         assert not torch.allclose(expected[real], without_prefix[real], atol=1e-2)  # the prefix matters here
         torch.testing.assert_close(output[real], expected[real], atol=1e-5, rtol=1e-5)

@@ -1,12 +1,16 @@
 """Profiling against independent references: per-batch statistics against gradients taken by hand with
 torch.autograd.grad, and Profile.utility / Profile.validation on hand-built profiles with known answers."""
 
+import re
+import time
+
 import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
 from transformers import BertConfig, BertForSequenceClassification
 
+from layerlens.errors import LayerLensError
 from layerlens.profiling import Profile, ProfileSettings, profile_sites
 from layerlens.sites import discover_sites
 
@@ -163,3 +167,83 @@ def test_validation_predicts_one_half_of_the_batches_from_the_other():
         "profile/batches": 4.0,
         "time/profile_s": 1.5,
     })
+
+
+# Found by mutation testing (experiments/mutation.py): what the tests above left free to change.
+
+
+def test_a_float64_model_is_profiled_in_float64():
+    model = tiny_bert().double()
+    sites = discover_sites(model, KINDS)
+    data = batches(2)
+    profile = profile_sites(model, sites, iter(data), ProfileSettings(num_batches=2))
+    for b, batch in enumerate(data):
+        expected = by_hand(model, sites, batch)
+        for i, name in enumerate(("grad_norm", "fisher", "sensitivity")):
+            # float32 anywhere in the sums would show at about 1e-7
+            np.testing.assert_allclose(profile.per_batch[name][b], expected[i], rtol=1e-12, err_msg=name)
+
+
+def test_the_profile_keeps_the_positive_weights_as_floats_the_first_batchs_size_and_its_time():
+    model = tiny_bert()
+    data = batches(2)
+    data[1] = {k: v[:2] for k, v in data[1].items()}  # a shorter last batch
+    settings = ProfileSettings(num_batches=2, weights={"grad_norm": 2, "fisher": 0.0, "sensitivity": 1.0})
+    start = time.perf_counter()
+    profile = profile_sites(model, discover_sites(model, ["query"]), iter(data), settings)
+    elapsed = time.perf_counter() - start
+    assert profile.weights == {"grad_norm": 2.0, "sensitivity": 1.0}  # a weight of 0 leaves its statistic out
+    assert all(type(w) is float for w in profile.weights.values())
+    assert profile.batch_size == 3  # the loader's batch size, not the short last batch's
+    assert 0 < profile.seconds <= elapsed
+
+
+def test_fewer_batches_than_asked_for_are_refused_naming_both_counts():
+    model = tiny_bert()
+    message = "baseline.profile.num_batches must be <= 2 (the training batches available), got 3"
+    with pytest.raises(LayerLensError, match=f"^{re.escape(message)}$"):
+        profile_sites(model, discover_sites(model, ["query"]), iter(batches(2)), ProfileSettings(num_batches=3))
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"num_batches": 1}, "baseline.profile.num_batches must be an integer >= 2, got 1"),
+    ({"weights": ["fisher"]},
+     "baseline.profile.weights must map statistics (grad_norm, fisher, sensitivity) to weights, got ['fisher']"),
+    ({"weights": {"fisher": 1.0, "hessian": 1.0, "curvature": 1.0}},
+     "baseline.profile.weights: unknown statistic 'curvature' (choose from: grad_norm, fisher, sensitivity)"),
+    ({"weights": {"fisher": -1.0}}, "baseline.profile.weights.fisher must be a number >= 0, got -1.0"),
+    ({"weights": {"grad_norm": 0, "fisher": 0.0}},
+     "baseline.profile.weights must have one weight > 0, got {'grad_norm': 0, 'fisher': 0.0}"),
+])
+def test_bad_profile_settings_are_refused_in_one_line_naming_the_field(settings, message):
+    with pytest.raises(LayerLensError, match=f"^{re.escape(message)}$"):
+        ProfileSettings(**settings)
+
+
+def test_profiling_draws_its_progress_on_stderr_and_leaves_nothing_behind(capsys, monkeypatch):
+    model = tiny_bert()
+    sites = discover_sites(model, ["query"])
+    profile_sites(model, sites, iter(batches(2)), ProfileSettings(num_batches=2))
+    out, err = capsys.readouterr()
+    assert (out, err.strip()) == ("", "")  # not a terminal: the bar is transient, nothing of it is left
+    monkeypatch.setenv("TTY_COMPATIBLE", "1")  # as in a terminal, where rich draws the bar as it goes
+    monkeypatch.setenv("TTY_INTERACTIVE", "1")
+    profile_sites(model, sites, iter(batches(2)), ProfileSettings(num_batches=2))
+    out, err = capsys.readouterr()
+    assert out == ""  # stdout stays for results
+    drawn = re.split(r"[\r\n]", re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", err))  # the lines drawn, less ANSI codes
+    assert any(line.startswith("profiling ") for line in drawn)
+
+
+def test_validation_holds_the_even_batches_against_the_mean_of_all_the_odd_ones():
+    """Six batches; the odd ones rank the sites three different ways, so only their mean gives this answer."""
+    grad = np.array([[1, 2, 3, 4], [4, 1, 2, 3], [1, 2, 3, 4], [1, 4, 3, 2], [1, 2, 3, 4], [2, 3, 1, 4]], float)
+    profile = Profile(["a", "b", "c", "d"], {name: grad.copy() for name in ("grad_norm", "fisher", "sensitivity")},
+                      {"grad_norm": 1.0}, batch_size=8, tokens_per_batch=50.0, seq_len=9.0, seconds=1.0)
+    held_out = grad[[1, 3, 5]].mean(axis=0)  # [7, 8, 6, 9] / 3
+    expected = spearmanr(grad[[0, 2, 4]].mean(axis=0), held_out).statistic
+    assert expected == pytest.approx(0.4)
+    metrics = profile.validation()
+    assert metrics["profile/grad_corr"] == pytest.approx(expected)
+    assert metrics["profile/fisher_corr"] == pytest.approx(expected)
+    assert metrics["profile/batches"] == 6.0  # batches, not sites
