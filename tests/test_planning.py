@@ -1,6 +1,7 @@
 """The planner on pure numbers: option costs match the real modules, plans keep their budgets and checks."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -11,9 +12,9 @@ from layerlens.building import apply_plan, check_plan_fits
 from layerlens.budget import Budget, params_pct_for
 from layerlens.errors import LayerLensError
 from layerlens.methods import attach_adapter, attach_prefix
-from layerlens.planning.costs import Depth, SiteSpec, Workload, option_costs
-from layerlens.planning.plan import Plan
-from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
+from layerlens.planning.costs import Costs, Depth, SiteSpec, Workload, option_costs
+from layerlens.planning.plan import Choice, Plan
+from layerlens.planning.planner import NoPlanFits, PlannerSettings, check_feasible, make_plan
 from layerlens.sites import discover_sites
 
 WORKLOAD = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=60.0, num_heads=2, flops_per_s=1e10)
@@ -220,3 +221,160 @@ def test_a_plan_that_does_not_fit_the_model_is_refused_in_one_line_before_anythi
         assert str(err.value) == message
     assert all(p.requires_grad for p in model.parameters())  # nothing frozen, nothing attached
     assert {n for n, _ in model.named_parameters()} == set(before)
+
+
+# Found by mutation testing (experiments/mutation.py): what the tests above left free to change.
+
+
+def hand_choice(site, layer, kind, method, size, utility, params):
+    allowed = "adapter" if kind == "attn_block" else "lora"
+    return Choice(site, layer, kind, allowed, method, size, utility,
+                  Costs(params, 2 * params, params / 1000, params / 100))
+
+
+# Two LoRA sites whose sizes follow their utilities, an adapter, and a site left out.
+HAND_PLAN = Plan([hand_choice("L0.query", 0, "query", "lora", 2, 1.0, 100.0),
+                  hand_choice("L1.query", 1, "query", "lora", 4, 3.0, 200.0),
+                  hand_choice("L1.attn_block", 1, "attn_block", "adapter", 2, 2.0, 150.0),
+                  hand_choice("L0.value", 0, "value", "none", 0, 0.5, 0.0)],
+                 {"params": 500.0}, objective=7.5, train_time_pct=80.0)
+
+
+def test_a_plans_metrics_by_hand():
+    # Spearman of utilities [1, 3, 2, 0.5] (ranks 2, 4, 3, 1) and sizes [2, 4, 2, 0] (ranks 2.5, 4, 2.5, 1):
+    # the ranks' deviations from 2.5 give 4.5 / sqrt(5 * 4.5) = 3 / sqrt(10).
+    assert HAND_PLAN.metrics() == pytest.approx({
+        "plan/params": 450.0, "plan/flops": 900.0, "plan/memory_mb": 0.45, "plan/latency_ms": 4.5,
+        "plan/train_time_pct": 80.0,
+        "plan/utilisation/params": 0.9,
+        "plan/sites/lora": 2.0, "plan/sites/adapter": 1.0,
+        "plan/consistency/lora": 1.0, "plan/consistency/adapter": 1.0,  # one ordered pair; no pair at all
+        "plan/method_diversity": 2.0,
+        "plan/rank_utility_spearman": 3 / math.sqrt(10),
+        "plan/objective": 7.5,
+        "plan/lowest_adapted_layer": 0.0,
+    })
+    data = json.loads(HAND_PLAN.to_json())
+    assert data["lowest_adapted_layer"] == 0 and data["train_time_pct"] == 80.0
+    assert data["method_counts"] == {"lora": 2, "adapter": 1} and data["method_diversity"] == 2
+    assert data["rank_utility_consistency"] == {"lora": 1.0, "adapter": 1.0}
+
+
+def test_a_plan_that_adapts_nothing_has_no_lowest_layer_and_no_rank_correlation():
+    plan = Plan([hand_choice("L0.query", 0, "query", "none", 0, u, 0.0) for u in (1.0, 2.0)], {"params": 1.0}, 0.0)
+    assert plan.lowest_adapted_layer() is None
+    assert math.isnan(plan.rank_utility_spearman())  # every size 0: no ranking to correlate
+    metrics = plan.metrics()
+    assert "plan/lowest_adapted_layer" not in metrics and metrics["plan/method_diversity"] == 0.0
+    assert replace(plan, budgets={"params": 0.0}).within_budgets()  # nothing adapted fits even a budget of 0
+    two_sizes = Plan([hand_choice("L0.query", 0, "query", "lora", 2, 1.0, 1.0),
+                      hand_choice("L1.query", 1, "query", "none", 0, 0.5, 0.0)], {}, 0.0)
+    assert two_sizes.rank_utility_spearman() == pytest.approx(1.0)  # two sizes are enough to rank
+
+
+def test_within_budgets_allows_the_relative_tolerance_and_no_more():
+    def costing(params, limit=100.0):
+        return Plan([hand_choice("L0.query", 0, "query", "lora", 1, 1.0, params)], {"params": limit}, 1.0)
+
+    assert costing(100.0).within_budgets()  # at the limit
+    assert costing(100.0 * (1 + 5e-10)).within_budgets()  # within the default tolerance, 1e-9
+    assert not costing(100.0 * (1 + 2e-9)).within_budgets()
+    assert not costing(150.0).within_budgets()
+    assert costing(150.0).within_budgets(rel_tol=0.5)
+
+
+def test_an_options_value_is_its_sites_utility_times_its_size_to_the_gain_exponent():
+    utilities = [float(u % 5 + 1) for u in range(14)]
+    for exponent in (0.5, 1.0):
+        plan = planned(utilities, {"params": 2500.0}, gain_exponent=exponent)
+        assert plan.adapted()
+        assert plan.objective == pytest.approx(sum(c.utility * c.size ** exponent for c in plan.adapted()))
+
+
+def test_a_method_missing_from_the_sizes_leaves_its_sites_out():
+    plan = planned([1.0] * 4, {"params": 1e9}, kinds=("query", "attn_block"), sizes={"lora": [2]})
+    assert {(c.kind, c.method, c.size) for c in plan.choices} == {("query", "lora", 2), ("attn_block", "none", 0)}
+
+
+def test_an_unknown_budget_lists_every_budget_there_is():
+    with pytest.raises(LayerLensError, match=r"^budget: unknown limit 'seconds' \(choose from: params, flops, "
+                                             r"memory_mb, latency_ms, train_time_pct\)$"):
+        planned([1.0] * 14, {"seconds": 10.0})
+
+
+def test_a_budget_the_allocator_refuses_is_named_as_the_user_wrote_it():
+    with pytest.raises(LayerLensError, match=r"^planner: .*budget\.params"):
+        planned([1.0] * 14, {"params": math.inf})
+
+
+def test_no_plan_fits_carries_the_budget_its_limit_the_value_needed_and_whether_others_bind():
+    with pytest.raises(NoPlanFits) as err:
+        planned([1.0] * 14, {"params": 10.0})
+    assert (err.value.name, err.value.limit, err.value.needed, err.value.within_others) == ("params", 10.0, 64.0, False)
+
+
+def options_costing(*costs):
+    """One site per (params, flops, memory_mb), its options none and lora of size 1 at that cost (no latency)."""
+    sites = [SiteSpec(f"S{i}", i, "query", "lora", 4, 4, 1.0) for i in range(len(costs))]
+    return (sites, [[("none", 0), ("lora", 1)] for _ in costs],
+            [[Costs(0.0, 0.0, 0.0, 0.0), Costs(*map(float, c), 0.0)] for c in costs])
+
+
+def test_the_budget_to_raise_is_found_past_one_that_no_option_can_meet_within_the_others():
+    # S0 is too large in params, S1 in memory; flops, checked first, binds neither, and no option meets both others.
+    sites, options, costs = options_costing((10, 1, 1), (1, 1, 10))
+    with pytest.raises(NoPlanFits, match=r"^budget\.params must be >= 10 for any plan to fit within the other "
+                                         r"budgets \(the cheapest option: lora of size 1 at S0\), got 5$") as err:
+        check_feasible(sites, options, costs, {"flops": 100.0, "params": 5.0, "memory_mb": 5.0})
+    assert (err.value.name, err.value.limit, err.value.needed, err.value.within_others) == ("params", 5.0, 10.0, True)
+
+
+def test_budgets_each_option_meets_only_one_of_are_refused_together():
+    sites, options, costs = options_costing((1, 10, 10), (10, 1, 10), (10, 10, 1))  # each cheap in one budget
+    with pytest.raises(LayerLensError, match=r"^budget: no site option fits budget\.params, budget\.flops, "
+                                             r"budget\.memory_mb together; raise several of them$") as err:
+        check_feasible(sites, options, costs, {"params": 1.0, "flops": 1.0, "memory_mb": 1.0})
+    assert not isinstance(err.value, NoPlanFits)  # no single budget to name
+    check_feasible(sites, options, costs, {"params": 1.0, "latency_ms": 0.0})  # a cost of 0 meets a budget of 0
+
+
+def test_the_training_time_named_as_needed_is_the_smallest_that_fits():
+    with pytest.raises(NoPlanFits) as err:
+        depth_planned({"params": 2000.0, "train_time_pct": 20.0})
+    assert (err.value.name, err.value.limit, err.value.within_others) == ("train_time_pct", 20.0, False)
+    with pytest.raises(NoPlanFits):
+        depth_planned({"params": 2000.0, "train_time_pct": err.value.needed * 0.999})
+    assert depth_planned({"params": 2000.0, "train_time_pct": err.value.needed * 1.0001}).adapted()
+    # a latency budget, generous, changes nothing of that
+    with pytest.raises(NoPlanFits) as again:
+        depth_planned({"params": 2000.0, "latency_ms": 1e9, "train_time_pct": 20.0})
+    assert (again.value.name, again.value.needed) == ("train_time_pct", err.value.needed)
+
+
+def test_with_a_training_time_budget_another_budget_that_binds_is_the_one_named():
+    with pytest.raises(NoPlanFits, match=r"^budget\.params must be >= 64 for any plan to fit ") as err:
+        depth_planned({"params": 10.0, "train_time_pct": 99.0})
+    assert err.value.name == "params"
+    # Time enough for backpropagation to layer 1 but not for any option there, and a latency budget too small for
+    # any: the latency budget is the one named.
+    cheapest_ms = min(option_costs(spec(s), s.method, 1, WORKLOAD).latency_ms
+                      for s in discover_sites(tiny_bert(), ["query", "value", "ffn_block"]) if s.layer == 1)
+    limit = 100 * DEPTH.fraction(1) + 0.01
+    assert limit < 100 * (DEPTH.fraction(1) + cheapest_ms / DEPTH.full_ft_step_ms(WORKLOAD))
+    with pytest.raises(NoPlanFits) as err:
+        depth_planned({"params": 2000.0, "latency_ms": 1e-6, "train_time_pct": limit})
+    assert err.value.name == "latency_ms"
+
+
+def test_with_a_training_time_budget_the_latency_budget_still_holds():
+    loose = depth_planned({"params": 2000.0, "train_time_pct": 90.0})
+    limit = loose.totals()["latency_ms"] / 2
+    plan = depth_planned({"params": 2000.0, "train_time_pct": 90.0, "latency_ms": limit})
+    assert plan.adapted() and plan.totals()["latency_ms"] <= limit
+
+
+def test_a_plan_that_adapts_nothing_is_priced_as_the_frozen_backbones_forward_pass():
+    sites = discover_sites(tiny_bert(), ["query", "value"])
+    plan = make_plan([spec(s, 0.0) for s in sites], WORKLOAD, {"params": 2000.0}, PlannerSettings(), DEPTH)
+    assert not plan.adapted()  # no utility anywhere
+    assert plan.train_time_pct == pytest.approx(100 * DEPTH.fraction(DEPTH.layers))
