@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -378,3 +379,19 @@ def test_a_plan_that_adapts_nothing_is_priced_as_the_frozen_backbones_forward_pa
     plan = make_plan([spec(s, 0.0) for s in sites], WORKLOAD, {"params": 2000.0}, PlannerSettings(), DEPTH)
     assert not plan.adapted()  # no utility anywhere
     assert plan.train_time_pct == pytest.approx(100 * DEPTH.fraction(DEPTH.layers))
+
+
+@pytest.mark.parametrize("settings,message", [
+    ({"sizes": [1, 2]}, "baseline.planner.sizes must map methods (lora, adapter, prefix) to lists of sizes, got [1, 2]"),
+    ({"sizes": {"magic": [1]}}, "baseline.planner.sizes: unknown method 'magic' (choose from: lora, adapter, prefix)"),
+    ({"gain_exponent": 0}, "baseline.planner.gain_exponent must be in (0, 1], got 0"),
+    ({"utility": "magic"}, "baseline.planner.utility must be one of profiled, uniform, depth, random, kind_depth, "
+                           "got 'magic'"),
+    ({"utility_seed": -1}, "baseline.planner.utility_seed must be an integer >= 0, got -1"),
+    ({"kind_prior": [1.0]}, "baseline.planner.kind_prior must map site kinds to constants, got [1.0]"),
+    ({"kind_prior": {"query": 0}}, "baseline.planner.kind_prior.query must be a positive number, got 0"),
+])
+def test_bad_planner_settings_are_refused_in_one_whole_line(settings, message):
+    with pytest.raises(LayerLensError, match=f"^{re.escape(message)}$"):
+        PlannerSettings(**settings)
+    assert PlannerSettings(gain_exponent=1.0).gain_exponent == 1.0  # (0, 1]: 1 is allowed
