@@ -395,3 +395,20 @@ def test_bad_planner_settings_are_refused_in_one_whole_line(settings, message):
     with pytest.raises(LayerLensError, match=f"^{re.escape(message)}$"):
         PlannerSettings(**settings)
     assert PlannerSettings(gain_exponent=1.0).gain_exponent == 1.0  # (0, 1]: 1 is allowed
+
+
+def test_sites_of_two_methods_without_sizes_name_both_in_one_line_with_or_without_a_training_time_budget():
+    message = ("^baseline[.]planner[.]sizes must list a size for adapter or lora "
+               "\\(the methods of baseline[.]sites\\), got none$")
+    with pytest.raises(LayerLensError, match=message):
+        planned([1.0] * 8, {"params": 1e9}, kinds=("query", "attn_block"), sizes={"lora": [], "adapter": []})
+    sites = discover_sites(tiny_bert(), ["query", "attn_block"])
+    with pytest.raises(LayerLensError, match=message):
+        make_plan([spec(s) for s in sites], WORKLOAD, {"params": 1e9, "train_time_pct": 90.0},
+                  PlannerSettings(sizes={"lora": [], "adapter": []}), DEPTH)
+
+
+def test_by_default_every_method_is_offered_sizes_1_to_16_and_a_boolean_size_is_refused():
+    assert PlannerSettings().sizes == {method: list(range(1, 17)) for method in ("lora", "adapter", "prefix")}
+    with pytest.raises(LayerLensError, match="^baseline[.]planner[.]sizes[.]lora must be integers >= 1, got True$"):
+        PlannerSettings(sizes={"lora": [2, True]})
