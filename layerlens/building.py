@@ -1,19 +1,11 @@
-"""Applying a plan to a model: peft LoRA with per-site ranks, then layerlens adapters and prefixes."""
+"""Applying a plan to a model: each adapted site's method, as the registry (layerlens.methods) says it is applied."""
 
-import re
-
-from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 
 from layerlens.errors import LayerLensError
-from layerlens.methods import attach_adapter, attach_prefix
+from layerlens.methods import METHODS, Build, Method, get_method
 from layerlens.planning.plan import Plan
 from layerlens.sites import Site, encoder_layers
-
-ATTACH = {
-    "adapter": lambda site, size: attach_adapter(site.module, site.d_out, size),
-    "prefix": lambda site, size: attach_prefix(site.module, size),
-}
 
 
 def task_head(model: nn.Module) -> list[str]:
@@ -32,31 +24,16 @@ def train_only(model: nn.Module, names: list[str]) -> nn.Module:
     return model
 
 
-def lora_config(plan: Plan, sites: list[Site], alpha_ratio: float, dropout: float,
-                head: list[str] | None = None) -> LoraConfig | None:
-    """A peft LoraConfig with one rank per adapted linear site (rank_pattern), or None if the plan has no LoRA.
-
-    `head`: modules to train in full besides peft's own choice for sequence classification ("classifier").
-    """
+def placements(plan: Plan, sites: list[Site]) -> list[tuple[Method, Site, int]]:
+    """Each adapted site of the plan, in its order: the method, the model's site and the size."""
     by_name = {site.name: site for site in sites}
-    ranks = {by_name[c.site].target: c.size for c in plan.adapted() if c.method == "lora"}
-    if not ranks:
-        return None
-    return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
-        target_modules=sorted(ranks),
-        r=max(ranks.values()),
-        lora_alpha=alpha_ratio * max(ranks.values()),
-        rank_pattern={re.escape(key): r for key, r in ranks.items()},
-        alpha_pattern={re.escape(key): alpha_ratio * r for key, r in ranks.items()},
-        lora_dropout=dropout,
-        modules_to_save=list(head) if head else None,
-    )
+    return [(get_method(c.method), by_name[c.site], c.size) for c in plan.adapted()]
 
 
 def check_plan_fits(plan: Plan, sites: list[Site]) -> None:
     """Raise, naming the first site at fault, unless the plan's sites are the model's and each adapted one has a
-    method its kind accepts and a size of at least 1 (a plan.json edited by hand, or made for another model)."""
+    method its kind accepts and a size in that method's range (a plan.json edited by hand, or made for another
+    model)."""
     by_name = {site.name: site for site in sites}
     planned = [c.site for c in plan.choices]
     if sorted(planned) != sorted(by_name):
@@ -66,21 +43,30 @@ def check_plan_fits(plan: Plan, sites: list[Site]) -> None:
         if c.method != by_name[c.site].method:
             raise LayerLensError(f"plan: site {c.site} ({c.kind}) takes {by_name[c.site].method} or none, "
                                  f"got {c.method!r}")
-        if isinstance(c.size, bool) or not isinstance(c.size, int) or c.size < 1:
-            raise LayerLensError(f"plan: site {c.site} must have a size >= 1 for {c.method}, got {c.size!r}")
+        method = get_method(c.method)
+        if not method.allows(c.size):
+            raise LayerLensError(f"plan: site {c.site} must have a size {method.size_range} for {c.method}, "
+                                 f"got {c.size!r}")
 
 
 def apply_plan(model: nn.Module, sites: list[Site], plan: Plan, alpha_ratio: float, dropout: float) -> nn.Module:
-    """Exactly the plan's modules trainable, plus the task head; everything else frozen."""
+    """Exactly the plan's modules trainable, plus the task head; everything else frozen.
+
+    The methods that wrap the model (peft's) are applied first, each at all its sites at once; then the others,
+    site by site in the plan's order (what they add is initialised in that order, from the seed).
+    """
     check_plan_fits(plan, sites)
     head = task_head(model)
-    config = lora_config(plan, sites, alpha_ratio, dropout, head)
-    if config is None:
+    build = Build(tuple(head), alpha_ratio, dropout)
+    placed = placements(plan, sites)
+    wrapped = False
+    for method in METHODS.values():
+        chosen = [(site, size) for m, site, size in placed if m is method]
+        if method.wrap is not None and chosen:
+            model, wrapped = method.wrap(model, chosen, build), True
+    if not wrapped:
         train_only(model, head)
-    else:
-        model = get_peft_model(model, config)  # freezes all but LoRA and the head: attach the rest after
-    by_name = {site.name: site for site in sites}
-    for choice in plan.adapted():
-        if choice.method in ATTACH:
-            ATTACH[choice.method](by_name[choice.site], choice.size)
+    for method, site, size in placed:
+        if method.attach is not None:
+            method.attach(site, size)
     return model

@@ -1,24 +1,17 @@
 """Candidate sites of a transformer encoder: where an adaptation method can be attached."""
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from layerlens.errors import LayerLensError
+from layerlens.methods import method_for
 
-# Site kind -> the method that attaches there: linear sites take LoRA; block outputs take an adapter;
-# self-attention takes a prefix. Kinds are the same in every model family; where they sit is not.
-SITE_METHODS = {
-    "query": "lora",
-    "key": "lora",
-    "value": "lora",
-    "attn_out": "lora",
-    "ffn_in": "lora",
-    "ffn_out": "lora",
-    "attn_block": "adapter",
-    "ffn_block": "adapter",
-    "attention": "prefix",
-}
+# Site kinds, in the order of a layer's sites: the linear projections, the attention and feed-forward block
+# outputs, self-attention. Kinds are the same in every model family; where they sit is not. The methods each
+# accepts are the registry's (layerlens.methods: each method lists its kinds).
+SITE_KINDS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out", "attn_block", "ffn_block", "attention")
 # A prefix's utility is read from the key and value projections it extends; any other site's from its own module.
 PROFILED_KINDS = {"attention": ("key", "value")}
 
@@ -63,7 +56,7 @@ class Site:
     name: str  # e.g. "L3.ffn_in"
     layer: int
     kind: str
-    method: str
+    method: str  # the method it takes: a name in layerlens.methods
     path: str  # the module's name in model.named_modules()
     target: str  # its name from the layer list on (e.g. "encoder.layer.3.intermediate.dense"): peft matches it
     d_in: int
@@ -90,38 +83,32 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     raise LayerLensError(f"model: no encoder layer list (`{family.layers}`) found in {type(model).__name__}")
 
 
-def _dims(method: str, module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
-    if method == "lora":
-        return module.in_features, module.out_features
-    if method == "adapter":  # a block output: as wide as its projection's output
-        return module.dense.out_features, module.dense.out_features
-    width = profiled[0].out_features  # a prefix: keys and values as wide as the key projection's output
-    return width, width
-
-
-def discover_sites(model: nn.Module, kinds: list[str] | None = None) -> list[Site]:
-    """Every candidate site of every encoder layer, in layer order, limited to `kinds` when given.
+def discover_sites(model: nn.Module, kinds: list[str] | None = None,
+                   offered: Collection[str] | None = None) -> list[Site]:
+    """Every candidate site of every encoder layer, in layer order, limited to `kinds` when given; each takes the
+    method its kind accepts (where several methods accept it, the one of them in `offered`: see method_for).
 
     All kinds (`kinds` None) leaves out those the model's family refuses; naming a refused kind is an error.
     """
     family = model_family(model)
-    unknown = [k for k in kinds or [] if k not in SITE_METHODS]
+    unknown = [k for k in kinds or [] if k not in SITE_KINDS]
     if unknown:
-        raise LayerLensError(f"site kind {unknown[0]!r} is unknown (choose from: {', '.join(SITE_METHODS)})")
+        raise LayerLensError(f"site kind {unknown[0]!r} is unknown (choose from: {', '.join(SITE_KINDS)})")
     refused = [k for k in kinds or [] if k in family.refused]
     if refused:
         kind = refused[0]
-        raise LayerLensError(f"site kind {kind!r} ({SITE_METHODS[kind]}) does not work on {family.name} models: "
-                             f"{family.refused[kind]} (leave {kind} out of baseline.sites)")
-    wanted = [k for k in SITE_METHODS if k not in family.refused] if kinds is None else kinds
+        raise LayerLensError(f"site kind {kind!r} ({method_for(kind, offered).name}) does not work on {family.name} "
+                             f"models: {family.refused[kind]} (leave {kind} out of baseline.sites)")
+    wanted = [k for k in SITE_KINDS if k not in family.refused] if kinds is None else kinds
+    methods = {kind: method_for(kind, offered) for kind in wanted}
     prefix, layers = encoder_layers(model)
     sites = []
     for i, layer in enumerate(layers):
         for kind in wanted:
-            path, method = family.paths[kind], SITE_METHODS[kind]
+            path, method = family.paths[kind], methods[kind]
             module = layer.get_submodule(path)
             profiled = tuple(layer.get_submodule(family.paths[k]) for k in PROFILED_KINDS.get(kind, (kind,)))
-            d_in, d_out = _dims(method, module, profiled)
-            sites.append(Site(f"L{i}.{kind}", i, kind, method, f"{prefix}.{i}.{path}", f"{family.layers}.{i}.{path}",
-                              d_in, d_out, module, profiled))
+            d_in, d_out = method.dims(module, profiled)
+            sites.append(Site(f"L{i}.{kind}", i, kind, method.name, f"{prefix}.{i}.{path}",
+                              f"{family.layers}.{i}.{path}", d_in, d_out, module, profiled))
     return sites

@@ -9,12 +9,13 @@ from transformers import (AutoModel, AutoModelForSequenceClassification, BertCon
 
 from layerlens.building import apply_plan, task_head
 from layerlens.errors import LayerLensError
-from layerlens.methods import attach_prefix
+from layerlens.methods import method_for
+from layerlens.methods.layers.prefix import attach_prefix
 from layerlens.models import HubBackbone
 from layerlens.models.heads import MeanPoolingClassifier
 from layerlens.planning.costs import Costs
 from layerlens.planning.plan import Choice, Plan
-from layerlens.sites import SITE_METHODS, discover_sites
+from layerlens.sites import discover_sites
 from tests.conftest import compose_config
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100,
@@ -67,7 +68,7 @@ def test_sites_are_found_at_each_familys_module_paths(family):
     for site in sites:
         suffix = f"encoder.layer.{site.layer}.{paths[site.kind]}"
         assert site.path.endswith("." + suffix) and site.target == suffix, site.name
-        assert modules[site.path] is site.module and site.method == SITE_METHODS[site.kind]
+        assert modules[site.path] is site.module and site.method == method_for(site.kind).name
     dims = {s.kind: (s.d_in, s.d_out) for s in sites if s.layer == 0}
     assert dims["query"] == (32, 32) and dims["ffn_in"] == (32, 64) and dims["ffn_out"] == (64, 32)
     assert dims["attn_block"] == dims["ffn_block"] == (32, 32)

@@ -13,7 +13,8 @@ from transformers import AutoModelForSequenceClassification, DebertaV2Config, Ro
 
 from layerlens.baselines.planned import layer_flops
 from layerlens.building import apply_plan
-from layerlens.methods import attach_adapter, attach_prefix
+from layerlens.methods.layers.adapter import attach_adapter
+from layerlens.methods.layers.prefix import attach_prefix
 from layerlens.models.backbones import RandomBertBackbone
 from layerlens.planning.costs import MB, Costs, Depth, SiteSpec, Workload, option_costs
 from layerlens.planning.plan import Choice, Plan

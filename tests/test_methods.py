@@ -8,7 +8,10 @@ from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertForSequenceClassification
 
 from layerlens.errors import LayerLensError
-from layerlens.methods import adapter_params, attach_adapter, attach_prefix, prefix_params
+from layerlens.methods.adapter import adapter_params
+from layerlens.methods.layers.adapter import attach_adapter
+from layerlens.methods.layers.prefix import attach_prefix
+from layerlens.methods.prefix import prefix_params
 
 HIDDEN = 32
 

@@ -12,7 +12,8 @@ from transformers import BertConfig, BertModel
 from layerlens.building import apply_plan, check_plan_fits
 from layerlens.budget import Budget, params_pct_for
 from layerlens.errors import LayerLensError
-from layerlens.methods import attach_adapter, attach_prefix
+from layerlens.methods.layers.adapter import attach_adapter
+from layerlens.methods.layers.prefix import attach_prefix
 from layerlens.planning.costs import Costs, Depth, SiteSpec, Workload, option_costs
 from layerlens.planning.plan import Choice, Plan
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, check_feasible, make_plan

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 
-from layerlens.methods import attach_prefix
+from layerlens.methods.layers.prefix import attach_prefix
 
 HIDDEN, HEADS, VOCAB = 32, 2, 100
 PREFIX_LENGTHS = (3, 2)  # one per layer

@@ -8,15 +8,16 @@ from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
-from layerlens.building import apply_plan, lora_config
+from layerlens.building import apply_plan, placements
 from layerlens.errors import LayerLensError
+from layerlens.methods import Build, lora, method_for
 from layerlens.planning.costs import Depth, SiteSpec, Workload
 from layerlens.planning.plan import Plan
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
 from layerlens.planning.utilities import planning_utilities
 from layerlens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
-from layerlens.sites import SITE_METHODS, Site, discover_sites, encoder_layers
+from layerlens.sites import SITE_KINDS, Site, discover_sites, encoder_layers
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
 from layerlens.validation import require_fraction, require_positive
 
@@ -36,7 +37,7 @@ class LayerLensBaseline:
 
     name: str = "layerlens"
     lr: float = 1.5e-3
-    sites: list[str] = field(default_factory=lambda: list(SITE_METHODS))
+    sites: list[str] = field(default_factory=lambda: list(SITE_KINDS))
     profile: ProfileSettings | dict = field(default_factory=ProfileSettings)
     planner: PlannerSettings | dict = field(default_factory=PlannerSettings)
     lora_alpha_ratio: float = 2.0  # lora_alpha = ratio * rank at every site: the same scale for every rank
@@ -49,12 +50,12 @@ class LayerLensBaseline:
         require_positive("baseline.lora_alpha_ratio", self.lora_alpha_ratio)
         require_fraction("baseline.lora_dropout", self.lora_dropout)
         if not isinstance(self.sites, (list, tuple)):
-            raise LayerLensError(f"baseline.sites must be a list of site kinds (choose from: {', '.join(SITE_METHODS)}), "
+            raise LayerLensError(f"baseline.sites must be a list of site kinds (choose from: {', '.join(SITE_KINDS)}), "
                                  f"got {self.sites!r}")
-        unknown = [kind for kind in self.sites if kind not in SITE_METHODS]
+        unknown = [kind for kind in self.sites if kind not in SITE_KINDS]
         if unknown or not self.sites:
             raise LayerLensError(f"baseline.sites: {str(unknown[0]) + ' is unknown' if unknown else 'none given'} "
-                                 f"(choose from: {', '.join(SITE_METHODS)})")
+                                 f"(choose from: {', '.join(SITE_KINDS)})")
         repeated = [kind for i, kind in enumerate(self.sites) if kind in self.sites[:i]]
         if repeated:
             raise LayerLensError(f"baseline.sites: {repeated[0]} is listed twice")
@@ -78,19 +79,24 @@ class LayerLensBaseline:
             raise LayerLensError(f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
                                  "(the methods of baseline.sites), got none")
 
-    @staticmethod
-    def method(kind: str) -> str:
-        return SITE_METHODS[kind]
+    def offered(self) -> list[str]:
+        """The methods the planner is given sizes for."""
+        return [method for method, sizes in self.planner.sizes.items() if sizes]
+
+    def method(self, kind: str) -> str:
+        return method_for(kind, self.offered()).name
 
     def check_task(self, task) -> None:
-        """Checks that need the task: a prefix no longer than the task's longest sequence."""
-        prefixes = self.planner.sizes.get("prefix", []) if "prefix" in map(self.method, self.sites) else []
-        if prefixes and max(prefixes) > task.max_length:
-            raise LayerLensError(f"baseline.planner.sizes.prefix must be <= task.max_length ({task.max_length}), "
-                                 f"got {max(prefixes)}")
+        """Checks that need the task: no size above the task setting that bounds its method's (a prefix no longer
+        than the task's longest sequence)."""
+        for method in dict.fromkeys(method_for(kind, self.offered()) for kind in self.sites):
+            sizes = self.planner.sizes.get(method.name, [])
+            if method.bounded_by is not None and sizes and max(sizes) > getattr(task, method.bounded_by):
+                raise LayerLensError(f"baseline.planner.sizes.{method.name} must be <= task.{method.bounded_by} "
+                                     f"({getattr(task, method.bounded_by)}), got {max(sizes)}")
 
     def plan(self, model: nn.Module, ctx: AdaptContext) -> Planned:
-        sites = discover_sites(model, self.sites)
+        sites = discover_sites(model, self.sites, self.offered())
         batches = ctx.train_batches()
         if hasattr(batches, "__len__") and len(batches) < self.profile.num_batches:
             raise LayerLensError(too_many_batches(self.profile.num_batches, len(batches)))
@@ -124,14 +130,16 @@ class LayerLensBaseline:
         (folder / PLAN_FILE).write_text(plan.to_json())
         title = f"LayerLens plan: {len(plan.adapted())} of {len(plan.choices)} sites adapted"
         files = [folder / PLAN_FILE, plot_plan(plan, folder / PLOT_FILE, title)]
-        if plan.method_counts().keys() == {"lora"}:
-            lora_config(plan, sites, self.lora_alpha_ratio, self.lora_dropout).save_pretrained(str(folder))
+        if plan.method_counts().keys() == {lora.LORA.name}:
+            chosen = [(site, size) for _, site, size in placements(plan, sites)]
+            build = Build((), self.lora_alpha_ratio, self.lora_dropout)
+            lora.peft_config(chosen, build).save_pretrained(str(folder))
             files.append(folder / CONFIG_NAME)
         return files
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapted:
         if ctx.reuse_plan:
-            sites, metrics, files = discover_sites(model, self.sites), {}, []
+            sites, metrics, files = discover_sites(model, self.sites, self.offered()), {}, []
             plan = Plan.from_json((ctx.output_dir / PLAN_FILE).read_text())
         else:
             sites, profile, plan, plan_s = self.plan(model, ctx)

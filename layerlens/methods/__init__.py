@@ -1,4 +1,17 @@
-from layerlens.methods.adapter import BottleneckAdapter, adapter_params, attach_adapter
-from layerlens.methods.prefix import attach_prefix, prefix_params
+"""The site methods, one module each; importing this package registers them (see layerlens.methods.registry).
 
-__all__ = ["BottleneckAdapter", "adapter_params", "attach_adapter", "attach_prefix", "prefix_params"]
+Torch-free at import: each method's torch side (layers/, peft) is imported when the method is applied.
+"""
+
+from layerlens.methods.registry import (METHODS, NONE, NONE_COLOUR, Build, Method, accepting, get_method, method_for,
+                                        register, unregister)
+
+# isort: off
+# Registered in this order: the order of the plot's legend, the report's columns and the default sizes.
+from layerlens.methods import lora
+from layerlens.methods import adapter
+from layerlens.methods import prefix
+# isort: on
+
+__all__ = ["METHODS", "NONE", "NONE_COLOUR", "Build", "Method", "accepting", "adapter", "get_method", "lora",
+           "method_for", "prefix", "register", "unregister"]

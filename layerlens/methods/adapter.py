@@ -1,43 +1,44 @@
-"""Bottleneck adapter (Houlsby-style) added to the output of one transformer sub-block."""
+"""A bottleneck adapter (Houlsby-style) on a sub-block's output: x + up(gelu(down(x))), `width` wide."""
 
-import torch
-from torch import nn
+from __future__ import annotations
 
-from layerlens.errors import LayerLensError
+from typing import TYPE_CHECKING
 
-ATTR = "layerlens_adapter"
+from layerlens.methods.registry import Method, register
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from layerlens.planning.costs import SiteSpec, Workload
+    from layerlens.sites import Site
 
 
 def adapter_params(hidden: int, width: int) -> int:
     return 2 * hidden * width + width + hidden
 
 
-class BottleneckAdapter(nn.Module):
-    """x + up(gelu(down(x))); `up` starts at zero so the adapter is the identity at init."""
-
-    def __init__(self, hidden: int, width: int):
-        super().__init__()
-        self.down = nn.Linear(hidden, width)
-        self.act = nn.GELU()
-        self.up = nn.Linear(width, hidden)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.up(self.act(self.down(x)))
+def dims(module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
+    width = module.dense.out_features  # a block output: as wide as its projection's output
+    return width, width
 
 
-def attach_adapter(block: nn.Module, hidden_size: int, width: int) -> BottleneckAdapter:
-    """Add an adapter to `block`'s output (e.g. BertSelfOutput or BertOutput).
+def costs(site: SiteSpec, width: int, w: Workload) -> tuple[float, float, float]:
+    hidden = site.d_out
+    return adapter_params(hidden, width), 4.0 * hidden * width, w.tokens_per_batch * (2 * width + hidden)
 
-    A forward hook on the block itself keeps working when peft replaces its `dense` child.
-    """
-    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-        raise LayerLensError(f"width must be a positive integer, got {width!r}")
-    if hasattr(block, ATTR):
-        raise LayerLensError(f"{type(block).__name__} already has an adapter")
-    ref = next(block.parameters())
-    adapter = BottleneckAdapter(hidden_size, width).to(device=ref.device, dtype=ref.dtype)
-    block.add_module(ATTR, adapter)
-    block.register_forward_hook(lambda module, args, output: getattr(module, ATTR)(output))
-    return adapter
+
+def attach(site: Site, width: int) -> nn.Module:
+    from layerlens.methods.layers.adapter import attach_adapter
+
+    return attach_adapter(site.module, site.d_out, width)
+
+
+ADAPTER = register(Method(
+    name="adapter",
+    kinds=("attn_block", "ffn_block"),
+    size_name="width",
+    colour="tab:orange",
+    dims=dims,
+    costs=costs,
+    attach=attach,
+))

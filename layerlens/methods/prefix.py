@@ -1,78 +1,46 @@
-"""Prefix-tuning on one self-attention layer: learned keys/values prepended to the layer's own."""
+"""Prefix-tuning on a self-attention layer: `length` learned keys and values prepended to the layer's own."""
 
-import types
+from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from typing import TYPE_CHECKING
 
-from layerlens.errors import LayerLensError
+from layerlens.methods.registry import Method, register
 
-ATTR = "layerlens_prefix"
+if TYPE_CHECKING:
+    from torch import nn
+
+    from layerlens.planning.costs import SiteSpec, Workload
+    from layerlens.sites import Site
 
 
 def prefix_params(hidden: int, length: int) -> int:
     return 2 * length * hidden
 
 
-class Prefix(nn.Module):
-    def __init__(self, length: int, hidden: int):
-        super().__init__()
-        # N(0, 0.02) (BERT's initializer_range): near-zero keys give the prefix only a small, even
-        # share of attention and near-zero values add almost nothing, so a pretrained layer is
-        # barely perturbed at init (peft's N(0, 1) default is far harsher).
-        self.keys = nn.Parameter(torch.randn(length, hidden) * 0.02)
-        self.values = nn.Parameter(torch.randn(length, hidden) * 0.02)
+def dims(module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
+    width = profiled[0].out_features  # keys and values as wide as the key projection's output
+    return width, width
 
 
-def _extend_mask(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
-    """Prepend `length` always-visible key positions to an sdpa (bool) or eager (additive) mask."""
-    if mask is None:
-        return None
-    visible = mask.new_full((*mask.shape[:-1], length), True if mask.dtype == torch.bool else 0)
-    return torch.cat([visible, mask], dim=-1)
+def costs(site: SiteSpec, length: int, w: Workload) -> tuple[float, float, float]:
+    hidden = site.d_out
+    # Each token's query meets `length` more keys and mixes `length` more values; scores and probabilities stay.
+    return prefix_params(hidden, length), 4.0 * length * hidden, 2.0 * w.batch_size * w.num_heads * w.seq_len * length
 
 
-def _prefixed_forward(self, hidden_states, attention_mask=None, past_key_values=None, **kwargs):
-    """BertSelfAttention.forward with the prefix prepended to keys and values."""
-    if past_key_values is not None:
-        raise NotImplementedError("prefix-tuned attention does not support a KV cache")
-    batch, seq = hidden_states.shape[:2]
-    heads, size = self.num_attention_heads, self.attention_head_size
+def attach(site: Site, length: int) -> nn.Module:
+    from layerlens.methods.layers.prefix import attach_prefix
 
-    def split(x):  # (..., n, hidden) -> (..., heads, n, size)
-        return x.unflatten(-1, (heads, size)).transpose(-3, -2)
-
-    prefix = getattr(self, ATTR)
-    query = split(self.query(hidden_states))
-    key = torch.cat([split(prefix.keys).expand(batch, -1, -1, -1), split(self.key(hidden_states))], dim=2)
-    value = torch.cat([split(prefix.values).expand(batch, -1, -1, -1), split(self.value(hidden_states))], dim=2)
-    out = F.scaled_dot_product_attention(
-        query,
-        key,
-        value,
-        attn_mask=_extend_mask(attention_mask, prefix.keys.shape[0]),
-        dropout_p=self.dropout.p if self.training else 0.0,
-        scale=self.scaling,
-    )
-    return out.transpose(1, 2).reshape(batch, seq, -1), None
+    return attach_prefix(site.module, length)
 
 
-def attach_prefix(self_attention: nn.Module, length: int) -> nn.Module:
-    """Prefix-tune a transformers BertSelfAttention (or RobertaSelfAttention, its copy) in place; returns the prefix.
-
-    Its query/key/value children are called, not read, so peft-LoRA-wrapped projections still apply.
-    Attention weights are not returned (None), as with transformers' sdpa attention.
-    """
-    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
-        raise LayerLensError(f"length must be a positive integer, got {length!r}")
-    if hasattr(self_attention, ATTR):
-        raise LayerLensError(f"{type(self_attention).__name__} already has a prefix")
-    if not all(hasattr(self_attention, name) for name in ("query", "key", "value", "scaling")):
-        raise LayerLensError(f"{type(self_attention).__name__} is not a BERT-style self-attention "
-                             "(query, key, value and scaling): a prefix cannot be attached")
-    ref = next(self_attention.parameters())
-    prefix = Prefix(length, self_attention.all_head_size).to(device=ref.device, dtype=ref.dtype)
-    self_attention.add_module(ATTR, prefix)
-    self_attention.forward = types.MethodType(_prefixed_forward, self_attention)
-    return prefix
+PREFIX = register(Method(
+    name="prefix",
+    kinds=("attention",),
+    size_name="prefix length",
+    colour="tab:green",
+    dims=dims,
+    costs=costs,
+    attach=attach,
+    bounded_by="max_length",  # no longer than the task's longest sequence
+))

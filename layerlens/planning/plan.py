@@ -20,7 +20,7 @@ class Choice:
     kind: str
     allowed: str  # the method this site's kind accepts (besides none)
     method: str  # "none" or the method applied
-    size: int  # rank, bottleneck width or prefix length; 0 for none
+    size: int  # its method's size (Method.size_name: a rank, a width, ...); 0 for none
     utility: float
     costs: Costs
 

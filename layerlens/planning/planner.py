@@ -3,15 +3,16 @@
 from dataclasses import dataclass, field
 
 from layerlens.errors import LayerLensError
+from layerlens.methods import METHODS
 from layerlens.planning.allocator import BUDGET_TOLERANCE, allocate
-from layerlens.planning.costs import METHODS, Costs, Depth, SiteSpec, Workload, option_costs
+from layerlens.planning.costs import Costs, Depth, SiteSpec, Workload, option_costs
 from layerlens.planning.plan import COST_NAMES, TRAIN_TIME, Choice, Plan
 from layerlens.planning.utilities import PROFILED, UTILITIES
 from layerlens.validation import at_least, is_number, require_choice, require_int, require_positive, shown
 
 
 def _default_sizes() -> dict[str, list[int]]:
-    return {"lora": list(range(1, 17)), "adapter": list(range(1, 17)), "prefix": list(range(1, 17))}
+    return {name: list(method.sizes) for name, method in METHODS.items()}
 
 
 @dataclass
@@ -31,11 +32,13 @@ class PlannerSettings:
         for method, sizes in self.sizes.items():
             if method not in METHODS:
                 raise LayerLensError(f"baseline.planner.sizes: unknown method {method!r} (choose from: {', '.join(METHODS)})")
+            allowed = METHODS[method].size_range
             if not isinstance(sizes, (list, tuple)):
-                raise LayerLensError(f"baseline.planner.sizes.{method} must be a list of integers >= 1, got {sizes!r}")
-            bad = [s for s in sizes if isinstance(s, bool) or not isinstance(s, int) or s < 1]
+                raise LayerLensError(f"baseline.planner.sizes.{method} must be a list of integers {allowed}, "
+                                     f"got {sizes!r}")
+            bad = [s for s in sizes if not METHODS[method].allows(s)]
             if bad:
-                raise LayerLensError(f"baseline.planner.sizes.{method} must be integers >= 1, got {bad[0]!r}")
+                raise LayerLensError(f"baseline.planner.sizes.{method} must be integers {allowed}, got {bad[0]!r}")
         if not (is_number(self.gain_exponent) and 0 < self.gain_exponent <= 1):
             raise LayerLensError(f"baseline.planner.gain_exponent must be in (0, 1], got {self.gain_exponent!r}")
         require_positive("baseline.planner.flops_per_s", self.flops_per_s)

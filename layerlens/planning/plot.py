@@ -5,12 +5,12 @@ from pathlib import Path
 from matplotlib.figure import Figure  # no pyplot: no backend to choose, Agg renders the PNG
 from matplotlib.patches import Rectangle
 
+from layerlens.methods import METHODS, NONE, NONE_COLOUR
 from layerlens.planning.plan import Plan
-
-METHOD_COLOURS = {"lora": "tab:blue", "adapter": "tab:orange", "prefix": "tab:green", "none": "lightgrey"}
 
 
 def plot_plan(plan: Plan, path: Path, title: str) -> Path:
+    colours = {**{name: method.colour for name, method in METHODS.items()}, NONE: NONE_COLOUR}
     kinds = list(dict.fromkeys(c.kind for c in plan.choices))
     layers = sorted({c.layer for c in plan.choices})
     fig = Figure(figsize=(max(8, 0.28 * len(plan.choices)), 7))
@@ -19,15 +19,15 @@ def plot_plan(plan: Plan, path: Path, title: str) -> Path:
     top.bar(xs, [c.utility for c in plan.choices], color="tab:purple")
     top.set_ylabel("utility (profiled)")
     top.set_title(title, fontsize=10)
-    bottom.bar(xs, [c.size for c in plan.choices], color=[METHOD_COLOURS[c.method] for c in plan.choices])
-    bottom.set_ylabel("size (rank / width / prefix length)")
+    bottom.bar(xs, [c.size for c in plan.choices], color=[colours[c.method] for c in plan.choices])
+    bottom.set_ylabel(f"size ({' / '.join(method.size_name for method in METHODS.values())})")
     bottom.set_xticks(list(xs), [c.site for c in plan.choices], rotation=90, fontsize=7)
     for boundary in range(len(kinds), len(plan.choices), len(kinds)):
         for ax in (top, bottom):
             ax.axvline(boundary - 0.5, color="grey", linewidth=0.5)
-    handles = [Rectangle((0, 0), 1, 1, color=colour) for colour in METHOD_COLOURS.values()]
+    handles = [Rectangle((0, 0), 1, 1, color=colour) for colour in colours.values()]
     # Above the axes: over the bars it would hide the tallest.
-    bottom.legend(handles, list(METHOD_COLOURS), loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncols=4,
+    bottom.legend(handles, list(colours), loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncols=4,
                   frameon=False)
     used = ", ".join(f"{name} {100 * share:.1f}%" for name, share in plan.utilisation().items()) or "no budget"
     bottom.set_xlabel(f"site (layers {layers[0]}-{layers[-1]}); budget used: {used}")

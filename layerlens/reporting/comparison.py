@@ -8,6 +8,7 @@ import pandas as pd
 from layerlens.data.kinds import TASK_KINDS, on_test
 from layerlens.data.tasks import DEFAULT_HEADLINE
 from layerlens.errors import LayerLensError
+from layerlens.methods import METHODS
 
 # Every test-split metric of every task kind (a run logs those of its own kind), then cost. The selection split's
 # val/* chose each run's checkpoint, so they are not what a comparison reports.
@@ -107,29 +108,30 @@ def summarise(runs: pd.DataFrame, targets: list[Target], reference: str = "full_
     return table
 
 
-PLAN_CHECKS = {
-    "profile/grad_corr": "grad corr",
-    "profile/grad_corr_p": "grad corr p",
-    "profile/fisher_corr": "Fisher corr",
-    "profile/fisher_corr_p": "Fisher corr p",
-    "profile/utility_cv": "utility CV",
-    "plan/utilisation/params": "params budget used",
-    "plan/consistency/lora": "consistency lora",
-    "plan/consistency/adapter": "consistency adapter",
-    "plan/consistency/prefix": "consistency prefix",
-    "plan/rank_utility_spearman": "rank-utility Spearman",
-    "plan/method_diversity": "methods used",
-    "time/profile_s": "profile s",
-}
+def plan_check_columns() -> dict[str, str]:
+    """Metric -> column of the plan checks: the profile's, the plan's, and its consistency in each method."""
+    return {
+        "profile/grad_corr": "grad corr",
+        "profile/grad_corr_p": "grad corr p",
+        "profile/fisher_corr": "Fisher corr",
+        "profile/fisher_corr_p": "Fisher corr p",
+        "profile/utility_cv": "utility CV",
+        "plan/utilisation/params": "params budget used",
+        **{f"plan/consistency/{method}": f"consistency {method}" for method in METHODS},
+        "plan/rank_utility_spearman": "rank-utility Spearman",
+        "plan/method_diversity": "methods used",
+        "time/profile_s": "profile s",
+    }
 
 
 def plan_checks(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per run that profiled and planned: its split-half utility checks and its plan's checks."""
-    present = [metric for metric in PLAN_CHECKS if metric in runs]
+    columns = plan_check_columns()
+    present = [metric for metric in columns if metric in runs]
     if "profile/grad_corr" not in present:
         return pd.DataFrame()
     planned = runs.dropna(subset=["profile/grad_corr"]).sort_values(["task", "model", "run_name", "start_time"])
-    return planned[["task", "model", "run_name", "sweep", *present]].rename(columns=PLAN_CHECKS).reset_index(drop=True)
+    return planned[["task", "model", "run_name", "sweep", *present]].rename(columns=columns).reset_index(drop=True)
 
 
 def label_variants(runs: pd.DataFrame) -> pd.DataFrame:
