@@ -1,0 +1,137 @@
+"""The method registry: a new method is one Method, registered; the planner, the builder, the plot and the report
+take it from there. The toy below is docs/architecture.md's worked example."""
+
+import subprocess
+import sys
+from dataclasses import replace
+
+import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
+
+from layerlens.baselines.planned import LayerLensBaseline
+from layerlens.building import apply_plan
+from layerlens.errors import LayerLensError
+from layerlens.methods import METHODS, Method, accepting, register, unregister
+from layerlens.planning.costs import SiteSpec, Workload
+from layerlens.planning.planner import PlannerSettings, make_plan
+from layerlens.planning.plot import plot_plan
+from layerlens.reporting.comparison import plan_check_columns
+from layerlens.settings import build
+from layerlens.sites import SITE_KINDS, discover_sites
+from tests.conftest import compose_config
+
+WORKLOAD = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=60.0, num_heads=2, flops_per_s=1e10)
+
+
+def attach_toy(site, size):
+    site.module.register_parameter("toy", torch.nn.Parameter(torch.zeros(size, site.d_out)))
+
+
+# A made-up method on the feed-forward block's output: `size` rows of its width, with made-up costs.
+TOY = Method(
+    name="toy",
+    kinds=("ffn_block",),
+    size_name="rows",
+    colour="tab:red",
+    dims=lambda module, profiled: (module.dense.out_features, module.dense.out_features),
+    costs=lambda site, size, w: (size * site.d_out, 2.0 * size * site.d_out, w.tokens_per_batch * size),
+    attach=attach_toy,
+)
+
+
+@pytest.fixture
+def toy():
+    register(TOY)
+    yield TOY
+    unregister(TOY.name)
+
+
+def tiny_bert():
+    torch.manual_seed(0)
+    return BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                    intermediate_size=64, vocab_size=100))
+
+
+def test_a_registered_method_is_planned_built_plotted_and_reported(toy, tmp_path):
+    assert [method.name for method in accepting("ffn_block")] == ["adapter", "toy"]
+    model = tiny_bert()
+    sites = discover_sites(model, ["query", "ffn_block"], offered=["lora", "toy"])
+    assert [(s.name, s.method, s.d_in, s.d_out) for s in sites] == [
+        ("L0.query", "lora", 32, 32), ("L0.ffn_block", "toy", 32, 32),
+        ("L1.query", "lora", 32, 32), ("L1.ffn_block", "toy", 32, 32)]
+    specs = [SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, u)
+             for s, u in zip(sites, [1.0, 4.0, 0.5, 2.0])]
+    # toy of size 4: 128 parameters; LoRA of rank 2 at 32x32: 128. Room for three of the four, and the toy at L1
+    # (utility 2 * 4**0.5 = 4) is worth more than LoRA at either query (at most 1 * 2**0.5).
+    plan = make_plan(specs, WORKLOAD, {"params": 400.0}, PlannerSettings(sizes={"lora": [2], "toy": [4]}))
+    assert [(c.site, c.method, c.size) for c in plan.choices] == [
+        ("L0.query", "lora", 2), ("L0.ffn_block", "toy", 4), ("L1.query", "none", 0), ("L1.ffn_block", "toy", 4)]
+    assert plan.choices[1].costs.as_dict() == pytest.approx({
+        "params": 128.0, "flops": 256.0, "memory_mb": (128 * 16 + 400 * 4 * 4) / 2**20,
+        "latency_ms": 3 * 256 * 400 / 1e10 * 1e3})
+    assert plan.metrics()["plan/consistency/toy"] == 1.0 and "plan/consistency/toy" in plan_check_columns()
+
+    model = apply_plan(model, sites, plan, 2.0, 0.0)
+    trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+    assert {name for name in trainable if name.endswith(".toy")} == {
+        "base_model.model.bert.encoder.layer.0.output.toy", "base_model.model.bert.encoder.layer.1.output.toy"}
+    added = sum(n for name, n in trainable.items() if "lora_" in name or name.endswith(".toy"))
+    assert added == plan.totals()["params"]
+    assert plot_plan(plan, tmp_path / "plan.png", "toy").stat().st_size > 0
+
+
+def test_where_two_methods_accept_a_kind_the_planners_sizes_choose_one(toy):
+    # docs/architecture.md's command line
+    cfg = compose_config("run", ["baseline=layerlens", "baseline.planner.sizes.adapter=[]",
+                                 "+baseline.planner.sizes.toy=[1,2,4]"])
+    assert build(cfg, "baseline").method("ffn_block") == "toy"
+    assert LayerLensBaseline(sites=["ffn_block"], planner={"sizes": {"adapter": [2], "toy": []}}).method(
+        "ffn_block") == "adapter"
+    with pytest.raises(LayerLensError, match=r"^site kind 'ffn_block' is accepted by adapter and toy: give sizes to "
+                                             r"exactly one of them \(baseline.planner.sizes\)$"):
+        LayerLensBaseline(sites=["ffn_block"], planner={"sizes": {"adapter": [2], "toy": [1]}})
+
+
+def test_a_method_is_registered_once(toy):
+    with pytest.raises(LayerLensError, match="^method 'toy' is registered already$"):
+        register(TOY)
+
+
+def test_a_methods_size_range_bounds_the_planners_sizes():
+    register(replace(TOY, max_size=4, sizes=(1, 2, 4)))
+    try:
+        with pytest.raises(LayerLensError, match=r"^baseline.planner.sizes.toy must be integers from 1 to 4, got 8$"):
+            PlannerSettings(sizes={"toy": [2, 8]})
+    finally:
+        unregister(TOY.name)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"name": "none"}, "method name must be an identifier other than 'none', got 'none'"),
+    ({"kinds": "ffn_block"}, "method 'toy': kinds must be a non-empty list of site kinds, got 'ffn_block'"),
+    ({"colour": ""}, "method 'toy': colour must be a non-empty string, got ''"),
+    ({"costs": None}, "method 'toy': costs must be a function, got None"),
+    ({"attach": None}, "method 'toy': give exactly one of wrap and attach, a function"),
+    ({"wrap": lambda model, chosen, build: model}, "method 'toy': give exactly one of wrap and attach, a function"),
+    ({"sizes": (0, 1)}, r"method 'toy': sizes must be a non-empty list of integers >= 1, got \(0, 1\)"),
+    ({"max_size": 2}, r"method 'toy': sizes must be a non-empty list of integers from 1 to 2, got \(1, 2, 3"),
+])
+def test_a_method_is_checked_when_declared(change, message):
+    with pytest.raises(LayerLensError, match="^" + message):
+        replace(TOY, **change)
+
+
+def test_the_registry_and_the_planner_import_without_torch():
+    code = ("import sys, layerlens.methods, layerlens.planning.planner, layerlens.planning.plan; "
+            "print(sorted({'torch', 'peft', 'transformers'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_each_site_kind_accepts_the_one_method_it_always_has():
+    # Last in this file: the toy registered by the tests above is gone again.
+    assert list(METHODS) == ["lora", "adapter", "prefix"]
+    assert {kind: [method.name for method in accepting(kind)] for kind in SITE_KINDS} == {
+        **dict.fromkeys(["query", "key", "value", "attn_out", "ffn_in", "ffn_out"], ["lora"]),
+        "attn_block": ["adapter"], "ffn_block": ["adapter"], "attention": ["prefix"]}
