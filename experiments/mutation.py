@@ -15,7 +15,11 @@ What it does, and why:
   otherwise import `layerlens` from the checkout, never from mutants/, and every mutant would survive;
 - runs at nice 19 with one thread per process (OMP_NUM_THREADS=1);
 - writes OUT/summary.md (killed / survived / timeout / no tests per module), OUT/mutants.tsv (every mutant: status,
-  line, the change in one line) and OUT/run.json (command, versions, machine, date, duration).
+  line, the change in one line) and OUT/run.json (command, versions, machine, date, duration);
+- with `--baseline DIR` (an earlier run's folder): for each mutant that survived there and is killed now, the first
+  test to fail on it, in OUT/killers.tsv. The tests that passed there pass on it still, so that test is a new or a
+  changed one. Each mutant runs in a fork of one warm process, against the tests that call its function, fastest
+  first, up to the first failure.
 """
 
 import argparse
@@ -46,6 +50,48 @@ sys.path[:] = [p for p in sys.path if p.rstrip("/") != {str(REPO)!r}]
 sys.argv[0] = "mutmut"
 from mutmut.__main__ import cli
 cli()
+"""
+
+
+# Which test fails first on each mutant: run in the scratch folder, argv[1] the mutant names (one a line), argv[2]
+# the file for "mutant<TAB>test" lines.
+KILLERS = BOOT.split("sys.argv[0]")[0] + """
+import json, os, signal
+os.chdir("mutants")
+sys.path.insert(0, os.getcwd())
+import pytest, torch, transformers  # warm: imported once, before the forks
+names = open(sys.argv[1]).read().split()
+stats = json.load(open("mutmut-stats.json"))
+tests_by_function, duration = stats["tests_by_mangled_function_name"], stats["duration_by_test"]
+files = sorted({test.split("::")[0] for tests in tests_by_function.values() for test in tests})
+pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "--rootdir=.", *files])  # warm: the test modules too
+
+class First:
+    failed = None
+    def pytest_runtest_logreport(self, report):
+        if report.failed and First.failed is None:
+            First.failed = report.nodeid
+
+with open(sys.argv[2], "w") as out:
+    for name in names:
+        tests = sorted(tests_by_function.get(name.partition("__mutmut_")[0], []), key=lambda t: duration.get(t, 0))
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            os.environ["MUTANT_UNDER_TEST"] = name
+            signal.alarm(600)
+            pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--rootdir=.", "--tb=no", "--no-header", "-W", "ignore",
+                         *tests], plugins=[First()])
+            os.write(write, (First.failed or "").encode())
+            os._exit(0)
+        os.close(write)
+        killer = b""
+        while chunk := os.read(read, 65536):
+            killer += chunk
+        os.waitpid(pid, 0)
+        out.write(f"{name}\\t{killer.decode() or '(none failed)'}\\n")
+        out.flush()
 """
 
 
@@ -124,6 +170,11 @@ def _order(name: str) -> tuple[str, int]:
     return stem, int(number) if number.isdigit() else 0
 
 
+def _read_tsv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
 def summary(rows: list[dict], modules: list[str]) -> str:
     lines = ["| module | mutants | killed | survived | timeout | no tests | other | % killed | % killed or timeout |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
@@ -146,6 +197,8 @@ def main() -> None:
     parser.add_argument("--from", dest="source", choices=["HEAD", "worktree"], default="HEAD")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/layerlens-mutation"))
     parser.add_argument("--max-children", type=int, default=2)
+    parser.add_argument("--baseline", type=Path, help="an earlier run's folder: name the test that kills each of "
+                                                     "its survivors killed now (OUT/killers.tsv)")
     args = parser.parse_args()
     modules = args.modules or config["only_mutate"]
     unknown = [m for m in modules if m not in config["only_mutate"]]
@@ -153,6 +206,7 @@ def main() -> None:
         parser.error(f"not in [tool.mutmut] only_mutate: {', '.join(unknown)}")
     out = args.out.resolve()
     workdir = args.workdir.resolve()
+    baseline = args.baseline.resolve() if args.baseline else None
 
     copied = populate(workdir, args.source)
     place_extension(workdir)
@@ -190,6 +244,12 @@ def main() -> None:
         "transformers": version("transformers"), "peft": version("peft"),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
     }, indent=2) + "\n")
+    if baseline:
+        survived = {r["mutant"] for r in _read_tsv(baseline / "mutants.tsv") if r["status"] != "killed"}
+        now_killed = [r["mutant"] for r in rows if r["mutant"] in survived and r["status"] == "killed"]
+        (workdir / "killers.in").write_text("\n".join(now_killed) + "\n")
+        subprocess.run(["nice", "-n", "19", sys.executable, "-c", KILLERS, str(workdir / "killers.in"),
+                        str(out / "killers.tsv")], cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL)
     print(summary(rows, modules), end="")
     print(f"{seconds:.0f} s; every mutant in {out / 'mutants.tsv'}")
 
