@@ -353,7 +353,8 @@ def test_the_training_time_named_as_needed_is_the_smallest_that_fits():
     assert (again.value.name, again.value.needed) == ("train_time_pct", err.value.needed)
 
 
-def test_with_a_training_time_budget_another_budget_that_binds_is_the_one_named():
+@pytest.mark.parametrize("spare_pct", [0.0, 0.01])  # 0: exactly the time of backpropagation to layer 1 (37.5%)
+def test_with_a_training_time_budget_another_budget_that_binds_is_the_one_named(spare_pct):
     with pytest.raises(NoPlanFits, match=r"^budget\.params must be >= 64 for any plan to fit ") as err:
         depth_planned({"params": 10.0, "train_time_pct": 99.0})
     assert err.value.name == "params"
@@ -361,7 +362,7 @@ def test_with_a_training_time_budget_another_budget_that_binds_is_the_one_named(
     # any: the latency budget is the one named.
     cheapest_ms = min(option_costs(spec(s), s.method, 1, WORKLOAD).latency_ms
                       for s in discover_sites(tiny_bert(), ["query", "value", "ffn_block"]) if s.layer == 1)
-    limit = 100 * DEPTH.fraction(1) + 0.01
+    limit = 100 * DEPTH.fraction(1) + spare_pct
     assert limit < 100 * (DEPTH.fraction(1) + cheapest_ms / DEPTH.full_ft_step_ms(WORKLOAD))
     with pytest.raises(NoPlanFits) as err:
         depth_planned({"params": 2000.0, "latency_ms": 1e-6, "train_time_pct": limit})
@@ -413,3 +414,12 @@ def test_by_default_every_method_is_offered_sizes_1_to_16_and_a_boolean_size_is_
     assert PlannerSettings().sizes == {method: list(range(1, 17)) for method in ("lora", "adapter", "prefix")}
     with pytest.raises(LayerLensError, match="^baseline[.]planner[.]sizes[.]lora must be integers >= 1, got True$"):
         PlannerSettings(sizes={"lora": [2, True]})
+
+
+def test_at_exactly_the_training_time_named_the_budget_that_binds_next_is_named():
+    with pytest.raises(NoPlanFits) as err:
+        depth_planned({"params": 2000.0, "train_time_pct": 20.0})
+    needed = err.value.needed  # as a user would take it from the error, to the last digit
+    with pytest.raises(NoPlanFits) as again:
+        depth_planned({"params": 10.0, "train_time_pct": needed})
+    assert again.value.name == "params"
