@@ -16,10 +16,10 @@ What it does, and why:
 - runs at nice 19 with one thread per process (OMP_NUM_THREADS=1);
 - writes OUT/summary.md (killed / survived / timeout / no tests per module), OUT/mutants.tsv (every mutant: status,
   line, the change in one line) and OUT/run.json (command, versions, machine, date, duration);
-- with `--baseline DIR` (an earlier run's folder): for each mutant that survived there and is killed now, the first
-  test to fail on it, in OUT/killers.tsv. The tests that passed there pass on it still, so that test is a new or a
-  changed one. Each mutant runs in a fork of one warm process, against the tests that call its function, fastest
-  first, up to the first failure.
+- with `--baseline DIR` (an earlier run's folder): for each mutant that survived there and is killed now (the same
+  function, number and change, in whichever module), the first test to fail on it, in OUT/killers.tsv. The tests
+  that passed there pass on it still, so that test is a new or a changed one. Each mutant runs in a fork of one
+  warm process, against the tests that call its function, fastest first, up to the first failure.
 """
 
 import argparse
@@ -170,6 +170,12 @@ def _order(name: str) -> tuple[str, int]:
     return stem, int(number) if number.isdigit() else 0
 
 
+def same_mutant(row: dict) -> tuple[str, str]:
+    """A mutant as it is known across runs: its function's mangled name and number, and the change, but not its
+    module, so that a function moved unchanged to another module (methods/layers/) keeps its mutants."""
+    return row["mutant"].rpartition(".")[2], row["change"]
+
+
 def _read_tsv(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))
@@ -245,8 +251,8 @@ def main() -> None:
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
     }, indent=2) + "\n")
     if baseline:
-        survived = {r["mutant"] for r in _read_tsv(baseline / "mutants.tsv") if r["status"] != "killed"}
-        now_killed = [r["mutant"] for r in rows if r["mutant"] in survived and r["status"] == "killed"]
+        survived = {same_mutant(r) for r in _read_tsv(baseline / "mutants.tsv") if r["status"] != "killed"}
+        now_killed = [r["mutant"] for r in rows if same_mutant(r) in survived and r["status"] == "killed"]
         (workdir / "killers.in").write_text("\n".join(now_killed) + "\n")
         subprocess.run(["nice", "-n", "19", sys.executable, "-c", KILLERS, str(workdir / "killers.in"),
                         str(out / "killers.tsv")], cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL)
