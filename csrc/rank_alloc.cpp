@@ -1,44 +1,28 @@
-// Native core of LayerLens's planner.
-//
-// build_info() names the native build; the pipeline records it with every run.
-// solve() is the allocator: the multiple-choice knapsack with several budgets. Each site (a layer)
-// offers options (a method and size), each with a value and one cost per budget; it picks exactly one
-// option per site, maximising the total value with every budget kept, to within kGapTolerance. Invalid
-// or infeasible input throws std::invalid_argument, which Python sees as ValueError.
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
+// The allocator's solver and checks (see rank_alloc.hpp); no Python here.
+#include "rank_alloc.hpp"
 
 #include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <iterator>
 #include <limits>
 #include <numeric>
-#include <sstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
 #include <vector>
 
-namespace py = pybind11;
-
+namespace layerlens {
 namespace {
 
 using std::size_t;
-using Doubles = py::array_t<double, py::array::c_style | py::array::forcecast>;
-using Indices = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>;
 
-// A plan fits budget k when its total cost is at most B_k * (1 + kBudgetTolerance): the slack only
-// absorbs rounding in sums of costs.
-constexpr double kBudgetTolerance = 1e-9;
-// The solver stops once no plan can beat the best found by more than this, relatively: 0.05%, half the
-// 0.1% of the optimum that the tests allow.
-constexpr double kGapTolerance = 5e-4;
-// The search keeps at most this many partial plans after each site, a deterministic cap on its work
-// (past it, the best plan found is returned); a first, cheaper pass keeps kScoutStates.
-constexpr size_t kMaxStates = 1 << 10;
+// A first, cheap pass of the search keeps this many partial plans (at most kMaxStates in the last).
 constexpr size_t kScoutStates = 16;
 // With more than two budgets, a partial plan is checked for dominance against this many others.
 constexpr size_t kDominanceWindow = 256;
@@ -50,32 +34,48 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 constexpr const char* kJointlyInfeasible =
     "no plan fits all budgets together (each budget alone can be met)";
 
-std::string build_info() {
-    std::string compiler =
-#if defined(__clang__)
-        "clang " __clang_version__;
-#elif defined(__GNUC__)
-        "gcc " __VERSION__;
-#else
-        "unknown compiler";
-#endif
-    return "layerlens._rank_alloc (" + compiler + ", C++ " + std::to_string(__cplusplus) +
-           ", pybind11 " + std::to_string(PYBIND11_VERSION_MAJOR) + "." +
-           std::to_string(PYBIND11_VERSION_MINOR) + ")";
-}
-
 [[noreturn]] void fail(const std::string& message) { throw std::invalid_argument(message); }
 
-std::string str(double x) {
-    std::ostringstream out;
-    out.precision(12);
-    out << x;
-    return out.str();
-}
-
+std::string str(std::size_t x) { return std::to_string(x); }
 std::string str(std::int64_t x) { return std::to_string(x); }
 
-// The arrays of one problem, checked. Site i's options are rows offset[i] .. offset[i+1]-1.
+// x as Python's repr writes a float: the shortest digits that read back as x (of those, the closest),
+// positional with a digit after the point when x's decimal exponent is in [-4, 16), else d.ddde+XX.
+std::string repr(double x) {
+    if (std::isnan(x)) return "nan";
+    if (std::isinf(x)) return x > 0 ? "inf" : "-inf";
+    char buffer[64];
+    const char* end = std::to_chars(buffer, buffer + sizeof buffer, x, std::chars_format::scientific).ptr;
+    const std::string text(buffer, static_cast<size_t>(end - buffer));  // [-]d[.ddd]e(+|-)dd[d]
+    const size_t e = text.find('e');
+    const bool negative = text[0] == '-';
+    std::string digits;
+    for (size_t j = negative ? 1 : 0; j < e; ++j)
+        if (text[j] != '.') digits += text[j];
+    const int exponent = std::atoi(text.c_str() + e + 1);
+    const int point = exponent + 1, count = static_cast<int>(digits.size());  // digits before the point
+    std::string out = negative ? "-" : "";
+    if (-4 < point && point <= 16) {
+        if (point <= 0) return out + "0." + std::string(static_cast<size_t>(-point), '0') + digits;
+        if (point >= count) return out + digits + std::string(static_cast<size_t>(point - count), '0') + ".0";
+        return out + digits.substr(0, static_cast<size_t>(point)) + "." + digits.substr(static_cast<size_t>(point));
+    }
+    out += digits.substr(0, 1) + (count > 1 ? "." + digits.substr(1) : "");
+    const std::string magnitude = std::to_string(std::abs(exponent));
+    return out + (exponent < 0 ? "e-" : "e+") + (magnitude.size() < 2 ? "0" : "") + magnitude;
+}
+
+// x as Python's format(x, "g") writes it: 6 significant digits.
+std::string general(double x) {
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%g", x);
+    return buffer;
+}
+
+// What every value, cost and budget must be.
+bool valid(double x) { return std::isfinite(x) && x >= 0; }
+
+// A checked problem, as the solver reads it. Site i's options are rows offset[i] .. offset[i+1]-1.
 struct Instance {
     size_t n = 0;  // sites
     size_t m = 0;  // budgets
@@ -85,59 +85,6 @@ struct Instance {
     const double* budget = nullptr;         // [m]
     double c(size_t row, size_t k) const { return cost[row * m + k]; }
 };
-
-Instance checked(const Doubles& values, const Doubles& costs, const Indices& offsets,
-                 const Doubles& budgets) {
-    if (values.ndim() != 1) fail("values must be 1-D, got " + str(values.ndim()) + "-D");
-    if (costs.ndim() != 2) fail("costs must be 2-D (options x budgets), got " + str(costs.ndim()) + "-D");
-    if (offsets.ndim() != 1) fail("offsets must be 1-D, got " + str(offsets.ndim()) + "-D");
-    if (budgets.ndim() != 1) fail("budgets must be 1-D, got " + str(budgets.ndim()) + "-D");
-    const std::int64_t rows = values.shape(0);
-    if (costs.shape(0) != rows)
-        fail("costs has " + str(costs.shape(0)) + " rows but values has " + str(rows) + " options");
-    if (costs.shape(1) != budgets.shape(0))
-        fail("costs has " + str(costs.shape(1)) + " columns but there are " + str(budgets.shape(0)) +
-             " budgets");
-    if (offsets.shape(0) < 2) fail("no sites: offsets must hold at least 2 entries");
-
-    Instance in;
-    in.n = static_cast<size_t>(offsets.shape(0) - 1);
-    in.m = static_cast<size_t>(budgets.shape(0));
-    in.value = values.data();
-    in.cost = costs.data();
-    in.offset = offsets.data();
-    in.budget = budgets.data();
-
-    if (in.offset[0] != 0) fail("offsets must start at 0, got " + str(in.offset[0]));
-    for (size_t i = 0; i < in.n; ++i) {
-        if (in.offset[i + 1] < in.offset[i])
-            fail("offsets must be non-decreasing, but offsets[" + str(std::int64_t(i + 1)) + "] = " +
-                 str(in.offset[i + 1]) + " < offsets[" + str(std::int64_t(i)) + "] = " + str(in.offset[i]));
-        if (in.offset[i + 1] == in.offset[i]) fail("site " + str(std::int64_t(i)) + " has no options");
-    }
-    if (in.offset[in.n] != rows)
-        fail("offsets must end at the number of options, " + str(rows) + ", got " + str(in.offset[in.n]));
-
-    for (size_t i = 0; i < in.n; ++i) {
-        for (auto row = in.offset[i]; row < in.offset[i + 1]; ++row) {
-            auto where = [&] { return " at site " + str(std::int64_t(i)) + ", option " + str(row - in.offset[i]) + " is "; };
-            const double v = in.value[row];
-            if (!(std::isfinite(v) && v >= 0))
-                fail("value" + where() + str(v) + "; values must be finite and >= 0");
-            for (size_t k = 0; k < in.m; ++k) {
-                const double c = in.c(static_cast<size_t>(row), k);
-                if (!(std::isfinite(c) && c >= 0))
-                    fail("cost " + str(std::int64_t(k)) + where() + str(c) + "; costs must be finite and >= 0");
-            }
-        }
-    }
-    for (size_t k = 0; k < in.m; ++k) {
-        const double b = in.budget[k];
-        if (!(std::isfinite(b) && b >= 0))
-            fail("budget " + str(std::int64_t(k)) + " is " + str(b) + "; budgets must be finite and >= 0");
-    }
-    return in;
-}
 
 // Arrays the size of a problem, kept from one solve to the next on the same thread so that their memory
 // is not faulted in afresh each time (a noticeable share of a solve of a few hundred sites). They hold
@@ -159,7 +106,8 @@ struct Workspace {
 //     searches: their bounds are tight);
 //  4. otherwise searches (see pass()) with a dynamic program over the sites, pruned by Lagrangian bounds,
 //     feasibility and dominance, in passes of growing width until one is exact.
-// Every loop is bounded whatever the input; nothing depends on clocks or randomness.
+// Every loop is bounded whatever the input; nothing depends on clocks or randomness. The instance must
+// have passed check(), which also proves each budget alone can be met.
 class Solver {
 public:
     Solver(const Instance& in, Workspace& work)
@@ -175,7 +123,6 @@ public:
 
     // The chosen row of every site.
     std::vector<size_t> solve() {
-        check_each_budget();
         drop_dominated();
         start_multipliers();
         Incumbent best;
@@ -223,21 +170,6 @@ private:
 
     size_t options() const { return row_.size(); }
     double c(size_t p, size_t k) const { return cost_[p * m_ + k]; }
-
-    void check_each_budget() const {
-        std::vector<double> cheapest(m_, 0.0), least(m_);
-        for (size_t i = 0; i < n_; ++i) {
-            std::fill(least.begin(), least.end(), kInf);
-            for (auto row = static_cast<size_t>(in_.offset[i]); row < static_cast<size_t>(in_.offset[i + 1]); ++row)
-                for (size_t k = 0; k < m_; ++k) least[k] = std::min(least[k], in_.c(row, k));
-            for (size_t k = 0; k < m_; ++k) cheapest[k] += least[k];
-        }
-        for (size_t k = 0; k < m_; ++k)
-            if (cheapest[k] > cap_[k])
-                fail("no plan fits budget " + str(std::int64_t(k)) +
-                     ": the cheapest option at every site already costs " + str(cheapest[k]) + " > " +
-                     str(in_.budget[k]));
-    }
 
     // Whether site i's options rise strictly in value and never fall in any cost, each costing more than
     // the one before in some budget: then none dominates another (the common case: options by size).
@@ -982,37 +914,93 @@ private:
     }
 };
 
-py::tuple solve(const Doubles& values, const Doubles& costs, const Indices& offsets, const Doubles& budgets) {
-    const Instance in = checked(values, costs, offsets, budgets);
-    std::vector<size_t> plan;
-    {
-        py::gil_scoped_release release;
-        static thread_local Workspace work;
-        plan = Solver(in, work).solve();
-    }
-    py::array_t<std::int64_t> choice(static_cast<py::ssize_t>(in.n));
-    auto out = choice.mutable_unchecked<1>();
-    double objective = 0;
-    for (size_t i = 0; i < in.n; ++i) {
-        out(static_cast<py::ssize_t>(i)) = static_cast<std::int64_t>(plan[i]) - in.offset[i];
-        objective += in.value[plan[i]];
-    }
-    return py::make_tuple(choice, objective);
-}
-
 }  // namespace
 
-PYBIND11_MODULE(_rank_alloc, m) {
-    m.doc() = "LayerLens native allocator";
-    m.def("build_info", &build_info, "Compiler, language standard and pybind11 version of this build.");
-    m.def("solve", &solve, py::arg("values"), py::arg("costs"), py::arg("offsets"), py::arg("budgets"),
-          "Choose one option per site maximising the total value with every budget kept.\n\n"
-          "values: float64[rows]; costs: float64[rows, m]; offsets: int64[n + 1], site i's options being\n"
-          "rows offsets[i] .. offsets[i+1]-1; budgets: float64[m]. A plan fits budget k when its total\n"
-          "cost is at most budgets[k] * (1 + 1e-9). Returns (choice, objective): choice is int64[n], the\n"
-          "option chosen at each site counted within the site. No plan is better by more than a relative\n"
-          "5e-4 (0.05%) unless the search outgrows its width (1024 partial plans), when it returns the best\n"
-          "plan found.\n"
-          "Deterministic: no clocks, no randomness.\n"
-          "Raises ValueError on invalid input or when no plan fits.");
+void check(const Problem& problem) {
+    const size_t rows = problem.values.size, m = problem.budgets.size;
+    const auto& names = problem.budget_names;
+    if (!names.empty() && names.size() != m)
+        fail("budget_names has " + str(names.size()) + " names but there are " + str(m) + " budgets");
+    auto label = [&](size_t k) { return "budget " + (names.empty() ? str(k) : names[k]); };
+    if (problem.cost_rows != rows)
+        fail("costs has " + str(problem.cost_rows) + " rows but values has " + str(rows) + " options");
+    if (problem.cost_columns != m)
+        fail("costs has " + str(problem.cost_columns) + " columns but there are " + str(m) + " budgets");
+    for (size_t k = 0; k < m; ++k) {
+        const double b = problem.budgets.data[k];
+        if (!valid(b)) fail(label(k) + " is " + repr(b) + "; budgets must be finite and >= 0");
+    }
+
+    const std::int64_t* offset = problem.offsets.data;
+    if (problem.offsets.size < 2)
+        fail(rows == 0 ? "no sites: values is empty" : "no sites: offsets must hold at least 2 entries");
+    const size_t n = problem.offsets.size - 1;
+    if (offset[0] != 0) fail("offsets must start at 0, got " + str(offset[0]));
+    for (size_t i = 0; i < n; ++i) {
+        if (offset[i + 1] < offset[i])
+            fail("offsets must be non-decreasing, but offsets[" + str(i + 1) + "] = " + str(offset[i + 1]) +
+                 " < offsets[" + str(i) + "] = " + str(offset[i]));
+        if (offset[i + 1] == offset[i]) fail("site " + str(i) + " has no options");
+    }
+    if (offset[n] != static_cast<std::int64_t>(rows))
+        fail("offsets must end at the number of options, " + str(rows) + ", got " + str(offset[n]));
+
+    // Site and option of each row, for messages; only looked up once a defect is found.
+    auto where = [&](size_t row) {
+        const size_t i = static_cast<size_t>(
+            std::upper_bound(offset, offset + n + 1, static_cast<std::int64_t>(row)) - offset - 1);
+        return " at site " + str(i) + ", option " + str(static_cast<std::int64_t>(row) - offset[i]) + " is ";
+    };
+    const double* values = problem.values.data;
+    const double* costs = problem.costs;
+    for (size_t row = 0; row < rows; ++row)
+        if (!valid(values[row])) fail("value" + where(row) + repr(values[row]) + "; values must be finite and >= 0");
+
+    // One pass over the costs: each must be valid(), and the plan of the cheapest option at every site must fit
+    // each budget alone.
+    std::vector<double> cheapest(m, 0.0), least(m);
+    bool costs_valid = true;
+    for (size_t i = 0; i < n; ++i) {
+        const double* row = costs + static_cast<size_t>(offset[i]) * m;
+        const double* const end = costs + static_cast<size_t>(offset[i + 1]) * m;
+        std::copy(row, row + m, least.begin());
+        for (; row != end; row += m)
+            for (size_t k = 0; k < m; ++k) {
+                costs_valid &= valid(row[k]);
+                least[k] = std::min(least[k], row[k]);
+            }
+        for (size_t k = 0; k < m; ++k) cheapest[k] += least[k];
+    }
+    if (!costs_valid)
+        for (size_t j = 0; j < rows * m; ++j)
+            if (!valid(costs[j]))
+                fail("cost " + label(j % m) + where(j / m) + repr(costs[j]) + "; costs must be finite and >= 0");
+    for (size_t k = 0; k < m; ++k) {
+        const double b = problem.budgets.data[k];
+        if (cheapest[k] > b * (1 + kBudgetTolerance))
+            fail("no plan fits " + label(k) + ": the cheapest option at every site already costs " +
+                 general(cheapest[k]) + " > " + general(b));
+    }
 }
+
+Solution solve(const Problem& problem) {
+    check(problem);
+    Instance in;
+    in.n = problem.offsets.size - 1;
+    in.m = problem.budgets.size;
+    in.value = problem.values.data;
+    in.cost = problem.costs;
+    in.offset = problem.offsets.data;
+    in.budget = problem.budgets.data;
+    static thread_local Workspace work;
+    const std::vector<size_t> plan = Solver(in, work).solve();
+    Solution solution;
+    solution.choice.resize(in.n);
+    for (size_t i = 0; i < in.n; ++i) {
+        solution.choice[i] = static_cast<std::int64_t>(plan[i]) - in.offset[i];
+        solution.objective += in.value[plan[i]];
+    }
+    return solution;
+}
+
+}  // namespace layerlens

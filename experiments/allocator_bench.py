@@ -8,12 +8,14 @@ the objective, the gap to the best proven upper bound and whether every budget h
 
     python experiments/allocator_bench.py            # the full run (about 10 minutes)
     python experiments/allocator_bench.py --quick    # a fast check
+    python experiments/allocator_bench.py --quick --sites 560 --out /tmp/bench   # one size, to compare two builds
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import os
 import platform
@@ -27,12 +29,13 @@ from pathlib import Path
 import numpy as np
 import scipy
 from scipy import optimize
-from scipy.optimize import Bounds, LinearConstraint
-from scipy.sparse import csr_array
 
 from layerlens import _rank_alloc
-from layerlens.planning.allocator import BUDGET_TOLERANCE, allocate, allocate_greedy
+from layerlens.planning.allocator import BUDGET_TOLERANCE, Flat, allocate
 from layerlens.planning.costs import SiteSpec, Workload, option_costs
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for its tests' references
+from tests.allocator_reference import allocate_greedy, milp  # noqa: E402
 
 SIZES = [1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32]  # conf/baseline/layerlens.yaml
 GAIN_EXPONENT = 0.5
@@ -81,11 +84,11 @@ class Instance:
     budgets: np.ndarray  # [m], in the order of COST_NAMES
 
     @property
-    def flat(self):
+    def flat(self) -> Flat:
         """(values, costs, offsets, budgets) as the native solver takes them."""
         n, options, m = self.costs.shape
-        return (self.values.ravel(), self.costs.reshape(n * options, m),
-                np.arange(0, n * options + 1, options, dtype=np.int64), self.budgets)
+        return Flat(self.values.ravel(), self.costs.reshape(n * options, m),
+                    np.arange(0, n * options + 1, options, dtype=np.int64), self.budgets)
 
 
 def site_table(sites: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -167,15 +170,10 @@ def solve_greedy(lists) -> Solved:
 
 
 def solve_milp(inst: Instance, time_limit: float) -> Solved:
-    """The model of allocate_milp (one binary per option, one option per site, one row per budget), with a
-    time limit; also its dual bound."""
-    v, c, offsets, b = inst.flat
-    n, rows = len(offsets) - 1, len(v)
-    site = np.repeat(np.arange(n), np.diff(offsets))
-    one_per_site = LinearConstraint(csr_array((np.ones(rows), (site, np.arange(rows))), shape=(n, rows)), 1, 1)
-    within_budgets = LinearConstraint(c.T, -np.inf, b * (1 + BUDGET_TOLERANCE))
-    res = optimize.milp(-v, constraints=[one_per_site, within_budgets], integrality=np.ones(rows),
-                        bounds=Bounds(0, 1), options={"mip_rel_gap": 0, "time_limit": time_limit})
+    """The reference MILP of tests/allocator_reference.py (one binary per option, one option per site, one
+    row per budget), with a time limit; also its dual bound."""
+    res = milp(inst.flat, time_limit)
+    n = inst.values.shape[0]
     status = {0: "optimal", 1: "time limit"}.get(res.status, f"status {res.status}")
     bound = -res.mip_dual_bound if res.mip_dual_bound is not None else np.inf
     if res.x is None:
@@ -342,7 +340,8 @@ def readme(summary, rows, settings: Settings, settings_name, command, loads, ela
     lines += ["", "## Results", "",
               "Median wall time per solve over every instance and repeat (CPU time of the calling thread beside "
               "it), the gap of each solver's plan to the best proven upper bound (median / worst over the "
-              "instances), and how many plans keep every budget (with the solver's 1e-9 relative slack).", "",
+              f"instances), and how many plans keep every budget (with the solver's {BUDGET_TOLERANCE:g} relative "
+              "slack).", "",
               "| sites | budgets | solver | instances | median ms (wall) | median ms (CPU) | gap median | gap max "
               "| fit | MILP status |",
               "|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
@@ -377,22 +376,24 @@ def readme(summary, rows, settings: Settings, settings_name, command, loads, ela
                      f"{statistics.median(r['median_wall_ms'] for r in stopped) / 1e3:.0f} s (median) with a limit "
                      f"of {settings.milp_time_limit[sites]:g} s; a plan on {plans}/{len(stopped)}; {proved}.")
     sizes = sorted({r["sites"] for r in summary})
-    lines += ["", "Growth of time with the number of sites: the exponent a of time ~ sites^a, by least squares "
-              f"through the log-log medians, over all sizes and between the two largest ({sizes[-2]:,} and "
-              f"{sizes[-1]:,}). Below a few hundred sites the native solver's time is mostly its exact search, "
-              "which depends on how far the Lagrangian bound is from the optimum more than on the size:", ""]
-    for solver in SOLVERS:
-        exps = [f"{m} budgets: {growth(summary, solver, m):.2f} (largest two: {growth(summary, solver, m, 2):.2f})"
-                for m in sorted({r["budgets"] for r in summary})]
-        lines.append(f"- {solver}: " + "; ".join(exps))
+    if len(sizes) > 1:
+        lines += ["", "Growth of time with the number of sites: the exponent a of time ~ sites^a, by least squares "
+                  f"through the log-log medians, over all sizes and between the two largest ({sizes[-2]:,} and "
+                  f"{sizes[-1]:,}). Below a few hundred sites the native solver's time is mostly its exact search, "
+                  "which depends on how far the Lagrangian bound is from the optimum more than on the size:", ""]
+        for solver in SOLVERS:
+            exps = [f"{m} budgets: {growth(summary, solver, m):.2f} (largest two: {growth(summary, solver, m, 2):.2f})"
+                    for m in sorted({r["budgets"] for r in summary})]
+            lines.append(f"- {solver}: " + "; ".join(exps))
     lines += ["", "![time against sites](time_vs_sites.png)", "", "## What was measured", "",
               "- **native**: `layerlens._rank_alloc.solve` on the flat arrays that `allocate` hands it (the C++ "
               "solver alone).",
               "- **allocate**: `layerlens.planning.allocator.allocate` on nested lists, as the planner calls it: "
-              "the same solver plus the Python checks and the conversion of the lists to arrays.",
-              "- **greedy**: `allocate_greedy` on the same lists, a pure-Python baseline (not exact).",
-              "- **milp**: scipy's `milp` (HiGHS) on the model of `allocate_milp`, `mip_rel_gap=0`, with the time "
-              "limit shown in the settings; timed once per instance.",
+              "the same solver plus the flattening of the lists to arrays (`flatten`).",
+              "- **greedy**: `allocate_greedy` (tests/allocator_reference.py) on the same lists, a pure-Python "
+              "baseline (not exact).",
+              "- **milp**: scipy's `milp` (HiGHS) on the reference model (`milp` in tests/allocator_reference.py), "
+              "`mip_rel_gap=0`, with the time limit shown in the settings; timed once per instance.",
               "- **Upper bound**: the smaller of the MILP's dual bound (`-res.mip_dual_bound`; the optimum itself "
               "when the MILP finished) and a Lagrangian bound computed here (`lagrangian_bound`). Gap = (bound - "
               "objective) / bound.",
@@ -418,8 +419,14 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="results folder (default experiments/results/<today>-allocator-bench)")
     parser.add_argument("--note", default="", help="a line for the README's machine section")
+    parser.add_argument("--sites", type=int, nargs="+", default=None,
+                        help="only these sizes of the settings' (e.g. --sites 560, to compare two builds)")
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
+    if args.sites:
+        if not set(args.sites) <= set(settings.sites):
+            parser.error(f"--sites: choose from {settings.sites}")
+        settings = dataclasses.replace(settings, sites=[n for n in settings.sites if n in args.sites])
     out = args.out or Path(__file__).parent / "results" / f"{datetime.date.today():%Y-%m-%d}-allocator-bench"
     out.mkdir(parents=True, exist_ok=True)
     command = shlex.join(["python", os.path.relpath(sys.argv[0]), *(argv if argv is not None else sys.argv[1:])])

@@ -1,7 +1,10 @@
 """The budgeted allocator: the native solver against scipy's MILP, known optima, errors, determinism."""
 
+import ast
+import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,11 +12,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from layerlens import _rank_alloc
-from layerlens.planning.allocator import Allocation, allocate, allocate_greedy, allocate_milp
+from layerlens.planning.allocator import BUDGET_TOLERANCE, Allocation, allocate
+from tests.allocator_reference import allocate_greedy, allocate_milp
 
 
 def fits(allocation, budgets):
-    return all(total <= budget * (1 + 1e-9) for total, budget in zip(allocation.totals, budgets))
+    return all(total <= budget * (1 + BUDGET_TOLERANCE) for total, budget in zip(allocation.totals, budgets))
 
 
 def random_problem(rng, sites, options, budgets, fraction):
@@ -184,8 +188,8 @@ RAW_BAD = [
     (V, C, O.reshape(1, 3), B, "offsets must be 1-D"),
     (np.array([0.0, np.nan, 0.0, 2.0]), C, O, B, "value at site 0, option 1 is nan"),
     (np.array([0.0, 1.0, -3.0, 2.0]), C, O, B, "value at site 1, option 0 is -3"),
-    (V, np.array([[0.0], [1.0], [0.0], [np.inf]]), O, B, "cost 0 at site 1, option 1 is inf"),
-    (V, C, O, np.array([-1.0]), "budget 0 is -1; budgets must be finite and >= 0"),
+    (V, np.array([[0.0], [1.0], [0.0], [np.inf]]), O, B, "cost budget 0 at site 1, option 1 is inf"),
+    (V, C, O, np.array([-1.0]), r"budget 0 is -1\.0; budgets must be finite and >= 0"),
     (V, C, O, np.array([np.nan]), "budget 0 is nan"),
     (V, C + 1, O, np.array([1.5]), "no plan fits budget 0: the cheapest option at every site already costs 2 > 1.5"),
     (V, np.array([[5.0, 1], [1, 5], [5, 1], [1, 5]]), O, np.array([5.5, 5.5]), "no plan fits all budgets together"),
@@ -196,6 +200,50 @@ RAW_BAD = [
 def test_the_native_solver_rejects_malformed_arrays_with_value_errors(values, costs, offsets, budgets, message):
     with pytest.raises(ValueError, match=message):
         _rank_alloc.solve(values, costs, offsets, budgets)
+
+
+@pytest.mark.parametrize("values, costs, offsets, budgets, message", RAW_BAD[:-1])
+def test_the_native_check_refuses_what_the_solver_refuses_with_the_same_message(values, costs, offsets, budgets,
+                                                                                message):
+    with pytest.raises(ValueError, match=message):
+        _rank_alloc.check(values, costs, offsets, budgets)
+
+
+def test_the_native_check_leaves_joint_feasibility_to_the_solvers():
+    values, costs, offsets, budgets, _ = RAW_BAD[-1]
+    assert _rank_alloc.check(values, costs, offsets, budgets) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.floats(max_value=-5e-324) | st.sampled_from([math.nan, math.inf, -math.inf, -0.0]),
+       st.sampled_from(["value", "cost", "budget"]))
+def test_messages_write_a_number_as_python_does(x, where):
+    """The native checks are the only ones: their numbers must read as Python's own messages did (repr)."""
+    values, costs, budgets = [[0.0, 1.0]], [[[0.0], [1.0]]], [2.0]
+    if where == "value":
+        values[0][1], expected = x, f"value at site 0, option 1 is {x}; values must be finite and >= 0"
+    elif where == "cost":
+        costs[0][1][0], expected = x, f"cost budget 'b' at site 0, option 1 is {x}; costs must be finite and >= 0"
+    else:
+        budgets[0], expected = x, f"budget 'b' is {x}; budgets must be finite and >= 0"
+    if x == 0:  # -0.0 is valid
+        assert isinstance(allocate(values, costs, budgets, ["b"]), Allocation)
+        return
+    with pytest.raises(ValueError) as error:
+        allocate(values, costs, budgets, ["b"])
+    assert str(error.value) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.floats(0, 1e300), st.floats(0, 1e300), st.floats(0, 1e300))
+def test_a_budget_the_cheapest_plan_overruns_is_named_with_both_sums_in_format_g(a, b, budget):
+    cheapest = a + b  # the cheapest option at each site, summed
+    if cheapest <= budget * (1 + BUDGET_TOLERANCE):
+        return
+    with pytest.raises(ValueError) as error:
+        allocate([[0.0], [0.0]], [[[a]], [[b]]], [budget], ["params"])
+    assert str(error.value) == (f"no plan fits budget 'params': the cheapest option at every site already costs "
+                                f"{cheapest:g} > {budget:g}")
 
 
 def test_the_native_solver_names_the_budget_that_cannot_be_met():
@@ -215,6 +263,22 @@ def test_identical_input_gives_an_identical_plan():
     assert plans[0] == plans[1] == plans[2]
 
 
-def test_the_allocator_imports_no_torch_lightning_or_mlflow():
-    code = "import sys, layerlens.planning.allocator; print(sorted({'torch', 'lightning', 'mlflow'} & set(sys.modules)))"
+def test_the_allocator_imports_no_torch_lightning_mlflow_or_scipy():
+    code = ("import sys, layerlens.planning.allocator; "
+            "print(sorted({'torch', 'lightning', 'mlflow', 'scipy'} & set(sys.modules)))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_the_reference_solvers_stay_out_of_the_installed_package():
+    """Nothing in layerlens/ imports tests/allocator_reference.py or scipy's MILP, or defines a reference."""
+    package = Path(__file__).resolve().parent.parent / "layerlens"
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            where = f"{path.relative_to(package.parent)}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.split(".")[0] == "tests" for a in node.names), where
+            elif isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] != "tests", where
+                assert not {a.name for a in node.names} & {"milp", "allocate_milp", "allocate_greedy"}, where
+            elif isinstance(node, ast.FunctionDef | ast.ClassDef):
+                assert node.name not in ("allocate_milp", "allocate_greedy", "_Greedy"), where

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from layerlens import _rank_alloc
 from layerlens.data import TaskSpec, read_glue_tsv
 from layerlens.errors import LayerLensError
-from layerlens.planning.allocator import BUDGET_TOLERANCE, Allocation, allocate
+from layerlens.planning.allocator import BUDGET_TOLERANCE, GAP_TOLERANCE, Allocation, allocate
 from layerlens.settings import build
 from tests.conftest import compose_config
 
@@ -28,7 +28,7 @@ from tests.conftest import compose_config
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
 
 SOLVE_TIMEOUT_S = 30  # a solve of these sizes takes milliseconds
-GAP = 5e-4  # the solver's documented relative optimality gap
+GAP = GAP_TOLERANCE  # the solver's documented relative optimality gap
 
 
 def within_time_limit(fn, *args):
