@@ -7,6 +7,7 @@ from itertools import combinations
 import numpy as np
 from scipy.stats import spearmanr
 
+from layerlens.planning.allocator import BUDGET_TOLERANCE
 from layerlens.planning.costs import Costs
 
 COST_NAMES = ("params", "flops", "memory_mb", "latency_ms")
@@ -47,7 +48,7 @@ class Plan:
         totals = self.totals()
         return {name: totals[name] / limit for name, limit in self.budgets.items()}
 
-    def within_budgets(self, rel_tol: float = 1e-9) -> bool:
+    def within_budgets(self, rel_tol: float = BUDGET_TOLERANCE) -> bool:
         totals = self.totals()
         return all(totals[name] <= limit * (1 + rel_tol) for name, limit in self.budgets.items())
 
