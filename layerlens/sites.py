@@ -1,54 +1,20 @@
-"""Candidate sites of a transformer encoder: where an adaptation method can be attached."""
+"""Candidate sites of a transformer encoder: where an adaptation method can be attached.
+
+The site kinds and, per model family, the module each kind sits in are the family table's
+(layerlens/models/families.py); the methods each kind accepts are the method registry's (layerlens/methods/).
+"""
 
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from torch import nn
 
 from layerlens.errors import LayerLensError
 from layerlens.methods import method_for
+from layerlens.models.families import SITE_KINDS, model_family
 
-# Site kinds, in the order of a layer's sites: the linear projections, the attention and feed-forward block
-# outputs, self-attention. Kinds are the same in every model family; where they sit is not. The methods each
-# accepts are the registry's (layerlens.methods: each method lists its kinds).
-SITE_KINDS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out", "attn_block", "ffn_block", "attention")
 # A prefix's utility is read from the key and value projections it extends; any other site's from its own module.
 PROFILED_KINDS = {"attention": ("key", "value")}
-
-
-@dataclass(frozen=True)
-class Family:
-    """Where one model family keeps its encoder layers and, inside a layer, the module of each site kind."""
-
-    name: str
-    layers: str  # the encoder's list of layers: the end of its name in model.named_modules()
-    paths: dict[str, str]  # site kind -> module path inside one layer
-    refused: dict[str, str] = field(default_factory=dict)  # site kind -> why its method cannot work here
-
-
-BERT = Family("bert", "encoder.layer", {
-    "query": "attention.self.query",
-    "key": "attention.self.key",
-    "value": "attention.self.value",
-    "attn_out": "attention.output.dense",
-    "ffn_in": "intermediate.dense",
-    "ffn_out": "output.dense",
-    "attn_block": "attention.output",
-    "ffn_block": "output",
-    "attention": "attention.self",
-})
-DEBERTA_V2 = Family("deberta-v2", "encoder.layer", {
-    **BERT.paths,
-    "query": "attention.self.query_proj",
-    "key": "attention.self.key_proj",
-    "value": "attention.self.value_proj",
-}, refused={
-    # DisentangledSelfAttention adds content-to-position and position-to-content scores, gathered by the
-    # relative distance between each query and key token (modeling_deberta_v2.disentangled_attention_bias).
-    "attention": "its disentangled attention adds relative-position scores that prefix keys, having no position, lack",
-})
-# config.model_type -> family; DeBERTa-v3 checkpoints are model type deberta-v2.
-FAMILIES = {"bert": BERT, "roberta": BERT, "deberta-v2": DEBERTA_V2}
 
 
 @dataclass
@@ -63,15 +29,6 @@ class Site:
     d_out: int
     module: nn.Module
     profiled: tuple[nn.Module, ...]  # modules whose parameters' gradients measure the site's utility
-
-
-def model_family(model: nn.Module) -> Family:
-    """The family of `model` (or of the encoder it wraps), from its config's model_type."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in FAMILIES:
-        raise LayerLensError(f"model: config.model_type {model_type!r} has no site table "
-                             f"(supported: {', '.join(FAMILIES)})")
-    return FAMILIES[model_type]
 
 
 def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
@@ -99,7 +56,7 @@ def discover_sites(model: nn.Module, kinds: list[str] | None = None,
         kind = refused[0]
         raise LayerLensError(f"site kind {kind!r} ({method_for(kind, offered).name}) does not work on {family.name} "
                              f"models: {family.refused[kind]} (leave {kind} out of baseline.sites)")
-    wanted = [k for k in SITE_KINDS if k not in family.refused] if kinds is None else kinds
+    wanted = list(family.kinds) if kinds is None else kinds
     methods = {kind: method_for(kind, offered) for kind in wanted}
     prefix, layers = encoder_layers(model)
     sites = []
@@ -110,5 +67,29 @@ def discover_sites(model: nn.Module, kinds: list[str] | None = None,
             profiled = tuple(layer.get_submodule(family.paths[k]) for k in PROFILED_KINDS.get(kind, (kind,)))
             d_in, d_out = method.dims(module, profiled)
             sites.append(Site(f"L{i}.{kind}", i, kind, method.name, f"{prefix}.{i}.{path}",
-                              f"{family.layers}.{i}.{path}", d_in, d_out, module, profiled))
+                              family.target(i, kind), d_in, d_out, module, profiled))
     return sites
+
+
+def layer_targets(model: nn.Module, kinds: list[str], field_name: str) -> list[str]:
+    """The modules of the site kinds `kinds` in every encoder layer, named as peft matches them (a site's target),
+    for a baseline that adapts whole linear layers through peft (lora, adalora). `field_name` is the setting
+    that named the kinds: a kind the family refuses, or whose module is not a linear layer, is refused naming it."""
+    family = model_family(model)
+    refused = [kind for kind in kinds if kind in family.refused]
+    if refused:
+        raise LayerLensError(f"{field_name}: site kind {refused[0]!r} does not work on {family.name} models: "
+                             f"{family.refused[refused[0]]}")
+    _, layers = encoder_layers(model)
+    for kind in kinds:
+        module = layers[0].get_submodule(family.paths[kind])
+        if not isinstance(module, nn.Linear):
+            raise LayerLensError(f"{field_name}: site kind {kind!r} is not a linear layer on {family.name} models "
+                                 f"({family.paths[kind]} is a {type(module).__name__})")
+    return [family.target(i, kind) for i in range(len(layers)) for kind in kinds]
+
+
+def base_model(model: nn.Module) -> tuple[str, nn.Module]:
+    """The module holding the encoder's layer list (BertModel, ...) and its name ("" for `model` itself)."""
+    name = encoder_layers(model)[0][: -len(model_family(model).layers)].rstrip(".")
+    return name, model.get_submodule(name)

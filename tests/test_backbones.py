@@ -86,8 +86,8 @@ def test_deberta_refuses_the_prefix_in_one_line_naming_kind_and_family():
 def test_a_model_family_without_a_site_table_is_an_error():
     model = AutoModelForSequenceClassification.from_config(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1,
                                                                             n_heads=2, vocab_size=100))
-    with pytest.raises(LayerLensError, match=r"^model: config.model_type 'distilbert' has no site table "
-                                             r"\(supported: bert, roberta, deberta-v2\)$"):
+    with pytest.raises(LayerLensError, match=r"^model: config.model_type 'distilbert' has no family in "
+                                             r"layerlens/models/families.py \(supported: bert, roberta, deberta-v2\)$"):
         discover_sites(model)
 
 

@@ -160,7 +160,8 @@ def test_an_encoder_of_another_family_is_refused_naming_it():
     model = DebertaV2ForSequenceClassification(DebertaV2Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100))
     model.requires_grad_(False)
-    with pytest.raises(ValueError, match="^the frozen-bottom cache supports bert-style encoders, not deberta-v2$"):
+    with pytest.raises(ValueError, match="^the frozen-bottom cache supports bert, roberta encoders, not deberta-v2: "
+                                         "its encoder passes relative positions to every layer"):
         FrozenBottomCache(model, 1)
 
 

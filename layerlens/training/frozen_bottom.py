@@ -14,16 +14,16 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from layerlens.sites import encoder_layers, model_family
+from layerlens.models.families import FAMILIES, model_family
+from layerlens.sites import base_model, encoder_layers
 
 MB = 2**20
-# Families whose encoder runs its layers one after another on the hidden states and the attention mask alone
-# (DeBERTa's also passes relative positions and convolves after the first layer).
-CACHEABLE = ("bert",)
 
 
 def cacheable(model: nn.Module) -> bool:
-    return model_family(model).name in CACHEABLE
+    """Whether the model's family runs its layers one after another on the hidden states and the attention mask
+    alone (the family table's cache_refused is None)."""
+    return model_family(model).cache_refused is None
 
 
 @contextmanager
@@ -47,18 +47,21 @@ class FrozenBottomCache:
     """
 
     def __init__(self, model: nn.Module, depth: int, max_mb: float = 2048):
-        if not cacheable(model):
-            raise ValueError(f"the frozen-bottom cache supports {', '.join(CACHEABLE)}-style encoders, "
-                             f"not {model_family(model).name}")
+        family = model_family(model)
+        if family.cache_refused is not None:
+            supported = ", ".join(f.name for f in FAMILIES.values() if f.cache_refused is None)
+            raise ValueError(f"the frozen-bottom cache supports {supported} encoders, not {family.name}: "
+                             f"{family.cache_refused}")
         name, layers = encoder_layers(model)
         if not 1 <= depth <= len(layers):
             raise ValueError(f"depth must be in [1, {len(layers)}] (the encoder's layers), got {depth}")
+        base, self.base = base_model(model)
+        embeddings = f"{base}.{family.embeddings}" if base else family.embeddings
         trainable = [n for n, p in model.named_parameters()
-                     if p.requires_grad and _below(n, name, depth)]
+                     if p.requires_grad and _below(n, embeddings, name, depth)]
         if trainable:
             raise ValueError(f"the bottom {depth} layers must be frozen to be cached, but {trainable[0]} is trainable")
-        self.base = model.get_submodule(name[: -len(".encoder.layer")])
-        self.embeddings = self.base.embeddings
+        self.embeddings = model.get_submodule(embeddings)
         self.bottom = list(layers[:depth])
         self.embed = self.embeddings.forward
         self.forwards = [layer.forward for layer in self.bottom]
@@ -81,7 +84,7 @@ class FrozenBottomCache:
     def _placeholder(self, input_ids=None, *args, inputs_embeds=None, **kwargs):
         """Zeros shaped (and typed) as the embeddings' output: the bottom's output replaces them in layer 0."""
         rows = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        weight = self.embeddings.word_embeddings.weight
+        weight = next(self.embeddings.parameters())
         return weight.new_zeros(*rows.shape, self.base.config.hidden_size)
 
     def _keys(self) -> tuple[list[bytes], list[int]]:
@@ -127,10 +130,9 @@ def _pass_on(hidden_states, *args, **kwargs):
     return hidden_states
 
 
-def _below(parameter: str, layers: str, depth: int) -> bool:
+def _below(parameter: str, embeddings: str, layers: str, depth: int) -> bool:
     """Whether a parameter lies in the embeddings or in one of the first `depth` encoder layers."""
-    base = layers[: -len("encoder.layer")]
-    if parameter.startswith(base + "embeddings."):
+    if parameter.startswith(embeddings + "."):
         return True
     prefix = layers + "."
     if not parameter.startswith(prefix):

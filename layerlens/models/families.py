@@ -1,0 +1,148 @@
+"""The model-family table: where each model family keeps what LayerLens adapts, read by everything that adapts.
+
+One `Family` per family, registered in `FAMILIES` by name and recognised by its config's `model_type`. Who reads
+it: `sites.py` (the module of each site kind in each layer: discover_sites, layer_targets), the baselines `lora`
+and `adalora` (their peft target modules: the family's modules of the site kinds they name), the frozen-bottom
+cache (the layer list, the embeddings, whether its bottom layers can be run once) and, through `sites.py`,
+`building.py` (the task head: what lies outside the encoder). Nothing here imports torch.
+"""
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+
+from layerlens.errors import LayerLensError
+
+# Site kinds, in the order of a layer's sites: the linear projections, the attention and feed-forward block
+# outputs, self-attention. Kinds are the same in every model family; where they sit is each family's.
+SITE_KINDS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out", "attn_block", "ffn_block", "attention")
+# The kinds whose module is one linear map (what peft's LoRA and AdaLoRA adapt).
+LINEAR_KINDS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
+
+
+@dataclass(frozen=True)
+class Family:
+    """Where one model family keeps its encoder layers and, inside a layer, the module of each site kind.
+
+    `layers` and `embeddings` are module paths inside the family's base model (BertModel, RobertaModel, ...), the
+    module a task model wraps; `paths` inside one layer. Every site kind is either in `paths` or in `refused`.
+    """
+
+    name: str
+    model_types: tuple[str, ...]  # the config.model_type values it is recognised by
+    layers: str  # the encoder's list of layers: the end of its name in model.named_modules()
+    embeddings: str  # the module whose output the first layer reads
+    paths: dict[str, str]  # site kind -> module path inside one layer
+    refused: dict[str, str] = field(default_factory=dict)  # site kind -> why it cannot be adapted here
+    # Why the frozen-bottom cache cannot serve its bottom layers (training/frozen_bottom.py), None where it can:
+    # its layers run one after another on the hidden states and the attention mask alone.
+    cache_refused: str | None = None
+
+    def __post_init__(self):
+        where = f"family {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise LayerLensError(f"family name must be a non-empty string, got {self.name!r}")
+        if isinstance(self.model_types, str) or not isinstance(self.model_types, (tuple, list)) \
+                or not self.model_types or not all(isinstance(t, str) and t for t in self.model_types):
+            raise LayerLensError(f"{where}: model_types must be a non-empty list of strings, got {self.model_types!r}")
+        object.__setattr__(self, "model_types", tuple(self.model_types))
+        for name in ("layers", "embeddings"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise LayerLensError(f"{where}: {name} must be a module path, got {getattr(self, name)!r}")
+        unknown = [kind for kind in [*self.paths, *self.refused] if kind not in SITE_KINDS]
+        if unknown:
+            raise LayerLensError(f"{where}: site kind {unknown[0]!r} is unknown (choose from: {', '.join(SITE_KINDS)})")
+        both = [kind for kind in self.paths if kind in self.refused]
+        neither = [kind for kind in SITE_KINDS if kind not in self.paths and kind not in self.refused]
+        if both or neither:
+            raise LayerLensError(f"{where}: site kind {(both or neither)[0]!r} must have either a path or a reason "
+                                 f"it is refused, {'not both' if both else 'got neither'}")
+        bad = [kind for kind, path in self.paths.items() if not isinstance(path, str) or not path]
+        if bad:
+            raise LayerLensError(f"{where}: the path of site kind {bad[0]!r} must be a module path, "
+                                 f"got {self.paths[bad[0]]!r}")
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """The site kinds it takes, in SITE_KINDS's order."""
+        return tuple(kind for kind in SITE_KINDS if kind in self.paths)
+
+    def target(self, layer: int, kind: str) -> str:
+        """A site's module name from the layer list on, e.g. "encoder.layer.3.intermediate.dense": peft matches it."""
+        return f"{self.layers}.{layer}.{self.paths[kind]}"
+
+
+BERT = Family("bert", ("bert",), layers="encoder.layer", embeddings="embeddings", paths={
+    "query": "attention.self.query",
+    "key": "attention.self.key",
+    "value": "attention.self.value",
+    "attn_out": "attention.output.dense",
+    "ffn_in": "intermediate.dense",
+    "ffn_out": "output.dense",
+    "attn_block": "attention.output",
+    "ffn_block": "output",
+    "attention": "attention.self",
+})
+ROBERTA = replace(BERT, name="roberta", model_types=("roberta",))
+# DeBERTa-v3 checkpoints are model type deberta-v2.
+DEBERTA_V2 = Family("deberta-v2", ("deberta-v2",), layers="encoder.layer", embeddings="embeddings", paths={
+    **{kind: path for kind, path in BERT.paths.items() if kind != "attention"},
+    "query": "attention.self.query_proj",
+    "key": "attention.self.key_proj",
+    "value": "attention.self.value_proj",
+}, refused={
+    # DisentangledSelfAttention adds content-to-position and position-to-content scores, gathered by the
+    # relative distance between each query and key token (modeling_deberta_v2.disentangled_attention_bias).
+    "attention": "its disentangled attention adds relative-position scores that prefix keys, having no position, lack",
+}, cache_refused="its encoder passes relative positions to every layer and convolves after the first")
+
+FAMILIES: dict[str, Family] = {}  # name -> family, in the order registered
+
+
+def register_family(family: Family) -> Family:
+    if not isinstance(family, Family):
+        raise LayerLensError(f"register_family takes a Family, got {family!r}")
+    if family.name in FAMILIES:
+        raise LayerLensError(f"family {family.name!r} is registered already")
+    taken = [t for t in family.model_types if t in model_types()]
+    if taken:
+        raise LayerLensError(f"family {family.name!r}: model type {taken[0]!r} is {model_types()[taken[0]].name}'s")
+    FAMILIES[family.name] = family
+    return family
+
+
+def unregister_family(name: str) -> Family:
+    if name not in FAMILIES:
+        raise LayerLensError(f"family {name!r} is not registered")
+    return FAMILIES.pop(name)
+
+
+def model_types() -> dict[str, Family]:
+    """config.model_type -> its family, for every registered family."""
+    return {model_type: family for family in FAMILIES.values() for model_type in family.model_types}
+
+
+def model_family(model) -> Family:
+    """The family of `model` (or of the encoder it wraps), from its config's model_type."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    families = model_types()
+    if model_type not in families:
+        raise LayerLensError(f"model: config.model_type {model_type!r} has no family in layerlens/models/families.py "
+                             f"(supported: {', '.join(families)})")
+    return families[model_type]
+
+
+def check_kinds(field_name: str, kinds: Iterable[str], allowed: tuple[str, ...] = SITE_KINDS) -> None:
+    """Raise, naming `field_name`, unless `kinds` is a non-empty list of distinct kinds out of `allowed`."""
+    if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
+        raise LayerLensError(f"{field_name} must be a non-empty list of site kinds (choose from: "
+                             f"{', '.join(allowed)}), got {kinds!r}")
+    unknown = [kind for kind in kinds if kind not in allowed]
+    if unknown:
+        raise LayerLensError(f"{field_name}: site kind {unknown[0]!r} is not one of {', '.join(allowed)}")
+    repeated = [kind for i, kind in enumerate(kinds) if kind in kinds[:i]]
+    if repeated:
+        raise LayerLensError(f"{field_name}: {repeated[0]} is listed twice")
+
+
+for _family in (BERT, ROBERTA, DEBERTA_V2):
+    register_family(_family)
