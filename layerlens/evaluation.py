@@ -9,14 +9,42 @@ import datasets
 import lightning as L
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from layerlens.data import TEST, TRAIN, GlueDataModule, read_glue_tsv
 from layerlens.errors import LayerLensError
+from layerlens.models.families import LINEAR_KINDS
 from layerlens.pipeline import build_classifier
 from layerlens.settings import resolve_settings
 from layerlens.tracking.mlflow_tracker import CONFIG_ARTIFACT
 from layerlens.training.classifier import SequenceClassifier
+
+# Run configs logged before the model-family table named peft's modules (baseline.target_modules) where they now
+# name site kinds (baseline.target_kinds, layerlens/models/families.py): the values conf/baseline/ (lora,
+# lora_attention, adalora) and the README (lora on DeBERTa) gave then, each as the site kinds it adapted.
+LEGACY_TARGETS = {
+    ("query", "value"): ["query", "value"],
+    ("query_proj", "value_proj"): ["query", "value"],
+    ("query", "key", "value", "attention.output.dense"): ["query", "key", "value", "attn_out"],
+    ((r".*\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense"
+      r"|output\.dense)"),): list(LINEAR_KINDS),
+}
+
+
+def upgrade_config(config: DictConfig) -> DictConfig:
+    """`config` with an older run's baseline.target_modules replaced by the site kinds it named."""
+    targets = OmegaConf.select(config, "baseline.target_modules")
+    if targets is None:
+        return config
+    key = (targets,) if isinstance(targets, str) else tuple(targets)
+    if key not in LEGACY_TARGETS:
+        raise LayerLensError(f"run config: baseline.target_modules {targets!r} (from before baseline.target_kinds) "
+                             "names no known set of site kinds")
+    with open_dict(config):
+        del config.baseline["target_modules"]
+        config.baseline.target_kinds = LEGACY_TARGETS[key]
+    return config
+
 
 def file_key(path: Path) -> str:
     """A metric-name-safe label for a file, from its folder and name: .../MRPC/dev.tsv -> MRPC_dev."""
@@ -35,7 +63,7 @@ def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: i
     if not checkpoint or not Path(checkpoint).is_file():
         raise LayerLensError(f"run {run_id}: its checkpoint {checkpoint!r} is missing (only finished runs have one)")
     with tempfile.TemporaryDirectory() as tmp:
-        config = OmegaConf.load(client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp))
+        config = upgrade_config(OmegaConf.load(client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)))
     s = resolve_settings(config)
     path = Path(file).resolve()
     rows = read_glue_tsv(path, s.task)

@@ -5,8 +5,9 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from layerlens.baselines.adalora import ENCODER_LINEARS, AdaLoraSchedule, ParamBudgetAllocator
+from layerlens.baselines.adalora import AdaLoraSchedule, ParamBudgetAllocator
 from layerlens.errors import LayerLensError
+from layerlens.models.families import LINEAR_KINDS
 from layerlens.pipeline import build_classifier, build_datamodule
 from layerlens.settings import resolve_settings
 from layerlens.training.classifier import SequenceClassifier
@@ -91,7 +92,7 @@ def test_adalora_fit_prunes_ranks_to_the_parameter_budget(compose_run, tmp_path,
 
 def test_budget_sets_the_final_rank_and_init_r(compose_run, tmp_path):
     s, _, adapted = adapt(compose_run, tmp_path)  # the default budget: a share of the tiny backbone
-    assert s.baseline.target_modules == ENCODER_LINEARS
+    assert s.baseline.target_kinds == list(LINEAR_KINDS)
     m = adapted.metrics
     limit = s.budget.params_limit(sum(p.numel() for n, p in adapted.model.named_parameters()
                                       if "lora_" not in n and "modules_to_save" not in n))
@@ -143,7 +144,7 @@ def test_bad_config_names_the_field(compose_run, override, field):
 
 @pytest.mark.parametrize(
     "override,start",
-    [("baseline.target_modules=[nowhere]", "baseline.target_modules: "), ("budget.params=50", "budget.params must be >= ")],
+    [("baseline.target_kinds=[nowhere]", "baseline.target_kinds: "), ("budget.params=50", "budget.params must be >= ")],
 )
 def test_bad_targets_or_a_budget_below_one_rank_fail_in_one_line(compose_run, tmp_path, override, start):
     with pytest.raises(LayerLensError, match=rf"^{start.replace('.', '[.]')}") as err:

@@ -48,7 +48,7 @@ def test_default_tracking_store_is_sqlite_in_the_working_directory(monkeypatch):
 def test_overrides_reach_the_objects(tracking_uri):
     cfg = compose_config("run", ["baseline=lora", "baseline.r=16", "trainer.max_epochs=1", "seed=3"])
     settings = resolve_settings(cfg)
-    assert settings.baseline.r == 16 and settings.baseline.lora_config().r == 16
+    assert settings.baseline.r == 16 and settings.baseline.lora_config(["query"]).r == 16
     assert settings.seed == 3 and cfg.trainer.max_epochs == 1
 
 

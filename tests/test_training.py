@@ -49,7 +49,7 @@ def test_lora_trains_only_adapters_and_head(compose_run, tmp_path, pooling):
 
 
 def test_lora_targets_only_the_configured_modules(compose_run, tmp_path):
-    _, _, _, trainable = fit(compose_run, tmp_path, "lora", "baseline.target_modules=[query]")
+    _, _, _, trainable = fit(compose_run, tmp_path, "lora", "baseline.target_kinds=[query]")
     assert not any(".value." in name for name in trainable) and any(".query." in name for name in trainable)
 
 

@@ -11,7 +11,7 @@ summed cost fits the scheduled parameter budget, which ends at the limit. Withou
 import copy
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -23,6 +23,8 @@ from torch import nn
 from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
 from layerlens.errors import LayerLensError
+from layerlens.models.families import LINEAR_KINDS, check_kinds
+from layerlens.sites import layer_targets
 from layerlens.validation import (
     is_number,
     require_fraction,
@@ -32,12 +34,6 @@ from layerlens.validation import (
 )
 
 log = logging.getLogger(__name__)
-
-# Every linear of a BERT encoder layer (query, key, value, attention output, intermediate, output), not the
-# pooler: peft matches a string against the whole module name.
-ENCODER_LINEARS = (r".*\.layer\.\d+\."
-                   r"(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense|output\.dense)")
-
 
 def rank_costs(model: nn.Module, adapter: str = "default") -> dict[str, int]:
     """Parameters per rank of each adapted module (d_in + d_out + 1), keyed by its lora_E parameter's name."""
@@ -173,7 +169,9 @@ class AdaLoraBaseline:
 
     `init_r` is a floor on the initial rank per module: the rank used is the larger of it and
     ceil(init_ratio x the average final rank). `target_r` is the average final rank when the budget sets no
-    parameter limit. `tinit` and `tfinal` are fractions of the planned optimiser steps.
+    parameter limit. `tinit` and `tfinal` are fractions of the planned optimiser steps. `target_kinds` names site
+    kinds, adapted in every layer at the modules the model's family keeps them in (layerlens/models/families.py);
+    by default every linear of each encoder layer, not the pooler.
     """
 
     name: str = "adalora"
@@ -189,7 +187,7 @@ class AdaLoraBaseline:
     orth_reg_weight: float = 0.1
     lora_alpha: float = 16
     lora_dropout: float = 0.1
-    target_modules: str | list[str] = ENCODER_LINEARS
+    target_kinds: list[str] = field(default_factory=lambda: list(LINEAR_KINDS))
 
     def __post_init__(self):
         require_positive("baseline.lr", self.lr)
@@ -208,11 +206,9 @@ class AdaLoraBaseline:
         require_nonnegative("baseline.orth_reg_weight", self.orth_reg_weight)
         require_positive("baseline.lora_alpha", self.lora_alpha)
         require_fraction("baseline.lora_dropout", self.lora_dropout, low_open=False)
-        if not self.target_modules:
-            raise LayerLensError("baseline.target_modules must name at least one module")
+        check_kinds("baseline.target_kinds", self.target_kinds, LINEAR_KINDS)
 
-    def peft_config(self, total_steps: int, init_r: int, target_r: int) -> AdaLoraConfig:
-        target = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+    def peft_config(self, targets: list[str], total_steps: int, init_r: int, target_r: int) -> AdaLoraConfig:
         return AdaLoraConfig(
             task_type=TaskType.SEQ_CLS,  # keeps the task head ("classifier") trainable
             init_r=init_r,
@@ -226,29 +222,30 @@ class AdaLoraBaseline:
             total_step=total_steps,
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
-            target_modules=target,
+            target_modules=targets,
         )
 
     def wrap(self, model: nn.Module, config: AdaLoraConfig) -> PeftModel:
         try:
             return get_peft_model(model, config)
         except ValueError as err:  # peft's message for a target module the model does not have
-            raise LayerLensError(f"baseline.target_modules: {str(err).splitlines()[0]}") from None
+            raise LayerLensError(f"baseline.target_kinds: {str(err).splitlines()[0]}") from None
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapted:
         if ctx.total_steps < 1:
             raise LayerLensError(f"trainer: AdaLoRA needs at least one planned optimiser step, got {ctx.total_steps}")
         limit = ctx.budget.params_limit(ctx.backbone_params)
-        costs = predicted_rank_costs(model, self.peft_config(ctx.total_steps, 1, 1))
+        targets = layer_targets(model, self.target_kinds, "baseline.target_kinds")
+        costs = predicted_rank_costs(model, self.peft_config(targets, ctx.total_steps, 1, 1))
         if not costs:
-            raise LayerLensError(f"baseline.target_modules: {self.target_modules!r} matches no linear layer")
+            raise LayerLensError(f"baseline.target_kinds: {self.target_kinds!r} names no linear layer of the model")
         modules, cost_per_rank = len(costs), sum(costs.values())  # cost_per_rank: one rank in every module
         if limit is None:
             avg_rank, target_rank = float(self.target_r), self.target_r * modules
         else:
             if limit < min(costs.values()):
-                needed, field = min(costs.values()), ctx.budget.params_field(ctx.backbone_params)
-                if field == "budget.params_pct":
+                needed, limit_field = min(costs.values()), ctx.budget.params_field(ctx.backbone_params)
+                if limit_field == "budget.params_pct":
                     raise LayerLensError(params_pct_too_small(ctx.budget, needed, ctx.backbone_params,
                                                               "to hold one AdaLoRA rank", "target module's rank"))
                 raise LayerLensError(f"budget.params must be >= {needed} to hold one AdaLoRA rank (the cheapest "
@@ -256,7 +253,7 @@ class AdaLoraBaseline:
             avg_rank = limit / cost_per_rank
             target_rank = max(1, math.floor(avg_rank * modules))
         init_r = max(self.init_r, math.ceil(self.init_ratio * avg_rank))
-        config = self.peft_config(ctx.total_steps, init_r, max(1, target_rank // modules))
+        config = self.peft_config(targets, ctx.total_steps, init_r, max(1, target_rank // modules))
         peft_model = self.wrap(model, config)
         tuner = peft_model.base_model
         if rank_costs(tuner.model) != costs:

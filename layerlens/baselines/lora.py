@@ -5,6 +5,8 @@ from torch import nn
 
 from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.errors import LayerLensError
+from layerlens.models.families import LINEAR_KINDS, check_kinds
+from layerlens.sites import layer_targets
 from layerlens.validation import require_choice, require_fraction, require_int, require_positive
 
 BIASES = ("none", "all", "lora_only")  # peft's LoraConfig.bias
@@ -12,14 +14,16 @@ BIASES = ("none", "all", "lora_only")  # peft's LoraConfig.bias
 
 @dataclass
 class LoraBaseline:
-    """Fixed-rank LoRA through peft; the fields after `lr` are peft's LoraConfig fields."""
+    """Fixed-rank LoRA through peft. `target_kinds` names site kinds, adapted in every layer at the modules the
+    model's family keeps them in (layerlens/models/families.py); the other fields after `lr` are peft's
+    LoraConfig fields."""
 
     name: str = "lora"
     lr: float = 2e-3
     r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    target_kinds: list[str] = field(default_factory=lambda: ["query", "value"])
     bias: str = "none"
     use_rslora: bool = False
     use_dora: bool = False
@@ -32,19 +36,18 @@ class LoraBaseline:
         require_int("baseline.r", self.r, 1)
         require_positive("baseline.lora_alpha", self.lora_alpha)
         require_fraction("baseline.lora_dropout", self.lora_dropout)
-        if not self.target_modules:
-            raise LayerLensError("baseline.target_modules must name at least one module")
+        check_kinds("baseline.target_kinds", self.target_kinds, LINEAR_KINDS)
         require_choice("baseline.bias", self.bias, BIASES)
         for layer in self.layers_to_transform or []:
             require_int("baseline.layers_to_transform", layer, 0)
 
-    def lora_config(self) -> LoraConfig:
+    def lora_config(self, target_modules: list[str]) -> LoraConfig:
         return LoraConfig(
             task_type=TaskType.SEQ_CLS,
             r=self.r,
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
-            target_modules=list(self.target_modules),
+            target_modules=target_modules,
             bias=self.bias,
             use_rslora=self.use_rslora,
             use_dora=self.use_dora,
@@ -54,7 +57,8 @@ class LoraBaseline:
         )
 
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapted:
+        targets = layer_targets(model, self.target_kinds, "baseline.target_kinds")
         try:
-            return Adapted(get_peft_model(model, self.lora_config()))
-        except ValueError as err:  # peft's message for a target module the model does not have
-            raise LayerLensError(f"baseline.target_modules: {str(err).splitlines()[0]}") from None
+            return Adapted(get_peft_model(model, self.lora_config(targets)))
+        except ValueError as err:  # peft's message for a target module it cannot adapt
+            raise LayerLensError(f"baseline.target_kinds: {str(err).splitlines()[0]}") from None
