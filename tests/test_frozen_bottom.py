@@ -2,9 +2,10 @@
 
 import pytest
 import torch
-from transformers import BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification
+from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
+                          RobertaConfig, RobertaForSequenceClassification)
 
-from layerlens.training.frozen_bottom import MB, FrozenBottomCache
+from layerlens.training.frozen_bottom import MB, FrozenBottomCache, cacheable
 
 
 def tiny_classifier(layers: int = 3):
@@ -216,3 +217,25 @@ def test_rows_of_the_same_tokens_with_other_token_types_are_cached_apart():
     for _ in range(2):  # the fill, then from the cache
         torch.testing.assert_close(cached(**inputs).logits, expected, atol=1e-5, rtol=1e-5)
     assert (len(cache.rows), cache.misses, cache.hits) == (2, 2, 2)
+
+
+def test_the_cache_serves_a_bare_encoder_and_refuses_its_trainable_embeddings():
+    reference, encoder = tiny_classifier().bert.eval(), tiny_classifier().bert.eval()  # BertModel: no head around
+    encoder.requires_grad_(False)
+    encoder.embeddings.LayerNorm.weight.requires_grad_(True)
+    with pytest.raises(ValueError, match=r"but embeddings\.LayerNorm\.weight is trainable$"):
+        FrozenBottomCache(encoder, 2)
+    encoder.requires_grad_(False)
+    cache = FrozenBottomCache(encoder, 2)
+    ids = torch.tensor([[5, 6, 7, 8, 9], [11, 12, 13, 14, 15]])
+    for _ in range(2):  # the fill, then from the cache
+        torch.testing.assert_close(encoder(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state,
+                                   atol=1e-5, rtol=1e-5)
+    assert (cache.misses, cache.hits) == (2, 2)
+
+
+def test_bert_and_roberta_are_cacheable_and_deberta_is_not():
+    sizes = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    assert cacheable(tiny_classifier())
+    assert cacheable(RobertaForSequenceClassification(RobertaConfig(**sizes)))
+    assert not cacheable(DebertaV2ForSequenceClassification(DebertaV2Config(**sizes)))
