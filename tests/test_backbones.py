@@ -118,7 +118,7 @@ def test_a_plan_builds_trains_its_own_parameters_and_the_head_only(family):
     params = dict(model.named_parameters())
     trainable = {n for n, p in params.items() if p.requires_grad}
     head = {n for n in trainable if not any(m in n for m in MARKERS)}
-    assert head and all(n.split(".")[2] in HEADS[family] for n in head)  # base_model.model.<head module>...
+    assert {n.split(".")[2] for n in head} == set(HEADS[family])  # base_model.model.<head module>...: all of it
     paths = expected_paths(family)
     ranks = {within_layers(n, ".lora_A"): p.shape[0] for n, p in params.items() if "lora_A" in n}
     assert ranks == {f"0.{paths['query']}": 2, f"1.{paths['value']}": 3, f"1.{paths['ffn_out']}": 2}
@@ -204,3 +204,13 @@ def test_hub_model_configs_compose_without_the_hub(option, location):
     backbone = instantiate(cfg.model)  # names the checkpoint; nothing is downloaded until tokenizer()/classifier()
     assert isinstance(backbone, HubBackbone)
     assert (backbone.name, backbone.location(), backbone.pooling) == (option, location, "cls")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lora_dropout_reaches_every_lora_site(family):
+    model = tiny(family)
+    sites = discover_sites(model)
+    model = apply_plan(model, sites, small_plan(sites, {"L0.query": ("lora", 2), "L1.value": ("lora", 3)}),
+                       alpha_ratio=2.0, dropout=0.25)
+    dropouts = [module.lora_dropout["default"] for module in model.modules() if hasattr(module, "lora_dropout")]
+    assert len(dropouts) == 2 and {d.p for d in dropouts} == {0.25}
