@@ -17,7 +17,7 @@ What it does, and why:
 - writes OUT/summary.md (killed / survived / timeout / no tests per module), OUT/mutants.tsv (every mutant: status,
   line, the change in one line) and OUT/run.json (command, versions, machine, date, duration);
 - with `--baseline DIR` (an earlier run's folder): for each mutant that survived there and is killed now (the same
-  function, number and change, in whichever module), the first test to fail on it, in OUT/killers.tsv. The tests
+  function and change, in whichever module), the first test to fail on it, in OUT/killers.tsv. The tests
   that passed there pass on it still, so that test is a new or a changed one. Each mutant runs in a fork of one
   warm process, against the tests that call its function, fastest first, up to the first failure.
 """
@@ -171,9 +171,10 @@ def _order(name: str) -> tuple[str, int]:
 
 
 def same_mutant(row: dict) -> tuple[str, str]:
-    """A mutant as it is known across runs: its function's mangled name and number, and the change, but not its
-    module, so that a function moved unchanged to another module (methods/layers/) keeps its mutants."""
-    return row["mutant"].rpartition(".")[2], row["change"]
+    """A mutant as it is known across runs: its function's mangled name and the change, but neither its module (a
+    function moved to methods/layers/ keeps its mutants) nor its number (which an edit elsewhere in the function
+    shifts)."""
+    return row["mutant"].rpartition(".")[2].partition("__mutmut_")[0], row["change"]
 
 
 def _read_tsv(path: Path) -> list[dict]:
