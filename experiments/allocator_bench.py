@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import datetime
 import os
-import platform
 import shlex
 import statistics
 import sys
@@ -27,12 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy
 from scipy import optimize
 
 from layerlens import _rank_alloc
 from layerlens.planning.allocator import BUDGET_TOLERANCE, Flat, allocate
 from layerlens.planning.costs import SiteSpec, Workload, option_costs
+from layerlens.provenance import machine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository, for its tests' references
 from tests.allocator_reference import allocate_greedy, milp  # noqa: E402
@@ -306,15 +305,6 @@ def plot(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def machine() -> list[str]:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "unknown")
-    system = f"{platform.machine()}, {platform.system()} {platform.release()}"
-    return [f"CPU: {model}, {os.cpu_count()} logical cores ({system})",
-            f"Python {platform.python_version()}, numpy {np.__version__}, scipy {scipy.__version__} (HiGHS MILP)",
-            f"Native build: {_rank_alloc.build_info()}"]
-
-
 def fmt(x: float, digits: int = 3) -> str:
     if not np.isfinite(x):
         return "n/a"
@@ -333,7 +323,8 @@ def readme(summary, rows, settings: Settings, settings_name, command, loads, ela
              f"per instance: {', '.join(f'{k} {v}' for k, v in settings.repeats.items())} (the greedy once at "
              "10,000 sites); MILP time limit (s): "
              + ", ".join(f"{k:,}: {v:g}" for k, v in settings.milp_time_limit.items()) + ".", ""]
-    lines += ["## Machine", ""] + [f"- {line}" for line in machine()]
+    # load=False: the load is sampled at the start and at the end of the benchmark (the line after).
+    lines += ["## Machine", ""] + [f"- {line}" for line in machine(packages=("numpy", "scipy"), load=False)]
     lines += [f"- Load average (1, 5, 15 min) at the start: {loads[0]}; at the end: {loads[1]}"]
     if note:
         lines += [f"- {note}"]

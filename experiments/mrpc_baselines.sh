@@ -18,13 +18,7 @@ cmd=(python -m layerlens.run -m task=mrpc baseline=$baselines seed=$seeds traine
   echo "store:   $MLFLOW_TRACKING_URI"
   echo "commit:  $(git rev-parse HEAD)"
 } > "$out/command.txt"
-{
-  echo "date (UTC): $(date -u '+%F %T')"
-  echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs) x $(nproc) cores"
-  echo "memory: $(free -g | awk '/Mem:/ {print $2}') GiB"
-  echo "load average at start (1, 5, 15 min): $(cut -d" " -f1-3 /proc/loadavg)"
-  python -c "import platform, torch, transformers, peft, lightning; print('python', platform.python_version(), '| torch', torch.__version__, '| transformers', transformers.__version__, '| peft', peft.__version__, '| lightning', lightning.__version__)"
-} > "$out/machine.txt"
+python -m layerlens.provenance > "$out/machine.txt"  # date, CPU, memory, load, GPU, versions, commit
 start=$(date +%s)
 "${cmd[@]}"
 echo "sweep wall time: $(( $(date +%s) - start )) s" >> "$out/machine.txt"
