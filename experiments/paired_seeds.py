@@ -1,4 +1,4 @@
-"""Many seeds of each baseline, run side by side, and the seed-by-seed comparison of two of them.
+"""Many seeds of each baseline, run side by side; after each run, the results folder's tables.
 
     python experiments/paired_seeds.py --jobs lora,layerlens:0-19 --jobs full_ft,adalora:0-9 --workers 8 \
         --deadline-s 480 [-- extra layerlens.run overrides]
@@ -6,16 +6,17 @@
 Each (baseline, seed) is one `python -m layerlens.run` process with `logger=jsonl`; `--workers` of them run at once
 (jobs in the order given, seed by seed, so pairs finish together). At the deadline the runs still going are stopped
 and left out. Each run appends its line to runs.jsonl as it ends, and a run already FINISHED there is not run again:
-start the same command with the same --out to go on where an earlier one stopped. Writes experiments/results/<date>-<UTC time>-paired-seeds/ (or --out): runs.jsonl (one line per run),
-results.md and results.csv (per baseline: seeds, mean and sample std of the eval split's metrics; per seed: the
---compare pair (or pairs) side by side, their differences, win / tie / loss counts and Wilcoxon's signed-rank test), the
-command and the machine. `--analyse DIR` rewrites the tables of DIR's runs.jsonl without running anything.
+start the same command with the same --out to go on where an earlier one stopped (`--dry-run` lists what would run).
+Writes experiments/results/<date>-<UTC time>-paired-seeds/ (or --out): runs.jsonl (one line per run), the command
+and the machine, and after every run results.md and results.csv, written by the report's analysis
+(layerlens.reporting.paired.write_results: per baseline, seeds, mean and sample std of the test split's metrics;
+per --compare pair, seed by seed, their differences, win / tie / loss counts and Wilcoxon's signed-rank test).
+`--analyse DIR` rewrites DIR's tables without running anything, as would
+`python -m layerlens.report source=DIR/runs.jsonl compare=a,b` (which writes the report's own files).
 """
 
 import argparse
-import json
 import os
-import platform
 import shlex
 import signal
 import subprocess
@@ -24,11 +25,11 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from statistics import mean, stdev
 
-from scipy.stats import wilcoxon
-
-from layerlens.data.tasks import TaskSpec
+from layerlens.errors import LayerLensError
+from layerlens.provenance import git_commit, machine
+from layerlens.reporting.paired import parse_pairs, write_results
+from layerlens.reporting.runs import describe_source, finished_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,26 +37,17 @@ ROOT = Path(__file__).resolve().parent.parent
 def parse_jobs(spec: str) -> list[tuple[str, int]]:
     """'lora,layerlens:0-19' or 'full_ft:0,2,5' -> [(baseline, seed), ...], seed by seed."""
     baselines, _, seeds = spec.partition(":")
-    if not baselines or not seeds:
-        raise SystemExit(f"error: --jobs must be BASELINE[,BASELINE...]:SEEDS, got {spec!r}")
     numbers: list[int] = []
-    for part in seeds.split(","):
-        first, _, last = part.partition("-")
-        numbers += range(int(first), int(last or first) + 1)
+    try:
+        for part in seeds.split(","):
+            first, _, last = part.partition("-")
+            numbers += range(int(first), int(last or first) + 1)
+    except ValueError:
+        numbers = []
+    if not baselines or not numbers:
+        raise SystemExit(f"error: --jobs must be BASELINE[,BASELINE...]:SEEDS (e.g. lora,layerlens:0-9,12), "
+                         f"got {spec!r}")
     return [(baseline, seed) for seed in numbers for baseline in baselines.split(",")]
-
-
-def machine() -> list[str]:
-    import torch
-
-    lines = [
-        f"date (UTC): {datetime.now(timezone.utc):%F %T}",
-        f"cpu: {platform.processor() or platform.machine()} x {os.cpu_count()} cores",
-        f"python {platform.python_version()} | torch {torch.__version__}",
-    ]
-    if torch.cuda.is_available():
-        lines.append(f"gpu: {torch.cuda.get_device_name(0)}")
-    return lines
 
 
 class Runner:
@@ -86,66 +78,25 @@ class Runner:
         return f"{baseline} s{seed}: exit {proc.returncode}"
 
 
-def load_runs(path: Path) -> dict[str, dict[int, dict]]:
-    """FINISHED runs by baseline and seed (a later line for the same pair replaces an earlier one)."""
-    runs: dict[str, dict[int, dict]] = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        if record["status"] == "FINISHED":
-            runs.setdefault(record["tags"]["baseline"], {})[int(record["tags"]["seed"])] = record
-    return runs
+def finished(out: Path) -> set[tuple[str, str]]:
+    """(baseline, seed) of the runs FINISHED in out/runs.jsonl."""
+    if not (out / "runs.jsonl").is_file():
+        return set()
+    runs = finished_runs(str(out / "runs.jsonl"))
+    return set(zip(runs["baseline"], runs["seed"].astype(str)))
 
 
-def summary(values: list[float], digits: int = 4) -> str:
-    if len(values) < 2:
-        return f"{values[0]:.{digits}f}" if values else "–"
-    return f"{mean(values):.{digits}f} ± {stdev(values):.{digits}f}"
-
-
-def analyse(out: Path, compares: list[tuple[str, str]], metric_names: list[str]) -> str:
-    runs = load_runs(out / "runs.jsonl")
-    if not runs:
-        raise SystemExit(f"error: {out / 'runs.jsonl'} holds no finished run")
-    task = next(iter(next(iter(runs.values())).values()))["config"]["task"]
-    lines = [f"Task {task['name']}: test/* on its {task.get('test_split', TaskSpec.test_split)!r} split, read once "
-             f"with the checkpoint chosen by {task.get('headline_metric', TaskSpec.headline_metric)} on the selection "
-             f"split ({task.get('selection_split', TaskSpec.selection_split)}); mean ± sample std over the seeds each "
-             "baseline finished.", ""]
-    header = ["baseline", "seeds", "n", *metric_names, "trainable params", "train s"]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    csv = ["baseline,seed," + ",".join(metric_names) + ",params/trainable,time/train_s"]
-    for baseline, by_seed in runs.items():
-        seeds = sorted(by_seed)
-        cols = [summary([by_seed[s]["metrics"][m] for s in seeds]) for m in metric_names]
-        params = sorted({int(by_seed[s]["metrics"]["params/trainable"]) for s in seeds})
-        lines.append(f"| {baseline} | {seeds[0]}–{seeds[-1]} | {len(seeds)} | " + " | ".join(cols)
-                     + f" | {params[0]:,}" + (f"–{params[-1]:,}" if len(params) > 1 else "")
-                     + f" | {summary([by_seed[s]['metrics']['time/train_s'] for s in seeds], digits=1)} |")
-        csv += [f"{baseline},{s}," + ",".join(f"{by_seed[s]['metrics'][m]:.6f}" for m in metric_names)
-                + f",{int(by_seed[s]['metrics']['params/trainable'])},{by_seed[s]['metrics']['time/train_s']:.1f}"
-                for s in seeds]
-    for a, b in compares:
-        paired = sorted(set(runs.get(a, {})) & set(runs.get(b, {})))
-        if paired:
-            lines += ["", f"Seed by seed, {a} against {b} ({len(paired)} seeds both finished):", ""]
-            lines += ["| seed | " + " | ".join(f"{a} {m} | {b} {m}" for m in metric_names) + " |",
-                      "|---|" + "---|---|" * len(metric_names)]
-            for s in paired:
-                lines.append(f"| {s} | " + " | ".join(
-                    f"{runs[a][s]['metrics'][m]:.4f} | {runs[b][s]['metrics'][m]:.4f}" for m in metric_names) + " |")
-            lines += ["", f"| metric | mean ± sample std of {a} − {b} | {a} higher / tie / lower "
-                      "| Wilcoxon signed-rank p (two-sided) |", "|---|---|---|---|"]
-            for m in metric_names:
-                diffs = [runs[a][s]["metrics"][m] - runs[b][s]["metrics"][m] for s in paired]
-                wins, ties = sum(d > 1e-9 for d in diffs), sum(abs(d) <= 1e-9 for d in diffs)
-                p = wilcoxon(diffs).pvalue if len(paired) > 1 and any(abs(d) > 1e-9 for d in diffs) else float("nan")
-                lines.append(f"| {m} | {summary(diffs)} | {wins} / {ties} / {len(diffs) - wins - ties} | {p:.3g} |")
-            both = sum(all(runs[a][s]["metrics"][m] >= runs[b][s]["metrics"][m] - 1e-9 for m in metric_names)
-                       for s in paired)
-            lines += ["", f"{a} at or above {b} in every metric at {both} of {len(paired)} seeds."]
-    (out / "results.md").write_text("\n".join(lines) + "\n")
-    (out / "results.csv").write_text("\n".join(csv) + "\n")
-    return "\n".join(lines)
+def analyse(out: Path, compare: list[tuple[str, str]], metrics: list[str], strict: bool = True) -> str:
+    """Rewrite out/results.md and results.csv from out/runs.jsonl with the report's analysis. Not strict (while
+    runs go on): the pairs of which a baseline has no finished run yet are left out, and no finished run writes
+    nothing."""
+    runs = finished_runs(str(out / "runs.jsonl"))
+    if not strict:
+        if runs.empty:
+            return ""
+        compare = [pair for pair in compare if set(pair) <= set(runs["baseline"])]
+    # The log lies beside the tables: named by its file name alone.
+    return write_results(runs, out, compare, metrics, describe_source("runs.jsonl"))
 
 
 def main() -> None:
@@ -155,28 +106,37 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=float("inf"), help="stop every run after this long")
     parser.add_argument("--compare", action="append", default=[],
                         help="two baselines compared seed by seed, e.g. layerlens,lora (repeat for more pairs)")
-    parser.add_argument("--metrics", default="test/acc,test/f1", help="the metrics tabled and compared")
+    parser.add_argument("--metrics", default="test/acc,test/f1", help="the test/* metrics tabled and compared")
     parser.add_argument("--out", type=Path, help="results folder (default: a dated one under experiments/results)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/layerlens-paired"), help="run folders and logs")
     parser.add_argument("--analyse", type=Path, metavar="DIR", help="only rewrite DIR's tables from its runs.jsonl")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list the runs that would start, in order (those not FINISHED in --out), and stop")
     parser.add_argument("overrides", nargs="*", help="layerlens.run overrides for every run (after --)")
     args = parser.parse_args()
-    compare = [tuple(pair.split(",")) for pair in args.compare or ["layerlens,lora"]]
-    if any(len(pair) != 2 for pair in compare):
-        raise SystemExit(f"error: --compare must name two baselines, got {args.compare!r}")
+    try:
+        run(args)
+    except LayerLensError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def run(args) -> None:
+    compare, metrics = parse_pairs(args.compare or ["layerlens,lora"]), args.metrics.split(",")
     if args.analyse:
-        print(analyse(args.analyse, compare, args.metrics.split(",")))
+        print(analyse(args.analyse, compare, metrics))
         return
     jobs = [job for spec in args.jobs for job in parse_jobs(spec)]
     if not jobs:
         raise SystemExit("error: --jobs names no run")
     out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(timezone.utc):%F-%H%M}-paired-seeds"
+    done = finished(out)
+    jobs = [(baseline, seed) for baseline, seed in jobs if (baseline, str(seed)) not in done]
+    if args.dry_run:
+        print("\n".join(f"{baseline} s{seed}" for baseline, seed in jobs) or "nothing to run")
+        return
     out.mkdir(parents=True, exist_ok=True)
-    done = load_runs(out / "runs.jsonl") if (out / "runs.jsonl").is_file() else {}
-    jobs = [(baseline, seed) for baseline, seed in jobs if seed not in done.get(baseline, {})]
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     with open(out / "command.txt", "a") as record:  # one entry per start: a results folder may take several
-        record.write(f"command: {shlex.join(sys.argv)}\ncommit:  {commit or 'unknown'}\n"
+        record.write(f"command: {shlex.join(sys.argv)}\ncommit:  {git_commit()}\n"
                      f"started: {datetime.now(timezone.utc):%F %T} UTC, {len(jobs)} runs not yet finished\n")
     start = time.monotonic()
     runner = Runner(out, args.work, args.overrides, max(1, (os.cpu_count() or 1) // args.workers),
@@ -185,11 +145,12 @@ def main() -> None:
         for outcome in pool.map(runner.run, jobs):
             print(outcome, flush=True)
             if (out / "runs.jsonl").is_file():  # the tables so far, so that a stopped sweep still leaves them
-                analyse(out, compare, args.metrics.split(","))
+                analyse(out, compare, metrics, strict=False)
     with open(out / "machine.txt", "a") as record:
         record.write("\n".join([*machine(), f"workers: {args.workers} runs at once, {runner.threads} threads each",
                                  f"wall time: {time.monotonic() - start:.0f} s", ""]) + "\n")
-    print(analyse(out, compare, args.metrics.split(",")))
+    if (out / "runs.jsonl").is_file():
+        print(analyse(out, compare, metrics, strict=False))
 
 
 if __name__ == "__main__":

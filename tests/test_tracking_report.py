@@ -74,7 +74,8 @@ def test_final_selection_metrics_are_the_best_checkpoints_and_the_test_split_is_
 def test_report_for_a_sweep_names_runs_seeds_ratios_and_targets(store, tmp_path):
     uri, _, _ = store
     cfg = compose_config("report", [f"tracking_uri={uri}", "sweep=s1", f"out_dir={tmp_path}"])
-    markdown, csv, plots = make_report(cfg)
+    markdown, csv, plots, paired = make_report(cfg)
+    assert paired == ()  # no compare
     table = pd.read_csv(csv)
     assert list(table["baseline"]) == ["full_ft", "lora"] and list(table["n_runs"]) == [2, 2]
     assert list(table["seeds"]) == ["0,1", "0,1"]
@@ -95,7 +96,7 @@ def test_report_for_a_sweep_names_runs_seeds_ratios_and_targets(store, tmp_path)
 
 def test_report_without_a_sweep_takes_every_finished_run(store, tmp_path):
     uri, _, _ = store
-    markdown, csv, _ = make_report(compose_config("report", [f"tracking_uri={uri}", f"out_dir={tmp_path}"]))
+    markdown, csv, *_ = make_report(compose_config("report", [f"tracking_uri={uri}", f"out_dir={tmp_path}"]))
     table = pd.read_csv(csv)
     assert list(table["n_runs"]) == [2, 3] and markdown.name == "comparison-all.md"
 
@@ -103,7 +104,7 @@ def test_report_without_a_sweep_takes_every_finished_run(store, tmp_path):
 def test_report_restricted_to_one_task(store, tmp_path):
     uri, _, _ = store
     cfg = compose_config("report", [f"tracking_uri={uri}", "sweep=s1", "task_name=mrpc", f"out_dir={tmp_path}"])
-    markdown, csv, _ = make_report(cfg)
+    markdown, csv, *_ = make_report(cfg)
     assert markdown.name == "comparison-s1-mrpc.md" and len(pd.read_csv(csv)) == 2
     with pytest.raises(LayerLensError, match="no finished LayerLens runs match"):
         make_report(compose_config("report", [f"tracking_uri={uri}", "task_name=rte", f"out_dir={tmp_path}"]))
@@ -111,9 +112,9 @@ def test_report_restricted_to_one_task(store, tmp_path):
 
 def test_report_latest_sweep_and_unknown_sweep(store, tmp_path):
     uri, _, _ = store
-    _, csv, _ = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=latest", f"out_dir={tmp_path}"]))
+    _, csv, *_ = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=latest", f"out_dir={tmp_path}"]))
     assert csv.name == "comparison-s1.csv"
-    _, csv, _ = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=[s1,nope]", f"out_dir={tmp_path}"]))
+    _, csv, *_ = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=[s1,nope]", f"out_dir={tmp_path}"]))
     assert csv.name == "comparison-s1.csv" and list(pd.read_csv(csv)["n_runs"]) == [2, 2]
     with pytest.raises(LayerLensError, match="no finished LayerLens runs match"):
         make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=nope", f"out_dir={tmp_path}"]))

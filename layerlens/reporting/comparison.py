@@ -70,22 +70,23 @@ def summarise(runs: pd.DataFrame, targets: list[Target], reference: str = "full_
 
     A variant is a set of runs of one baseline whose logged configs agree except for the seed; it is
     labelled by the config keys in which it differs from the baseline's other runs (empty when alone).
+    A variant counts one run per seed, the latest (`one_run_per_seed`).
     Ratios need exactly one reference variant per task and model, and are left empty otherwise; the
     headline's ratio also needs the reference to have the same headline metric.
     """
     if runs.empty:
-        raise LayerLensError("no finished LayerLens runs match: run some first, or check tracking_uri/sweep/task")
+        raise LayerLensError("no finished LayerLens runs match: run some first, or check source/sweep/task_name")
     for metric in SUMMARISED:
         if metric not in runs:
             runs = runs.assign(**{metric: float("nan")})
     headline = runs[HEADLINE].fillna(DEFAULT_HEADLINE) if HEADLINE in runs else DEFAULT_HEADLINE
-    runs = label_variants(runs.assign(**{HEADLINE: headline}))
+    runs = one_run_per_seed(label_variants(runs.assign(**{HEADLINE: headline})))
     runs = runs.assign(headline_value=[row.get(on_test(row[HEADLINE]), float("nan")) for _, row in runs.iterrows()])
     summarised = {**SUMMARISED, "headline_value": HEADLINE}
     grouped = runs.groupby(ROW, sort=True)
     table = grouped.agg(
         n_runs=("run_id", "size"),
-        seeds=("seed", lambda s: ",".join(sorted(set(s), key=_seed_order))),
+        seeds=("seed", lambda s: ",".join(sorted(set(s), key=seed_order))),
         runs=("run_name", lambda s: " ".join(sorted(s))),
     )
     for metric, short in summarised.items():
@@ -135,18 +136,31 @@ def plan_checks(runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def label_variants(runs: pd.DataFrame) -> pd.DataFrame:
-    """Add a `variant` column: `key=value, ...` over the config keys that vary within a baseline's runs."""
+    """Add a `variant` column: `key=value, ...` over the config keys that vary within a baseline's runs.
+
+    Only keys that every one of those runs logged count (a key that a later version of the code added is not a
+    choice that was made), and not those that follow the seed, equal to each run's seed (`${seed}` in the config).
+    """
     if "config" not in runs:
         return runs.assign(variant="")
     labels = pd.Series("", index=runs.index, dtype=object)
     for _, group in runs.groupby(GROUP):
-        configs = group["config"]
-        keys = sorted(set().union(*configs))
-        varying = [key for key in keys if len({config.get(key) for config in configs}) > 1]
-        labels[group.index] = [", ".join(f"{key}={config.get(key)}" for key in varying) for config in configs]
+        configs, seeds = list(group["config"]), [str(seed) for seed in group["seed"]]
+        keys = sorted(set.intersection(*(set(config) for config in configs)))
+        varying = [key for key in keys if len({config[key] for config in configs}) > 1
+                   and any(config[key] != seed for config, seed in zip(configs, seeds))]
+        labels[group.index] = [", ".join(f"{key}={config[key]}" for key in varying) for config in configs]
     return runs.assign(variant=labels)
 
 
-def _seed_order(seed: str):
+def one_run_per_seed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The latest run (by start_time, else by row) of each task, model, baseline, variant and seed: a seed run
+    again replaces its earlier run rather than counting twice."""
+    order = runs.sort_values("start_time", kind="stable") if "start_time" in runs else runs
+    key = [column for column in [*GROUP, "variant", "seed"] if column in runs]
+    return order.drop_duplicates(key, keep="last").sort_index()
+
+
+def seed_order(seed: str):
     seed = str(seed)
     return (0, int(seed)) if seed.isascii() and seed.isdigit() else (1, seed)

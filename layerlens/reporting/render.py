@@ -8,7 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from layerlens.reporting.comparison import HEADLINE, SUMMARISED, Target
+from layerlens.reporting.paired import PairedComparison
 from layerlens.reporting.plots import Plot
+from layerlens.reporting.runs import describe_source
 
 LABELS = {"acc": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman",
           "trainable_pct": "trainable %", "train_s": "train s", "profile_s": "profile s", "total_s": "total s",
@@ -18,10 +20,10 @@ ALWAYS_SHOWN = ("trainable_pct", "train_s")  # other metric columns only where s
 SHOWN_RATIOS = (HEADLINE, "trainable_pct", "train_s", "total_s")
 
 
-def provenance(tracking_uri: str, sweep: str | None, reference: str) -> str:
+def provenance(source: str, sweep: str | None, reference: str) -> str:
     scope = f"sweep {sweep.replace('+', ' + sweep ')}" if sweep else "all finished runs"
     return (
-        f"Source: MLflow store {tracking_uri}, {scope}. Task metrics (acc, F1, MCC; Pearson, Spearman): test/*, on "
+        f"Source: {describe_source(source)}, {scope}. Task metrics (acc, F1, MCC; Pearson, Spearman): test/*, on "
         f"each run's test split (task.test_split, GLUE's dev), read once with the checkpoint chosen by the task's "
         f"headline metric on its selection split (task.selection_split: a held-out share of train unless set "
         f"otherwise); mean ± sample std over the n seeds of each row. Ratios: row mean / "
@@ -61,9 +63,18 @@ CHECKS_NOTE = (
 )
 
 
+PAIRED_NOTE = (
+    "Each pair within each task and model where both ran, on the seeds both finished (one run per seed, the "
+    "latest); a − b per seed, its mean ± sample std, the seeds where a is higher / equal (within 1e-9) / lower, "
+    "and Wilcoxon's signed-rank test of the differences, two-sided, ties left out."
+)
+
+
 def write_report(table: pd.DataFrame, targets: list[Target], header: str, out_dir: Path, stem: str,
-                 checks: pd.DataFrame | None = None, plots: list[Plot] | None = None) -> tuple[Path, Path]:
-    """The Markdown (linking `plots`, written beside it) and the CSV of the table, in out_dir."""
+                 checks: pd.DataFrame | None = None, plots: list[Plot] | None = None,
+                 comparisons: list[PairedComparison] = ()) -> tuple[Path, Path]:
+    """The Markdown (linking `plots`, written beside it; then each compared pair seed by seed) and the CSV of the
+    table, in out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown, csv = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
     shown = display_frame(table, targets)
@@ -71,8 +82,12 @@ def write_report(table: pd.DataFrame, targets: list[Target], header: str, out_di
     if plots:
         text += "\n## Plots\n" + "".join(f"\n![{p.title}]({p.path.name})\n\n{p.caption}\n" for p in plots)
     if checks is not None and not checks.empty:
-        text += f"\n## Profiling and plan checks\n\n{CHECKS_NOTE}\n\n{checks.to_markdown(index=False, floatfmt='.4g')}\n"
+        text += (f"\n## Profiling and plan checks\n\n{CHECKS_NOTE}\n\n"
+                 f"{checks.to_markdown(index=False, floatfmt='.4g')}\n")
         checks.to_csv(out_dir / f"{stem}-plan-checks.csv", index=False)
+    if comparisons:
+        text += f"\n## Seed by seed\n\n{PAIRED_NOTE}\n" + "".join("\n" + "\n".join(c.markdown()) + "\n"
+                                                                 for c in comparisons)
     markdown.write_text(text)
     table.to_csv(csv, index=False)
     return markdown, csv
@@ -88,8 +103,17 @@ def _rich_table(frame: pd.DataFrame, title: str, caption: str) -> Table:
 
 
 def print_report(table: pd.DataFrame, targets: list[Target], header: str, console: Console | None = None,
-                 checks: pd.DataFrame | None = None) -> None:
+                 checks: pd.DataFrame | None = None, comparisons: list[PairedComparison] = (),
+                 source: str = "") -> None:
     console = console or Console(width=250)
     console.print(_rich_table(display_frame(table, targets), "LayerLens comparison", header))
     if checks is not None and not checks.empty:
         console.print(_rich_table(checks, "Profiling and plan checks", CHECKS_NOTE))
+    for c in comparisons:
+        caption = f"{c.scope()}. Source: {source}."
+        if not c.seeds:
+            console.print(f"{c.a} against {c.b}: no seed paired ({caption})")
+            continue
+        console.print(_rich_table(c.seed_frame(), f"{c.a} against {c.b}, seed by seed", caption))
+        console.print(_rich_table(c.stats_frame(), f"{c.a} − {c.b}, paired", f"{caption} {PAIRED_NOTE} {c.a} at "
+                                  f"or above {c.b} in every metric at {c.at_or_above} of {len(c.seeds)} seeds."))
