@@ -1,9 +1,11 @@
 """Applying a plan to a model: each adapted site's method, as the registry (layerlens.methods) says it is applied."""
 
+from collections.abc import Collection
+
 from torch import nn
 
 from layerlens.errors import LayerLensError
-from layerlens.methods import METHODS, Build, Method, get_method
+from layerlens.methods import METHODS, Build, Method, get_method, methods_for
 from layerlens.planning.plan import Plan
 from layerlens.sites import Site, encoder_layers
 
@@ -30,18 +32,20 @@ def placements(plan: Plan, sites: list[Site]) -> list[tuple[Method, Site, int]]:
     return [(get_method(c.method), by_name[c.site], c.size) for c in plan.adapted()]
 
 
-def check_plan_fits(plan: Plan, sites: list[Site]) -> None:
+def check_plan_fits(plan: Plan, sites: list[Site], offered: Collection[str] | None = None) -> None:
     """Raise, naming the first site at fault, unless the plan's sites are the model's and each adapted one has a
-    method its kind accepts and a size in that method's range (a plan.json edited by hand, or made for another
-    model)."""
+    method offered at its site (by `offered`, a Menu, as the sites were discovered: see methods_for) and a size in
+    that method's range (a plan.json edited by hand, or made for another model or another menu)."""
     by_name = {site.name: site for site in sites}
     planned = [c.site for c in plan.choices]
     if sorted(planned) != sorted(by_name):
         extra = sorted(set(planned) - set(by_name)) or sorted(set(by_name) - set(planned))
         raise LayerLensError(f"plan: its sites are not the model's ({extra[0]!r} is in one and not the other)")
     for c in plan.adapted():
-        if c.method != by_name[c.site].method:
-            raise LayerLensError(f"plan: site {c.site} ({c.kind}) takes {by_name[c.site].method} or none, "
+        site = by_name[c.site]
+        names = list(dict.fromkeys([site.method, *(m.name for m in methods_for(site.kind, offered))]))
+        if c.method not in names:
+            raise LayerLensError(f"plan: site {c.site} ({c.kind}) takes {' or '.join(names)} or none, "
                                  f"got {c.method!r}")
         method = get_method(c.method)
         if not method.allows(c.size):
@@ -49,13 +53,16 @@ def check_plan_fits(plan: Plan, sites: list[Site]) -> None:
                                  f"got {c.size!r}")
 
 
-def apply_plan(model: nn.Module, sites: list[Site], plan: Plan, alpha_ratio: float, dropout: float) -> nn.Module:
+def apply_plan(model: nn.Module, sites: list[Site], plan: Plan, alpha_ratio: float, dropout: float,
+               offered: Collection[str] | None = None) -> nn.Module:
     """Exactly the plan's modules trainable, plus the task head; everything else frozen.
 
-    The methods that wrap the model (peft's) are applied first, each at all its sites at once; then the others,
-    site by site in the plan's order (what they add is initialised in that order, from the seed).
+    The methods that wrap the model (peft's) are applied first, each at all its sites at once, in the order
+    registered (LoRA's peft model first; the others join it: methods/linears.py); then the others, site by site in
+    the plan's order (what they add is initialised in that order, from the seed). `offered`: the methods offered at
+    each site (a Menu), as for check_plan_fits.
     """
-    check_plan_fits(plan, sites)
+    check_plan_fits(plan, sites, offered)
     head = task_head(model)
     build = Build(tuple(head), alpha_ratio, dropout)
     placed = placements(plan, sites)

@@ -96,7 +96,7 @@ def plan_experiment(cfg: DictConfig, output_dir: Path) -> tuple[Plan, dict[str, 
     model = s.backbone.classifier(s.task.num_labels)
     ctx = adapt_context(s, cfg, data, count_parameters(model), output_dir)
     sites, profile, plan, _ = s.baseline.plan(model, ctx)
-    s.baseline.save(plan, sites, ctx.output_dir)
+    s.baseline.save(plan, sites, ctx.output_dir, model)
     return plan, profile.validation()
 
 

@@ -12,7 +12,7 @@ from transformers import BertConfig, BertForSequenceClassification
 from layerlens.baselines.planned import LayerLensBaseline
 from layerlens.building import apply_plan
 from layerlens.errors import LayerLensError
-from layerlens.methods import METHODS, Method, accepting, register, unregister
+from layerlens.methods import METHODS, Method, accepting, methods_for, register, unregister
 from layerlens.planning.costs import SiteSpec, Workload
 from layerlens.planning.planner import PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
@@ -54,7 +54,7 @@ def tiny_bert():
 
 
 def test_a_registered_method_is_planned_built_plotted_and_reported(toy, tmp_path):
-    assert [method.name for method in accepting("ffn_block")] == ["adapter", "toy"]
+    assert [method.name for method in methods_for("ffn_block")] == ["adapter", "toy"]  # by default
     model = tiny_bert()
     sites = discover_sites(model, ["query", "ffn_block"], offered=["lora", "toy"])
     assert [(s.name, s.method, s.d_in, s.d_out) for s in sites] == [
@@ -81,16 +81,16 @@ def test_a_registered_method_is_planned_built_plotted_and_reported(toy, tmp_path
     assert plot_plan(plan, tmp_path / "plan.png", "toy").stat().st_size > 0
 
 
-def test_where_two_methods_accept_a_kind_the_planners_sizes_choose_one(toy):
+def test_where_two_methods_accept_a_kind_by_default_the_planners_sizes_choose_which_are_offered(toy):
     # docs/architecture.md's command line
     cfg = compose_config("run", ["baseline=layerlens", "baseline.planner.sizes.adapter=[]",
                                  "+baseline.planner.sizes.toy=[1,2,4]"])
-    assert build(cfg, "baseline").method("ffn_block") == "toy"
-    assert LayerLensBaseline(sites=["ffn_block"], planner={"sizes": {"adapter": [2], "toy": []}}).method(
-        "ffn_block") == "adapter"
-    with pytest.raises(LayerLensError, match=r"^site kind 'ffn_block' is accepted by adapter and toy: give sizes to "
-                                             r"exactly one of them \(baseline.planner.sizes\)$"):
-        LayerLensBaseline(sites=["ffn_block"], planner={"sizes": {"adapter": [2], "toy": [1]}})
+    assert build(cfg, "baseline").methods("ffn_block") == ["toy"]
+    assert LayerLensBaseline(sites=["ffn_block"], planner={"sizes": {"adapter": [2], "toy": []}}).methods(
+        "ffn_block") == ["adapter"]
+    # both given sizes: both offered, the allocator chooses
+    assert LayerLensBaseline(sites=["ffn_block"], planner={"sizes": {"adapter": [2], "toy": [1]}}).methods(
+        "ffn_block") == ["adapter", "toy"]
 
 
 def test_a_method_is_registered_once(toy):
@@ -129,9 +129,13 @@ def test_the_registry_and_the_planner_import_without_torch():
     assert done.stdout.strip() == "[]"
 
 
-def test_each_site_kind_accepts_the_one_method_it_always_has():
+def test_each_site_kind_takes_by_default_the_one_method_it_always_has():
     # Last in this file: the toy registered by the tests above is gone again.
     assert list(METHODS) == ["lora", "adapter", "prefix"]
-    assert {kind: [method.name for method in accepting(kind)] for kind in SITE_KINDS} == {
+    assert {kind: [method.name for method in methods_for(kind)] for kind in SITE_KINDS} == {
         **dict.fromkeys(["query", "key", "value", "attn_out", "ffn_in", "ffn_out"], ["lora"]),
         "attn_block": ["adapter"], "ffn_block": ["adapter"], "attention": ["prefix"]}
+    # and accepts more where baseline.planner.menu offers them
+    assert {kind: [method.name for method in accepting(kind)] for kind in SITE_KINDS} == {
+        **{kind: ["lora"] for kind in ["query", "key", "value", "attn_out", "ffn_in", "ffn_out"]},
+        "attn_block": ["adapter"], "ffn_block": ["lora", "adapter"], "attention": ["lora", "prefix"]}

@@ -10,7 +10,7 @@ from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
 from layerlens.building import apply_plan, placements
 from layerlens.errors import LayerLensError
-from layerlens.methods import Build, lora, method_for
+from layerlens.methods import Build, Menu, get_method, lora, methods_for
 from layerlens.planning.costs import Depth, SiteSpec, Workload
 from layerlens.planning.plan import Plan
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
@@ -74,22 +74,36 @@ class LayerLensBaseline:
             if missing:
                 raise LayerLensError(f"baseline.planner.kind_prior has no constant for site kind {missing[0]!r} "
                                      "(utility kind_depth needs one for every kind in baseline.sites)")
-        methods = sorted({self.method(kind) for kind in self.sites})
+        unused = [kind for kind in self.planner.menu if kind not in self.sites]
+        if unused:
+            raise LayerLensError(f"baseline.planner.menu.{unused[0]}: site kind {unused[0]} is not in baseline.sites "
+                                 f"({', '.join(self.sites)})")
+        for kind in self.sites:
+            for method in methods_for(kind, self.offered()):
+                both = [k for k in method.covers.get(kind, ()) if k in self.sites]
+                if both:
+                    raise LayerLensError(
+                        f"baseline.planner.menu.{kind}: {method.name} on {kind} sites adapts their layer's "
+                        f"{', '.join(method.covers[kind])}, which baseline.sites also lists ({both[0]}): leave "
+                        f"{' and '.join(both)} out of baseline.sites or {method.name} off the menu")
+        methods = sorted({method for kind in self.sites for method in self.methods(kind)})
         if not any(self.planner.sizes.get(method) for method in methods):
             raise LayerLensError(f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
                                  "(the methods of baseline.sites), got none")
 
-    def offered(self) -> list[str]:
-        """The methods the planner is given sizes for."""
-        return [method for method, sizes in self.planner.sizes.items() if sizes]
+    def offered(self) -> Menu:
+        """The methods offered: those the planner is given sizes for, and per site kind baseline.planner.menu's."""
+        return Menu(tuple(method for method, sizes in self.planner.sizes.items() if sizes),
+                    {kind: tuple(methods) for kind, methods in self.planner.menu.items()})
 
-    def method(self, kind: str) -> str:
-        return method_for(kind, self.offered()).name
+    def methods(self, kind: str) -> list[str]:
+        """The methods offered at sites of `kind`, the first the one the site takes with no choice."""
+        return [method.name for method in methods_for(kind, self.offered())]
 
     def check_task(self, task) -> None:
         """Checks that need the task: no size above the task setting that bounds its method's (a prefix no longer
         than the task's longest sequence)."""
-        for method in dict.fromkeys(method_for(kind, self.offered()) for kind in self.sites):
+        for method in dict.fromkeys(method for kind in self.sites for method in methods_for(kind, self.offered())):
             sizes = self.planner.sizes.get(method.name, [])
             if method.bounded_by is not None and sizes and max(sizes) > getattr(task, method.bounded_by):
                 raise LayerLensError(f"baseline.planner.sizes.{method.name} must be <= task.{method.bounded_by} "
@@ -103,7 +117,7 @@ class LayerLensBaseline:
         profile = profile_sites(model, sites, batches, self.profile)
         utilities = planning_utilities(self.planner.utility, profile.utility(), [s.layer for s in sites],
                                        [s.kind for s in sites], self.planner.utility_seed, self.planner.kind_prior)
-        specs = [SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, float(u))
+        specs = [SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, float(u), self.others(s))
                  for s, u in zip(sites, utilities)]
         workload = Workload(profile.batch_size, profile.tokens_per_batch, profile.seq_len,
                             model.config.num_attention_heads, self.planner.flops_per_s)
@@ -120,12 +134,18 @@ class LayerLensBaseline:
             raise
         return Planned(sites, profile, plan, time.perf_counter() - start)
 
+    def others(self, site: Site) -> tuple[tuple[str, int, int], ...]:
+        """The methods offered at `site` besides its own, each with the site's (d_in, d_out) as it sees it."""
+        return tuple((name, *get_method(name).dims(site.module, site.profiled))
+                     for name in self.methods(site.kind) if name != site.method)
+
     def caches(self, model: nn.Module) -> bool:
         """Whether the frozen layers below the lowest adapted one are computed once (where the encoder allows it)."""
         return self.cache_frozen_layers and cacheable(model)
 
-    def save(self, plan: Plan, sites: list[Site], folder: Path) -> list[Path]:
-        """plan.json and its plot; a LoRA-only plan also as peft's adapter_config.json (LoraConfig.from_pretrained)."""
+    def save(self, plan: Plan, sites: list[Site], folder: Path, model: nn.Module | None = None) -> list[Path]:
+        """plan.json and its plot; a LoRA-only plan also as peft's adapter_config.json (LoraConfig.from_pretrained).
+        `model`, before the plan is applied: needed where LoRA is planned on a block (its linears' names)."""
         folder.mkdir(parents=True, exist_ok=True)
         (folder / PLAN_FILE).write_text(plan.to_json())
         title = f"LayerLens plan: {len(plan.adapted())} of {len(plan.choices)} sites adapted"
@@ -133,7 +153,7 @@ class LayerLensBaseline:
         if plan.method_counts().keys() == {lora.LORA.name}:
             chosen = [(site, size) for _, site, size in placements(plan, sites)]
             build = Build((), self.lora_alpha_ratio, self.lora_dropout)
-            lora.peft_config(chosen, build).save_pretrained(str(folder))
+            lora.peft_config(chosen, build, model).save_pretrained(str(folder))
             files.append(folder / CONFIG_NAME)
         return files
 
@@ -144,8 +164,8 @@ class LayerLensBaseline:
         else:
             sites, profile, plan, plan_s = self.plan(model, ctx)
             metrics = {**profile.validation(), **plan.metrics(), "time/plan_s": plan_s}
-            files = self.save(plan, sites, ctx.output_dir)
-        model = apply_plan(model, sites, plan, self.lora_alpha_ratio, self.lora_dropout)
+            files = self.save(plan, sites, ctx.output_dir, model)
+        model = apply_plan(model, sites, plan, self.lora_alpha_ratio, self.lora_dropout, self.offered())
         frozen = plan.lowest_adapted_layer()
         if self.caches(model) and frozen != 0:
             FrozenBottomCache(model, len(encoder_layers(model)[1]) if frozen is None else frozen)

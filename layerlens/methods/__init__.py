@@ -3,8 +3,8 @@
 Torch-free at import: each method's torch side (layers/, peft) is imported when the method is applied.
 """
 
-from layerlens.methods.registry import (METHODS, NONE, NONE_COLOUR, Build, Method, accepting, get_method, method_for,
-                                        register, unregister)
+from layerlens.methods.registry import (METHODS, NONE, NONE_COLOUR, Build, Menu, Method, accepting, get_method,
+                                        method_for, methods_for, register, unregister)
 
 # isort: off
 # Registered in this order: the order of the plot's legend, the report's columns and the default sizes.
@@ -13,5 +13,5 @@ from layerlens.methods import adapter
 from layerlens.methods import prefix
 # isort: on
 
-__all__ = ["METHODS", "NONE", "NONE_COLOUR", "Build", "Method", "accepting", "adapter", "get_method", "lora",
-           "method_for", "prefix", "register", "unregister"]
+__all__ = ["METHODS", "NONE", "NONE_COLOUR", "Build", "Menu", "Method", "accepting", "adapter", "get_method", "lora",
+           "method_for", "methods_for", "prefix", "register", "unregister"]

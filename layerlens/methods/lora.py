@@ -1,62 +1,77 @@
-"""LoRA (through peft) on a linear site: a trained low-rank update B A, of rank r, beside the frozen weight."""
+"""LoRA (through peft) on a linear site: a trained low-rank update B A, of rank r, beside the frozen weight.
+
+Where the menu offers it (baseline.planner.menu), also on a block: self-attention's query, key and value
+projections, or the feed-forward block's two linears, each of the site's rank (layerlens/methods/linears.py).
+"""
 
 from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING
 
+from layerlens.methods import linears
 from layerlens.methods.registry import Build, Method, register
 
 if TYPE_CHECKING:
     from peft import LoraConfig
     from torch import nn
 
-    from layerlens.planning.costs import SiteSpec, Workload
+    from layerlens.planning.costs import Workload
     from layerlens.sites import Site
 
 
-def dims(module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
-    return module.in_features, module.out_features
-
-
-def costs(site: SiteSpec, rank: int, w: Workload) -> tuple[float, float, float]:
-    params = rank * (site.d_in + site.d_out)
+def linear_costs(d_in: int, d_out: int, rank: int, w: Workload) -> tuple[float, float, float]:
+    """One linear's: A and B; their products per token; A's output kept for backward."""
+    params = rank * (d_in + d_out)
     return params, 2.0 * params, w.tokens_per_batch * rank
 
 
-def peft_config(chosen: list[tuple[Site, int]], build: Build) -> LoraConfig:
-    """A peft LoraConfig with one rank per site (rank_pattern), each scaled alike (lora_alpha = ratio * rank).
+def lora_config(ranks: dict[str, int], build: Build, **settings) -> LoraConfig:
+    """A peft LoraConfig with one rank per module (rank_pattern), each scaled alike (lora_alpha = ratio * rank)."""
+    from peft import LoraConfig
 
-    build.head: modules to train in full besides peft's own choice for sequence classification ("classifier").
-    """
-    from peft import LoraConfig, TaskType
-
-    ranks = {site.target: rank for site, rank in chosen}
     ratio = build.lora_alpha_ratio
     return LoraConfig(
-        task_type=TaskType.SEQ_CLS,
         target_modules=sorted(ranks),
         r=max(ranks.values()),
         lora_alpha=ratio * max(ranks.values()),
         rank_pattern={re.escape(key): r for key, r in ranks.items()},
         alpha_pattern={re.escape(key): ratio * r for key, r in ranks.items()},
         lora_dropout=build.lora_dropout,
-        modules_to_save=list(build.head) if build.head else None,
+        **settings,
     )
+
+
+def peft_config(chosen: list[tuple[Site, int]], build: Build, model: nn.Module | None = None) -> LoraConfig:
+    """peft's LoraConfig of LoRA at the chosen sites, one rank per site; `model` is needed only where a block site
+    is chosen (its linears are named by the model's family).
+
+    build.head: modules to train in full besides peft's own choice for sequence classification ("classifier").
+    """
+    from peft import TaskType
+
+    if any(site.kind in linears.BLOCK_LINEARS for site, _ in chosen):
+        ranks = {target: rank for target, _, rank in linears.targets(model, chosen)}
+    else:
+        ranks = {site.target: rank for site, rank in chosen}
+    return lora_config(ranks, build, task_type=TaskType.SEQ_CLS,
+                       modules_to_save=list(build.head) if build.head else None)
 
 
 def wrap(model: nn.Module, chosen: list[tuple[Site, int]], build: Build) -> nn.Module:
     from peft import get_peft_model
 
-    return get_peft_model(model, peft_config(chosen, build))  # freezes all but LoRA and the head
+    return get_peft_model(model, peft_config(chosen, build, model))  # freezes all but LoRA and the head
 
 
 LORA = register(Method(
     name="lora",
-    kinds=("query", "key", "value", "attn_out", "ffn_in", "ffn_out"),
+    kinds=(*linears.LINEAR_KINDS, *linears.BLOCK_LINEARS),
+    default_kinds=linears.LINEAR_KINDS,
+    covers=linears.BLOCK_LINEARS,
     size_name="rank",
     colour="tab:blue",
-    dims=dims,
-    costs=costs,
+    dims=linears.dims,
+    costs=linears.summed(linear_costs),
     wrap=wrap,
 ))

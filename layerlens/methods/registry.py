@@ -8,8 +8,8 @@ side is imported when it is applied.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from layerlens.errors import LayerLensError
@@ -56,6 +56,12 @@ class Method:
     sizes: tuple[int, ...] = tuple(range(1, 17))  # the sizes the planner offers unless baseline.planner.sizes says
     max_size: int | None = None
     bounded_by: str | None = None  # a task setting its sizes may not exceed (e.g. a prefix: max_length)
+    # The kinds where it is on the default menu (None: all its kinds; () for a method offered only where
+    # baseline.planner.menu names it). Elsewhere among its kinds it is offered only where the menu names it.
+    default_kinds: tuple[str, ...] | None = None
+    # A kind whose option adapts the modules of other site kinds of its layer (LoRA on self-attention: its query,
+    # key and value projections) -> those kinds; a site list holding both, with the method on the menu, is refused.
+    covers: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
 
     def __post_init__(self):
         where = f"method {self.name!r}"
@@ -65,12 +71,12 @@ class Method:
                 or not all(isinstance(kind, str) and kind for kind in self.kinds):
             raise LayerLensError(f"{where}: kinds must be a non-empty list of site kinds, got {self.kinds!r}")
         object.__setattr__(self, "kinds", tuple(self.kinds))
-        for field in ("size_name", "colour"):
-            if not isinstance(getattr(self, field), str) or not getattr(self, field):
-                raise LayerLensError(f"{where}: {field} must be a non-empty string, got {getattr(self, field)!r}")
-        for field in ("dims", "costs"):
-            if not callable(getattr(self, field)):
-                raise LayerLensError(f"{where}: {field} must be a function, got {getattr(self, field)!r}")
+        for attribute in ("size_name", "colour"):
+            if not isinstance(getattr(self, attribute), str) or not getattr(self, attribute):
+                raise LayerLensError(f"{where}: {attribute} must be a non-empty string, got {getattr(self, attribute)!r}")
+        for attribute in ("dims", "costs"):
+            if not callable(getattr(self, attribute)):
+                raise LayerLensError(f"{where}: {attribute} must be a function, got {getattr(self, attribute)!r}")
         if (self.wrap is None) == (self.attach is None) or not callable(self.wrap or self.attach):
             raise LayerLensError(f"{where}: give exactly one of wrap and attach, a function")
         if self.max_size is not None and (isinstance(self.max_size, bool) or not isinstance(self.max_size, int)
@@ -82,6 +88,19 @@ class Method:
         object.__setattr__(self, "sizes", tuple(self.sizes))
         if self.bounded_by is not None and not (isinstance(self.bounded_by, str) and self.bounded_by):
             raise LayerLensError(f"{where}: bounded_by must name a task setting or be None, got {self.bounded_by!r}")
+        defaults = self.kinds if self.default_kinds is None else self.default_kinds
+        if isinstance(defaults, str) or not isinstance(defaults, (tuple, list)) \
+                or not all(kind in self.kinds for kind in defaults):
+            raise LayerLensError(f"{where}: default_kinds must be a list of its kinds ({', '.join(self.kinds)}) "
+                                 f"or None, got {self.default_kinds!r}")
+        object.__setattr__(self, "default_kinds", tuple(defaults))
+        if not isinstance(self.covers, Mapping) or not all(
+                kind in self.kinds and isinstance(covered, (tuple, list)) and covered
+                and all(isinstance(k, str) and k and k != kind for k in covered)
+                for kind, covered in self.covers.items()):
+            raise LayerLensError(f"{where}: covers must map some of its kinds to the other site kinds their option "
+                                 f"adapts, got {self.covers!r}")
+        object.__setattr__(self, "covers", {kind: tuple(covered) for kind, covered in self.covers.items()})
 
     @property
     def size_range(self) -> str:
@@ -121,16 +140,43 @@ def accepting(kind: str) -> list[Method]:
     return [method for method in METHODS.values() if kind in method.kinds]
 
 
+@dataclass(frozen=True)
+class Menu(Collection[str]):
+    """The methods offered at each site kind. As a collection, the methods given sizes (`sized`, in the order
+    registered); `kinds`: site kind -> the methods offered there (baseline.planner.menu). A kind it does not name
+    is offered its default methods among the sized ones (see methods_for)."""
+
+    sized: tuple[str, ...]
+    kinds: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.sized
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sized)
+
+    def __len__(self) -> int:
+        return len(self.sized)
+
+
+def methods_for(kind: str, offered: Collection[str] | None = None) -> list[Method]:
+    """The methods a site of `kind` is offered, the first its own (Site.method): where `offered` is a Menu naming
+    the kind, those it names; otherwise the methods with `kind` among their default kinds, limited to those in
+    `offered` (the methods the planner is given sizes for) where any is, else the first of them (offered no size:
+    its sites take none)."""
+    if isinstance(offered, Menu) and kind in offered.kinds:
+        return [get_method(name) for name in offered.kinds[kind]]
+    defaults = [method for method in METHODS.values() if kind in method.default_kinds]
+    if not defaults:
+        others = " or ".join(method.name for method in accepting(kind))
+        if not others:
+            raise LayerLensError(f"site kind {kind!r}: no registered method accepts it")
+        raise LayerLensError(f"site kind {kind!r} has no default method: name {others} in "
+                             f"baseline.planner.menu.{kind}")
+    sized = defaults if offered is None else [method for method in defaults if method.name in offered]
+    return sized or defaults[:1]
+
+
 def method_for(kind: str, offered: Collection[str] | None = None) -> Method:
-    """The method a site of `kind` takes: the one registered method that accepts it, or, where several do, the
-    one of them in `offered` (the methods the planner is given sizes for)."""
-    methods = accepting(kind)
-    if len(methods) > 1 and offered is not None:
-        methods = [method for method in methods if method.name in offered]
-    if len(methods) == 1:
-        return methods[0]
-    names = " and ".join(method.name for method in accepting(kind))
-    if not names:
-        raise LayerLensError(f"site kind {kind!r}: no registered method accepts it")
-    raise LayerLensError(f"site kind {kind!r} is accepted by {names}: give sizes to exactly one of them "
-                         "(baseline.planner.sizes)")
+    """The method a site of `kind` takes first (see methods_for): with one method offered, the one it takes."""
+    return methods_for(kind, offered)[0]

@@ -7,7 +7,7 @@ method, latency as the option's training FLOPs (forward, plus twice that for the
 throughput.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from layerlens.methods import NONE, get_method
 
@@ -23,10 +23,23 @@ class SiteSpec:
     name: str
     layer: int
     kind: str
-    method: str
-    d_in: int
+    method: str  # the method it takes first (with one offered, the one it takes)
+    d_in: int  # as `method` sees the site
     d_out: int
     utility: float
+    # The other methods offered here (baseline.planner.menu), each with the site's (d_in, d_out) as it sees it.
+    others: tuple[tuple[str, int, int], ...] = ()
+
+    def methods(self) -> list[str]:
+        """Every method offered at the site, its own first."""
+        return [self.method, *(name for name, _, _ in self.others)]
+
+    def seen_by(self, method: str) -> "SiteSpec":
+        """The site as `method` (one offered here, or none) sees it: its dimensions, `method` first."""
+        if method == self.method or method == NONE:
+            return self
+        d_in, d_out = next((d_in, d_out) for name, d_in, d_out in self.others if name == method)
+        return replace(self, method=method, d_in=d_in, d_out=d_out, others=())
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ class Choice:
     site: str
     layer: int
     kind: str
-    allowed: str  # the method this site's kind accepts (besides none)
+    allowed: str  # the methods offered at this site (besides none), comma-separated: with one, its name
     method: str  # "none" or the method applied
     size: int  # its method's size (Method.size_name: a rank, a width, ...); 0 for none
     utility: float

@@ -3,7 +3,7 @@
 from dataclasses import dataclass, field
 
 from layerlens.errors import LayerLensError
-from layerlens.methods import METHODS
+from layerlens.methods import METHODS, accepting
 from layerlens.planning.allocator import BUDGET_TOLERANCE, allocate
 from layerlens.planning.costs import Costs, Depth, SiteSpec, Workload, option_costs
 from layerlens.planning.plan import COST_NAMES, TRAIN_TIME, Choice, Plan
@@ -24,6 +24,12 @@ class PlannerSettings:
     utility: str = PROFILED
     utility_seed: int = 0  # utility=random: the permutation
     kind_prior: dict[str, float] = field(default_factory=dict)  # utility=kind_depth: a constant per site kind
+    # Site kind -> the methods offered at its sites, among which (and their sizes) the allocator chooses; a kind
+    # not named is offered its default method(s) (see layerlens.methods.methods_for).
+    menu: dict[str, list[str]] = field(default_factory=dict)
+    # Method -> what its options are worth against another's of the same size: the option's value is multiplied by
+    # it (1 where not named; unmeasured: the default menu offers one method a site).
+    method_value: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self):
         if not isinstance(self.sizes, dict):
@@ -48,6 +54,38 @@ class PlannerSettings:
             raise LayerLensError(f"baseline.planner.kind_prior must map site kinds to constants, got {self.kind_prior!r}")
         for kind, value in self.kind_prior.items():
             require_positive(f"baseline.planner.kind_prior.{kind}", value)
+        self._check_menu()
+        if not isinstance(self.method_value, dict):
+            raise LayerLensError(f"baseline.planner.method_value must map methods to positive numbers, "
+                                 f"got {self.method_value!r}")
+        for method, value in self.method_value.items():
+            if method not in METHODS:
+                raise LayerLensError(f"baseline.planner.method_value: unknown method {method!r} "
+                                     f"(choose from: {', '.join(METHODS)})")
+            require_positive(f"baseline.planner.method_value.{method}", value)
+
+    def _check_menu(self) -> None:
+        kinds = list(dict.fromkeys(kind for method in METHODS.values() for kind in method.kinds))
+        if not isinstance(self.menu, dict):
+            raise LayerLensError(f"baseline.planner.menu must map site kinds to lists of methods, got {self.menu!r}")
+        for kind, methods in self.menu.items():
+            field_name = f"baseline.planner.menu.{kind}"
+            if kind not in kinds:
+                raise LayerLensError(f"baseline.planner.menu: site kind {kind!r} is accepted by no method "
+                                     f"(choose from: {', '.join(kinds)})")
+            accepted = [method.name for method in accepting(kind)]
+            if isinstance(methods, str) or not isinstance(methods, (list, tuple)) or not methods:
+                raise LayerLensError(f"{field_name} must be a non-empty list of methods (choose from: "
+                                     f"{', '.join(accepted)}), got {methods!r}")
+            for i, method in enumerate(methods):
+                if method not in accepted:
+                    raise LayerLensError(f"{field_name}: method {method!r} does not take {kind} sites "
+                                         f"(choose from: {', '.join(accepted)})")
+                if method in methods[:i]:
+                    raise LayerLensError(f"{field_name}: {method} is listed twice")
+                if not self.sizes.get(method):
+                    raise LayerLensError(f"{field_name} offers {method}, which baseline.planner.sizes.{method} "
+                                         "gives no sizes")
 
 
 class NoPlanFits(LayerLensError):
@@ -72,7 +110,7 @@ def check_feasible(sites: list[SiteSpec], options: list[list[tuple[str, int]]], 
     smallest limit of it that would let one fit (with the other budgets as they are)."""
     candidates = [(label, c.as_dict()) for _, label, c in adapting_options(sites, options, costs)]
     if not candidates:
-        methods = sorted({site.method for site in sites})
+        methods = sorted({method for site in sites for method in site.methods()})
         raise LayerLensError(f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
                              "(the methods of baseline.sites), got none")
 
@@ -98,7 +136,14 @@ def check_feasible(sites: list[SiteSpec], options: list[list[tuple[str, int]]], 
 
 
 def site_options(site: SiteSpec, settings: PlannerSettings) -> list[tuple[str, int]]:
-    return [("none", 0)] + [(site.method, size) for size in sorted(set(settings.sizes.get(site.method, [])))]
+    """Adapting nothing, then each method offered at the site (its own first) in each of its sizes."""
+    return [("none", 0)] + [(method, size) for method in site.methods()
+                            for size in sorted(set(settings.sizes.get(method, [])))]
+
+
+def option_value(site: SiteSpec, method: str, size: int, settings: PlannerSettings) -> float:
+    value = site.utility * size**settings.gain_exponent
+    return value * settings.method_value[method] if method in settings.method_value else value
 
 
 def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, float], settings: PlannerSettings,
@@ -114,7 +159,8 @@ def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, floa
     if TRAIN_TIME in budgets and depth is None:
         raise LayerLensError(f"budget.{TRAIN_TIME} needs the model's depth to be priced (planner called without one)")
     options = [site_options(site, settings) for site in sites]
-    costs = [[option_costs(site, method, size, workload) for method, size in opts] for site, opts in zip(sites, options)]
+    costs = [[option_costs(site.seen_by(method), method, size, workload) for method, size in opts]
+             for site, opts in zip(sites, options)]
     if TRAIN_TIME not in budgets:
         plan = _allocate(sites, options, costs, budgets, settings)
         return _with_time(plan, workload, depth)
@@ -152,7 +198,8 @@ def _allocate(sites: list[SiteSpec], options: list[list[tuple[str, int]]], costs
     names = list(limits)
     try:
         allocation = allocate(
-            values=[[site.utility * size**settings.gain_exponent for _, size in opts] for site, opts in zip(sites, options)],
+            values=[[option_value(site, method, size, settings) for method, size in opts]
+                    for site, opts in zip(sites, options)],
             costs=[[[getattr(c, name) for name in names] for c in site_costs] for site_costs in costs],
             budgets=[limits[name] for name in names],
             budget_names=[f"budget.{name}" for name in names],
@@ -160,7 +207,7 @@ def _allocate(sites: list[SiteSpec], options: list[list[tuple[str, int]]], costs
     except ValueError as err:
         raise LayerLensError(f"planner: {err}") from None
     choices = [
-        Choice(site.name, site.layer, site.kind, site.method, *opts[j], site.utility, site_costs[j])
+        Choice(site.name, site.layer, site.kind, ",".join(site.methods()), *opts[j], site.utility, site_costs[j])
         for site, opts, site_costs, j in zip(sites, options, costs, allocation.choice)
     ]
     return Plan(choices, dict(limits if budgets is None else budgets), allocation.objective)

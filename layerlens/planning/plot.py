@@ -10,7 +10,9 @@ from layerlens.planning.plan import Plan
 
 
 def plot_plan(plan: Plan, path: Path, title: str) -> Path:
-    colours = {**{name: method.colour for name, method in METHODS.items()}, NONE: NONE_COLOUR}
+    offered = {name for c in plan.choices for name in c.allowed.split(",")} | {c.method for c in plan.adapted()}
+    methods = [method for name, method in METHODS.items() if name in offered]  # in the order registered
+    colours = {**{method.name: method.colour for method in methods}, NONE: NONE_COLOUR}
     kinds = list(dict.fromkeys(c.kind for c in plan.choices))
     layers = sorted({c.layer for c in plan.choices})
     fig = Figure(figsize=(max(8, 0.28 * len(plan.choices)), 7))
@@ -20,7 +22,7 @@ def plot_plan(plan: Plan, path: Path, title: str) -> Path:
     top.set_ylabel("utility (profiled)")
     top.set_title(title, fontsize=10)
     bottom.bar(xs, [c.size for c in plan.choices], color=[colours[c.method] for c in plan.choices])
-    bottom.set_ylabel(f"size ({' / '.join(method.size_name for method in METHODS.values())})")
+    bottom.set_ylabel(f"size ({' / '.join(dict.fromkeys(method.size_name for method in methods))})")
     bottom.set_xticks(list(xs), [c.site for c in plan.choices], rotation=90, fontsize=7)
     for boundary in range(len(kinds), len(plan.choices), len(kinds)):
         for ax in (top, bottom):
