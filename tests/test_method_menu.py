@@ -1,6 +1,6 @@
 """A choice of method per site: baseline.planner.menu offers several methods at a site kind, the allocator picks a
 method and its size together, the plan builds and trains, and a plan or a menu that does not fit is refused in one
-line."""
+line. The methods through peft beside LoRA (DoRA, IA3, LoHa) are tested in test_peft_methods.py."""
 
 import json
 import re
@@ -22,6 +22,9 @@ from layerlens.planning.planner import PlannerSettings
 from layerlens.sites import discover_sites
 
 WORKLOAD = Workload(batch_size=4, tokens_per_batch=100.0, seq_len=30.0, num_heads=2, flops_per_s=1e9)
+# The adapter name each method's parameters carry (LoRA's peft model names its own "default").
+ADAPTERS = {"lora": ".default", "dora": ".dora", "ia3": ".ia3", "loha": ".loha", "adapter": ".layerlens_adapter.",
+            "prefix": ".layerlens_prefix."}
 
 
 def tiny_bert() -> nn.Module:  # hidden 32, inner 64, 2 layers, 2 heads
@@ -38,7 +41,7 @@ def batch(seed: int = 1) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": torch.tensor([0, 1, 1, 0])}
 
 
-def menu(kinds: dict[str, list[str]], sizes=("lora", "adapter", "prefix")) -> Menu:
+def menu(kinds: dict[str, list[str]], sizes=("lora", "adapter", "prefix", "dora", "ia3", "loha")) -> Menu:
     return Menu(tuple(sizes), {kind: tuple(methods) for kind, methods in kinds.items()})
 
 
@@ -128,19 +131,22 @@ def test_the_planner_picks_a_method_and_its_size_per_site_and_the_plan_trains(co
      ("baseline.planner.menu: site kind 'magic' is accepted by no method (choose from: query, key, value, attn_out, "
       "ffn_in, ffn_out, attention, ffn_block, attn_block)")),
     ({"menu": {"ffn_block": "lora"}},
-     "baseline.planner.menu.ffn_block must be a non-empty list of methods (choose from: lora, adapter), got 'lora'"),
+     ("baseline.planner.menu.ffn_block must be a non-empty list of methods (choose from: lora, adapter, dora, loha), "
+      "got 'lora'")),
     ({"menu": {"ffn_block": []}},
-     "baseline.planner.menu.ffn_block must be a non-empty list of methods (choose from: lora, adapter), got []"),
+     ("baseline.planner.menu.ffn_block must be a non-empty list of methods (choose from: lora, adapter, dora, loha), "
+      "got []")),
     ({"menu": {"query": ["adapter"]}},
-     "baseline.planner.menu.query: method 'adapter' does not take query sites (choose from: lora)"),
-    ({"menu": {"attention": ["prefix", "adapter"]}},
-     "baseline.planner.menu.attention: method 'adapter' does not take attention sites (choose from: lora, prefix)"),
+     "baseline.planner.menu.query: method 'adapter' does not take query sites (choose from: lora, dora, ia3, loha)"),
+    ({"menu": {"attention": ["prefix", "ia3"]}},
+     ("baseline.planner.menu.attention: method 'ia3' does not take attention sites (choose from: lora, prefix, dora, "
+      "loha)")),
     ({"menu": {"ffn_block": ["lora", "adapter", "lora"]}}, "baseline.planner.menu.ffn_block: lora is listed twice"),
     ({"menu": {"ffn_block": ["adapter", "lora"]}, "sizes": {"lora": [], "adapter": [1]}},
      "baseline.planner.menu.ffn_block offers lora, which baseline.planner.sizes.lora gives no sizes"),
     ({"menu": [1]}, "baseline.planner.menu must map site kinds to lists of methods, got [1]"),
     ({"method_value": {"magic": 1.0}},
-     "baseline.planner.method_value: unknown method 'magic' (choose from: lora, adapter, prefix)"),
+     "baseline.planner.method_value: unknown method 'magic' (choose from: lora, adapter, prefix, dora, ia3, loha)"),
     ({"method_value": {"lora": 0}}, "baseline.planner.method_value.lora must be a positive number, got 0"),
 ])
 def test_a_bad_menu_is_refused_in_one_line_naming_the_field(planner, message):

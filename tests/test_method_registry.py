@@ -131,11 +131,12 @@ def test_the_registry_and_the_planner_import_without_torch():
 
 def test_each_site_kind_takes_by_default_the_one_method_it_always_has():
     # Last in this file: the toy registered by the tests above is gone again.
-    assert list(METHODS) == ["lora", "adapter", "prefix"]
+    assert list(METHODS) == ["lora", "adapter", "prefix", "dora", "ia3", "loha"]
     assert {kind: [method.name for method in methods_for(kind)] for kind in SITE_KINDS} == {
         **dict.fromkeys(["query", "key", "value", "attn_out", "ffn_in", "ffn_out"], ["lora"]),
         "attn_block": ["adapter"], "ffn_block": ["adapter"], "attention": ["prefix"]}
     # and accepts more where baseline.planner.menu offers them
     assert {kind: [method.name for method in accepting(kind)] for kind in SITE_KINDS} == {
-        **{kind: ["lora"] for kind in ["query", "key", "value", "attn_out", "ffn_in", "ffn_out"]},
-        "attn_block": ["adapter"], "ffn_block": ["lora", "adapter"], "attention": ["lora", "prefix"]}
+        **{kind: ["lora", "dora", "ia3", "loha"] for kind in ["query", "key", "value", "attn_out", "ffn_in", "ffn_out"]},
+        "attn_block": ["adapter"], "ffn_block": ["lora", "adapter", "dora", "loha"],
+        "attention": ["lora", "prefix", "dora", "loha"]}

@@ -384,8 +384,10 @@ def test_a_plan_that_adapts_nothing_is_priced_as_the_frozen_backbones_forward_pa
 
 
 @pytest.mark.parametrize("settings,message", [
-    ({"sizes": [1, 2]}, "baseline.planner.sizes must map methods (lora, adapter, prefix) to lists of sizes, got [1, 2]"),
-    ({"sizes": {"magic": [1]}}, "baseline.planner.sizes: unknown method 'magic' (choose from: lora, adapter, prefix)"),
+    ({"sizes": [1, 2]}, "baseline.planner.sizes must map methods (lora, adapter, prefix, dora, ia3, loha) to lists "
+                        "of sizes, got [1, 2]"),
+    ({"sizes": {"magic": [1]}}, "baseline.planner.sizes: unknown method 'magic' (choose from: lora, adapter, prefix, "
+                                "dora, ia3, loha)"),
     ({"gain_exponent": 0}, "baseline.planner.gain_exponent must be in (0, 1], got 0"),
     ({"utility": "magic"}, "baseline.planner.utility must be one of profiled, uniform, depth, random, kind_depth, "
                            "got 'magic'"),
@@ -410,8 +412,9 @@ def test_sites_of_two_methods_without_sizes_name_both_in_one_line_with_or_withou
                   PlannerSettings(sizes={"lora": [], "adapter": []}), DEPTH)
 
 
-def test_by_default_every_method_is_offered_sizes_1_to_16_and_a_boolean_size_is_refused():
-    assert PlannerSettings().sizes == {method: list(range(1, 17)) for method in ("lora", "adapter", "prefix")}
+def test_by_default_every_method_is_offered_sizes_1_to_16_ia3_its_one_and_a_boolean_size_is_refused():
+    assert PlannerSettings().sizes == {**{method: list(range(1, 17)) for method in ("lora", "adapter", "prefix", "dora",
+                                                                                    "loha")}, "ia3": [1]}
     with pytest.raises(LayerLensError, match="^baseline[.]planner[.]sizes[.]lora must be integers >= 1, got True$"):
         PlannerSettings(sizes={"lora": [2, True]})
 

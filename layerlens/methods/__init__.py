@@ -11,7 +11,11 @@ from layerlens.methods.registry import (METHODS, NONE, NONE_COLOUR, Build, Menu,
 from layerlens.methods import lora
 from layerlens.methods import adapter
 from layerlens.methods import prefix
+# Offered only where baseline.planner.menu names them: each a peft adapter beside LoRA's (methods/linears.py).
+from layerlens.methods import dora
+from layerlens.methods import ia3
+from layerlens.methods import loha
 # isort: on
 
-__all__ = ["METHODS", "NONE", "NONE_COLOUR", "Build", "Menu", "Method", "accepting", "adapter", "get_method", "lora",
-           "method_for", "methods_for", "prefix", "register", "unregister"]
+__all__ = ["METHODS", "NONE", "NONE_COLOUR", "Build", "Menu", "Method", "accepting", "adapter", "dora", "get_method",
+           "ia3", "loha", "lora", "method_for", "methods_for", "prefix", "register", "unregister"]

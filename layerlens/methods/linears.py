@@ -1,12 +1,13 @@
-"""What the methods that adapt linear maps through peft share: the linear site kinds, the linears of a block site,
-and their shapes for the costs.
+"""What the methods that adapt linear maps through peft share (lora, dora, ia3, loha): the linear site kinds, the
+linears of a block site, their shapes for the costs, and how one more peft adapter joins a model that may carry
+others already.
 
 A block site (self-attention, the feed-forward block) adapted by a linear method adapts its linear maps, each with
 the site's size: self-attention its query, key and value projections; the feed-forward block its two linears
 (`ffn_in`, hidden -> inner, and `ffn_out`, inner -> hidden). Such a site's (d_in, d_out) is that of one of them:
 self-attention a projection's (hidden, hidden), the feed-forward block `ffn_out`'s (inner, hidden).
 
-Importing it imports no torch; `targets` reads the model's family (layerlens.models) when a plan is applied.
+The cost part (kinds, shapes) imports no torch; `inject` imports peft when a plan is applied.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from peft import PeftConfig
     from torch import nn
 
+    from layerlens.methods.registry import Build
     from layerlens.planning.costs import SiteSpec, Workload
     from layerlens.sites import Site
 
@@ -68,3 +71,40 @@ def targets(model: nn.Module, chosen: list[tuple[Site, int]]) -> list[tuple[str,
         if site.kind not in BLOCK_LINEARS:
             out.append((site.target, site.kind, size))
     return out
+
+
+def inject(model: nn.Module, config: PeftConfig, adapter: str, build: Build) -> nn.Module:
+    """`model` with peft adapter `adapter` (`config`: its target modules, none adapted yet) injected, and trained:
+    what trained before still trains (the adapters of earlier methods, the head), and the new adapter; on a model
+    no method has adapted yet, everything else is frozen but the head (build.head).
+
+    peft's injection activates the new adapter in every layer of its type and every auxiliary module (the head's
+    trainable copy) and freezes all but its own parameters: each existing layer's active adapters and each
+    parameter's requires_grad are put back as they were. The adapter's config is not added to the model's
+    peft_config (a PeftModel's, LoRA's own): LoRA's peft model stays as it was.
+    """
+    from peft import PeftModel, inject_adapter_in_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+
+    from layerlens.building import train_only
+
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    if not any(isinstance(m, BaseTunerLayer) for m in inner.modules()):
+        train_only(model, list(build.head))  # the first method to adapt this model
+    trains = {id(p): p.requires_grad for p in model.parameters()}
+    active = [(m, list(m.active_adapters)) for m in model.modules()
+              if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+    configs = inner.__dict__.pop("peft_config", None)
+    try:
+        inject_adapter_in_model(config, inner, adapter_name=adapter)
+    finally:
+        if configs is None:
+            inner.__dict__.pop("peft_config", None)
+        else:
+            inner.peft_config = configs
+    for module, adapters in active:
+        module.set_adapter(adapters)
+    for p in model.parameters():
+        p.requires_grad_(trains.get(id(p), True))
+    return model
