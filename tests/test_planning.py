@@ -407,9 +407,10 @@ def test_sites_of_two_methods_without_sizes_name_both_in_one_line_with_or_withou
     with pytest.raises(LayerLensError, match=message):
         planned([1.0] * 8, {"params": 1e9}, kinds=("query", "attn_block"), sizes={"lora": [], "adapter": []})
     sites = discover_sites(tiny_bert(), ["query", "attn_block"])
-    with pytest.raises(LayerLensError, match=message):
-        make_plan([spec(s) for s in sites], WORKLOAD, {"params": 1e9, "train_time_pct": 90.0},
-                  PlannerSettings(sizes={"lora": [], "adapter": []}), DEPTH)
+    for train_time_pct in (90.0, 20.0):  # 20: under the frozen backbone's own time, no depth is even tried
+        with pytest.raises(LayerLensError, match=message):
+            make_plan([spec(s) for s in sites], WORKLOAD, {"params": 1e9, "train_time_pct": train_time_pct},
+                      PlannerSettings(sizes={"lora": [], "adapter": []}), DEPTH)
 
 
 def test_by_default_every_method_is_offered_sizes_1_to_16_ia3_its_one_and_a_boolean_size_is_refused():

@@ -181,8 +181,11 @@ def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, floa
         except LayerLensError as err:
             first_error = first_error or err
     if not plans:
-        needed, label = min(((100 * (depth.fraction(site.layer) + c.latency_ms / full_ms), label)
-                             for site, label, c in adapting_options(sites, options, costs)), default=(0.0, ""))
+        adapting = adapting_options(sites, options, costs)
+        if not adapting:
+            check_feasible(sites, options, costs, per_site)  # raises: no method has a size
+        needed, label = min((100 * (depth.fraction(site.layer) + c.latency_ms / full_ms), label)
+                            for site, label, c in adapting)
         if first_error is not None and (limit >= needed or "latency_ms" in budgets):
             raise first_error  # another budget binds, or no site has an option
         raise NoPlanFits(f"budget.{TRAIN_TIME} must be >= {at_least(needed)} for any plan to fit (the cheapest "
