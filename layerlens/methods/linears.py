@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from layerlens.models.families import LINEAR_KINDS, model_family
+
 if TYPE_CHECKING:
     from peft import PeftConfig
     from torch import nn
@@ -25,8 +27,6 @@ if TYPE_CHECKING:
 
     Costs = tuple[float, float, float]
 
-# As layerlens.models.families.LINEAR_KINDS, which this torch-free registry cannot import (layerlens.models is torch).
-LINEAR_KINDS = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out")
 BLOCK_LINEARS = {"attention": ("query", "key", "value"), "ffn_block": ("ffn_in", "ffn_out")}
 
 
@@ -61,8 +61,6 @@ def summed(linear_costs: Callable[[int, int, int, Workload], Costs]) -> Callable
 
 def targets(model: nn.Module, chosen: list[tuple[Site, int]]) -> list[tuple[str, str, int]]:
     """(module name as peft matches it, its site kind, size) of every linear map the chosen sites adapt."""
-    from layerlens.models.families import model_family
-
     family = model_family(model)
     out = []
     for site, size in chosen:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from layerlens.errors import LayerLensError
+from layerlens.registry import Registry
 
 if TYPE_CHECKING:
     from torch import nn
@@ -111,22 +112,8 @@ class Method:
                 and (self.max_size is None or size <= self.max_size))
 
 
-METHODS: dict[str, Method] = {}  # name -> method, in the order registered
-
-
-def register(method: Method) -> Method:
-    if not isinstance(method, Method):
-        raise LayerLensError(f"register takes a Method, got {method!r}")
-    if method.name in METHODS:
-        raise LayerLensError(f"method {method.name!r} is registered already")
-    METHODS[method.name] = method
-    return method
-
-
-def unregister(name: str) -> Method:
-    if name not in METHODS:
-        raise LayerLensError(f"method {name!r} is not registered")
-    return METHODS.pop(name)
+METHODS: Registry[Method] = Registry("method", Method)  # name -> method, in the order registered
+register, unregister = METHODS.register, METHODS.unregister
 
 
 def get_method(name: str) -> Method:

@@ -1,3 +1,13 @@
-from layerlens.models.backbones import HubBackbone, InstalledPackageBackbone, RandomBertBackbone
+"""Backbones (torch) and the model-family table (no torch). The backbones are imported when first named, so the
+family table stays importable without torch (the method registry and the planner read it)."""
 
-__all__ = ["HubBackbone", "InstalledPackageBackbone", "RandomBertBackbone"]
+BACKBONES = ("HubBackbone", "InstalledPackageBackbone", "RandomBertBackbone")
+__all__ = list(BACKBONES)
+
+
+def __getattr__(name: str):
+    if name in BACKBONES:
+        from layerlens.models import backbones
+
+        return getattr(backbones, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 from layerlens.errors import LayerLensError
+from layerlens.registry import Registry
 
 # Site kinds, in the order of a layer's sites: the linear projections, the attention and feed-forward block
 # outputs, self-attention. Kinds are the same in every model family; where they sit is each family's.
@@ -95,25 +96,15 @@ DEBERTA_V2 = Family("deberta-v2", ("deberta-v2",), layers="encoder.layer", embed
     "attention": "its disentangled attention adds relative-position scores that prefix keys, having no position, lack",
 }, cache_refused="its encoder passes relative positions to every layer and convolves after the first")
 
-FAMILIES: dict[str, Family] = {}  # name -> family, in the order registered
+FAMILIES: Registry[Family] = Registry("family", Family)  # name -> family, in the order registered
+unregister_family = FAMILIES.unregister
 
 
 def register_family(family: Family) -> Family:
-    if not isinstance(family, Family):
-        raise LayerLensError(f"register_family takes a Family, got {family!r}")
-    if family.name in FAMILIES:
-        raise LayerLensError(f"family {family.name!r} is registered already")
-    taken = [t for t in family.model_types if t in model_types()]
-    if taken:
+    taken = [t for t in family.model_types if t in model_types()] if isinstance(family, Family) else []
+    if taken and family.name not in FAMILIES:
         raise LayerLensError(f"family {family.name!r}: model type {taken[0]!r} is {model_types()[taken[0]].name}'s")
-    FAMILIES[family.name] = family
-    return family
-
-
-def unregister_family(name: str) -> Family:
-    if name not in FAMILIES:
-        raise LayerLensError(f"family {name!r} is not registered")
-    return FAMILIES.pop(name)
+    return FAMILIES.register(family)
 
 
 def model_types() -> dict[str, Family]:
