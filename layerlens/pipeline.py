@@ -11,8 +11,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from torch import nn
 
+from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.baselines import LayerLensBaseline
-from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.data import GlueDataModule, load_task_splits, protocol_splits
 from layerlens.data.kinds import on_test
 from layerlens.errors import LayerLensError

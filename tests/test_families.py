@@ -9,7 +9,7 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import check_target_module_exists
 from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
-from layerlens.baselines.base import AdaptContext
+from layerlens.adaptation import AdaptContext
 from layerlens.building import apply_plan, task_head
 from layerlens.errors import LayerLensError
 from layerlens.evaluation import upgrade_config

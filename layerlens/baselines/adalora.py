@@ -20,7 +20,7 @@ from peft.tuners.adalora.layer import RankAllocator
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
-from layerlens.baselines.base import AdaptContext, Adapted
+from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
 from layerlens.errors import LayerLensError
 from layerlens.models.families import LINEAR_KINDS, check_kinds

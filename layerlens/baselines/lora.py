@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 
-from layerlens.baselines.base import AdaptContext, Adapted
+from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.errors import LayerLensError
 from layerlens.models.families import LINEAR_KINDS, check_kinds
 from layerlens.sites import layer_targets

@@ -6,7 +6,7 @@ from typing import NamedTuple
 from peft.utils import CONFIG_NAME
 from torch import nn
 
-from layerlens.baselines.base import AdaptContext, Adapted
+from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
 from layerlens.building import apply_plan, placements
 from layerlens.errors import LayerLensError
