@@ -99,7 +99,7 @@ def test_the_fast_budget_plans_above_the_bottom_and_training_runs_from_the_cache
     from layerlens.pipeline import build_classifier, build_datamodule
     from layerlens.planning.plan import Plan
     from layerlens.settings import resolve_settings
-    from layerlens.sites import encoder_layers
+    from layerlens.lens.sites import encoder_layers
 
     cfg = compose_run("baseline=layerlens", "budget=fast", "logger=none", "baseline.profile.num_batches=4")
     s = resolve_settings(cfg)

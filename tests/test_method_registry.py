@@ -9,16 +9,16 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from layerlens.baselines.planned import LayerLensBaseline
-from layerlens.building import apply_plan
 from layerlens.errors import LayerLensError
+from layerlens.lens.apply import apply_plan
+from layerlens.lens.baseline import LayerLensBaseline
+from layerlens.lens.sites import SITE_KINDS, discover_sites
 from layerlens.methods import METHODS, Method, accepting, methods_for, register, unregister
 from layerlens.planning.costs import SiteSpec, Workload
 from layerlens.planning.planner import PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
 from layerlens.reporting.comparison import plan_check_columns
 from layerlens.settings import build
-from layerlens.sites import SITE_KINDS, discover_sites
 from tests.conftest import compose_config
 
 WORKLOAD = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=60.0, num_heads=2, flops_per_s=1e10)

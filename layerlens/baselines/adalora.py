@@ -23,8 +23,8 @@ from torch import nn
 from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
 from layerlens.errors import LayerLensError
+from layerlens.lens.sites import layer_targets
 from layerlens.models.families import LINEAR_KINDS, check_kinds
-from layerlens.sites import layer_targets
 from layerlens.validation import (
     is_number,
     require_fraction,

@@ -5,8 +5,8 @@ from torch import nn
 
 from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.errors import LayerLensError
+from layerlens.lens.sites import layer_targets
 from layerlens.models.families import LINEAR_KINDS, check_kinds
-from layerlens.sites import layer_targets
 from layerlens.validation import require_choice, require_fraction, require_int, require_positive
 
 BIASES = ("none", "all", "lora_only")  # peft's LoraConfig.bias
