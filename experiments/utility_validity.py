@@ -42,8 +42,8 @@ from layerlens.lens.profiling import ProfileSettings, profile_sites
 from layerlens.lens.sites import discover_sites
 from layerlens.paths import CONF_DIR
 from layerlens.pipeline import build_datamodule
+from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import Costs
-from layerlens.planning.plan import Choice, Plan
 from layerlens.planning.utilities import planning_utilities
 from layerlens.settings import resolve_settings
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable

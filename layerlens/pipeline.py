@@ -16,7 +16,7 @@ from layerlens.baselines import LayerLensBaseline
 from layerlens.data import GlueDataModule, load_task_splits, protocol_splits
 from layerlens.data.kinds import on_test
 from layerlens.errors import LayerLensError
-from layerlens.planning.plan import Plan
+from layerlens.planning.choices import Plan
 from layerlens.provenance import git_commit, native_build
 from layerlens.settings import RunSettings, build, resolve_settings
 from layerlens.tracking import NullTracker

@@ -17,8 +17,8 @@ from layerlens.lens.sites import discover_sites
 from layerlens.methods.layers.adapter import attach_adapter
 from layerlens.methods.layers.prefix import attach_prefix
 from layerlens.models.backbones import RandomBertBackbone
+from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import MB, Costs, Depth, SiteSpec, Workload, option_costs
-from layerlens.planning.plan import Choice, Plan
 from layerlens.planning.planner import PlannerSettings, make_plan
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)

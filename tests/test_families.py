@@ -16,7 +16,7 @@ from layerlens.lens.apply import apply_plan, task_head
 from layerlens.lens.sites import discover_sites, encoder_layers, layer_targets
 from layerlens.models.families import (FAMILIES, LINEAR_KINDS, SITE_KINDS, Family, model_family, register_family,
                                        unregister_family)
-from layerlens.planning.plan import Plan
+from layerlens.planning.choices import Plan
 from layerlens.settings import resolve_settings
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
 from tests.conftest import compose_config

@@ -14,7 +14,7 @@ from layerlens.evaluation import evaluate_run
 from layerlens.lens.sites import discover_sites
 from layerlens.paths import EMBEDDED_GLUE_DIR
 from layerlens.pipeline import build_classifier, build_datamodule, count_parameters, plan_experiment, run_experiment
-from layerlens.planning.plan import Plan
+from layerlens.planning.choices import Plan
 from layerlens.settings import resolve_settings
 from layerlens.training.classifier import SequenceClassifier
 from tests.conftest import run_module

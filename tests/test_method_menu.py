@@ -17,8 +17,8 @@ from layerlens.lens.sites import discover_sites
 from layerlens.methods import Menu
 from layerlens.models.backbones import RandomBertBackbone
 from layerlens.pipeline import run_experiment
+from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import SiteSpec, Workload, option_costs
-from layerlens.planning.plan import Choice, Plan
 from layerlens.planning.planner import PlannerSettings
 
 WORKLOAD = Workload(batch_size=4, tokens_per_batch=100.0, seq_len=30.0, num_heads=2, flops_per_s=1e9)

@@ -7,7 +7,7 @@ from torch import nn
 from layerlens.errors import LayerLensError
 from layerlens.lens.sites import Site, encoder_layers
 from layerlens.methods import METHODS, Build, Method, get_method, methods_for
-from layerlens.planning.plan import Plan
+from layerlens.planning.choices import Plan
 
 
 def task_head(model: nn.Module) -> list[str]:

@@ -13,8 +13,8 @@ from layerlens.lens.apply import apply_plan, placements
 from layerlens.lens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
 from layerlens.lens.sites import SITE_KINDS, Site, discover_sites, encoder_layers
 from layerlens.methods import Build, Menu, get_method, lora, methods_for
+from layerlens.planning.choices import Plan
 from layerlens.planning.costs import Depth, SiteSpec, Workload
-from layerlens.planning.plan import Plan
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
 from layerlens.planning.utilities import planning_utilities
