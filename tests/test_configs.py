@@ -3,8 +3,8 @@
 import pytest
 from omegaconf import OmegaConf
 
+from layerlens.analysis.comparison import Target
 from layerlens.paths import CONF_DIR
-from layerlens.reporting.comparison import Target
 from layerlens.settings import build, resolve_settings
 from tests.conftest import compose_config
 

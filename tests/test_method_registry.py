@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
+from layerlens.analysis.comparison import plan_check_columns
 from layerlens.errors import LayerLensError
 from layerlens.lens.apply import apply_plan
 from layerlens.lens.baseline import LayerLensBaseline
@@ -17,7 +18,6 @@ from layerlens.methods import METHODS, Method, accepting, methods_for, register,
 from layerlens.planning.costs import SiteSpec, Workload
 from layerlens.planning.planner import PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
-from layerlens.reporting.comparison import plan_check_columns
 from layerlens.settings import build
 from tests.conftest import compose_config
 
