@@ -9,9 +9,9 @@ from mlflow.tracking import MlflowClient
 from layerlens.analysis.assemble import make_report
 from layerlens.analysis.comparison import Target, summarise
 from layerlens.errors import LayerLensError
-from layerlens.evaluation import evaluate_run
 from layerlens.paths import EMBEDDED_GLUE_DIR
 from layerlens.pipeline import run_experiment
+from layerlens.training.checkpoint_eval import evaluate_run
 from tests.conftest import compose_config
 
 METRICS = {
