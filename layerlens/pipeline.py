@@ -18,7 +18,7 @@ from layerlens.data.kinds import on_test
 from layerlens.errors import LayerLensError
 from layerlens.planning.choices import Plan
 from layerlens.provenance import git_commit, native_build
-from layerlens.settings import RunSettings, build, resolve_settings
+from layerlens.settings import RunSettings, instantiate_node, resolve_settings
 from layerlens.tracking import NullTracker
 from layerlens.training.classifier import SequenceClassifier
 from layerlens.training.resources import FitTimer, peak_rss_mb, reset_peak_rss
@@ -167,8 +167,8 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
             save_top_k=1,
         )
         interruption.loader = shuffled_train_loader(data, s.seed)
-        trainer = build(cfg, "trainer", callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
-                        logger=run.lightning_logger(), default_root_dir=str(output_dir))
+        trainer = instantiate_node(cfg, "trainer", callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
+                                   logger=run.lightning_logger(), default_root_dir=str(output_dir))
         with resume_warning_silenced():
             trainer.fit(module, train_dataloaders=interruption.loader,
                         val_dataloaders=data.val_dataloader() if selects else None,

@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from layerlens.analysis.comparison import Target
 from layerlens.paths import CONF_DIR
-from layerlens.settings import build, resolve_settings
+from layerlens.settings import instantiate_node, resolve_settings
 from tests.conftest import REPO, compose_config
 
 GROUPS = ["model", "task", "baseline", "budget", "trainer", "logger"]
@@ -33,7 +33,7 @@ def test_every_option_composes_and_instantiates(group, option, tracking_uri):
     assert OmegaConf.select(cfg, group) is not None
     settings = resolve_settings(cfg)  # instantiates task, model, baseline, budget, logger; checks the rest
     assert settings.task.name == cfg.task.name
-    trainer = build(cfg, "trainer", logger=False, enable_checkpointing=False)
+    trainer = instantiate_node(cfg, "trainer", logger=False, enable_checkpointing=False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
 
 

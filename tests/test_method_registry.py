@@ -18,7 +18,7 @@ from layerlens.methods import METHODS, Method, accepting, methods_for, register,
 from layerlens.planning.costs import SiteSpec, Workload
 from layerlens.planning.planner import PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
-from layerlens.settings import build
+from layerlens.settings import instantiate_node
 from tests.conftest import compose_config
 
 WORKLOAD = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=60.0, num_heads=2, flops_per_s=1e10)
@@ -85,7 +85,7 @@ def test_where_two_methods_accept_a_kind_by_default_the_planners_sizes_choose_wh
     # docs/architecture.md's command line
     cfg = compose_config("run", ["baseline=layerlens", "baseline.planner.sizes.adapter=[]",
                                  "+baseline.planner.sizes.toy=[1,2,4]"])
-    assert build(cfg, "baseline").methods("ffn_block") == ["toy"]
+    assert instantiate_node(cfg, "baseline").methods("ffn_block") == ["toy"]
     assert LayerLensBaseline(sites=["ffn_block"], planner={"sizes": {"adapter": [2], "toy": []}}).methods(
         "ffn_block") == ["adapter"]
     # both given sizes: both offered, the allocator chooses
