@@ -6,7 +6,6 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from torch import nn
@@ -21,9 +20,9 @@ from layerlens.provenance import git_commit, native_build
 from layerlens.settings import RunSettings, instantiate_node, resolve_settings
 from layerlens.tracking import NullTracker
 from layerlens.training.classifier import SequenceClassifier
-from layerlens.training.resources import FitTimer, peak_rss_mb, reset_peak_rss
-from layerlens.training.resume import (Interruption, check_resumable, resume_warning_silenced, shuffled_train_loader,
-                                       write_run_record)
+from layerlens.training.callbacks import CheckpointFromStep, FitTimer, Interruption
+from layerlens.training.resources import peak_rss_mb, reset_peak_rss
+from layerlens.training.resume import check_resumable, resume_warning_silenced, shuffled_train_loader, write_run_record
 
 log = logging.getLogger(__name__)
 
@@ -109,18 +108,6 @@ def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:
         eval_batch_size=s.eval_batch_size,
         num_workers=s.num_workers,
     )
-
-
-class CheckpointFromStep(ModelCheckpoint):
-    """ModelCheckpoint that saves nothing before optimiser step `first_step`."""
-
-    def __init__(self, first_step: int, **kwargs):
-        super().__init__(**kwargs)
-        self.first_step = first_step
-
-    def _save_topk_checkpoint(self, trainer, monitor_candidates):
-        if trainer.global_step >= self.first_step:
-            super()._save_topk_checkpoint(trainer, monitor_candidates)
 
 
 def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) -> float:
