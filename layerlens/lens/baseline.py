@@ -1,3 +1,6 @@
+"""LayerLensBaseline: profile every candidate site, plan a method and size per site within the budgets, apply the
+plan; plan.json and its plot are written to the run's output folder."""
+
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
