@@ -31,10 +31,10 @@ import pandas as pd
 import torch
 from hydra import compose, initialize_config_dir
 
-from layerlens.building import task_head, train_only
+from layerlens.lens.apply import task_head, train_only
+from layerlens.lens.sites import encoder_layers
 from layerlens.pipeline import build_classifier, build_datamodule
 from layerlens.settings import resolve_settings
-from layerlens.sites import encoder_layers
 from layerlens.training.classifier import decay_groups
 from layerlens.training.frozen_bottom import FrozenBottomCache
 

@@ -9,7 +9,7 @@ and left out. Each run appends its line to runs.jsonl as it ends, and a run alre
 start the same command with the same --out to go on where an earlier one stopped (`--dry-run` lists what would run).
 Writes experiments/results/<date>-<UTC time>-paired-seeds/ (or --out): runs.jsonl (one line per run), the command
 and the machine, and after every run results.md and results.csv, written by the report's analysis
-(layerlens.reporting.paired.write_results: per baseline, seeds, mean and sample std of the test split's metrics;
+(layerlens.analysis.paired.write_results: per baseline, seeds, mean and sample std of the test split's metrics;
 per --compare pair, seed by seed, their differences, win / tie / loss counts and Wilcoxon's signed-rank test).
 `--analyse DIR` rewrites DIR's tables without running anything, as would
 `python -m layerlens.report source=DIR/runs.jsonl compare=a,b` (which writes the report's own files).
@@ -26,10 +26,10 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+from layerlens.analysis.paired import parse_pairs, write_results
+from layerlens.analysis.runs import describe_source, finished_runs
 from layerlens.errors import LayerLensError
 from layerlens.provenance import git_commit, machine
-from layerlens.reporting.paired import parse_pairs, write_results
-from layerlens.reporting.runs import describe_source, finished_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -36,16 +36,16 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from scipy.stats import rankdata, spearmanr
 
-from layerlens.building import apply_plan, task_head, train_only
 from layerlens.data import TRAIN
+from layerlens.lens.apply import apply_plan, task_head, train_only
+from layerlens.lens.profiling import ProfileSettings, profile_sites
+from layerlens.lens.sites import discover_sites
 from layerlens.paths import CONF_DIR
 from layerlens.pipeline import build_datamodule
+from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import Costs
-from layerlens.planning.plan import Choice, Plan
 from layerlens.planning.utilities import planning_utilities
-from layerlens.profiling import ProfileSettings, profile_sites
 from layerlens.settings import resolve_settings
-from layerlens.sites import discover_sites
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
 
 ROOT = Path(__file__).resolve().parent.parent

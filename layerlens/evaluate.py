@@ -5,8 +5,8 @@ from omegaconf import OmegaConf
 
 from layerlens.cli import main_guard, one_line_errors
 from layerlens.errors import LayerLensError
-from layerlens.evaluation import evaluate_run
 from layerlens.paths import CONF_DIR
+from layerlens.training.checkpoint_eval import evaluate_run
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="evaluate", version_base="1.3")

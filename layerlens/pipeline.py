@@ -6,24 +6,23 @@ import time
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from torch import nn
 
+from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.baselines import LayerLensBaseline
-from layerlens.baselines.base import AdaptContext, Adapted
 from layerlens.data import GlueDataModule, load_task_splits, protocol_splits
 from layerlens.data.kinds import on_test
 from layerlens.errors import LayerLensError
-from layerlens.planning.plan import Plan
+from layerlens.planning.choices import Plan
 from layerlens.provenance import git_commit, native_build
-from layerlens.settings import RunSettings, build, resolve_settings
+from layerlens.settings import RunSettings, instantiate_node, resolve_settings
 from layerlens.tracking import NullTracker
 from layerlens.training.classifier import SequenceClassifier
-from layerlens.training.resources import FitTimer, peak_rss_mb, reset_peak_rss
-from layerlens.training.resume import (Interruption, check_resumable, resume_warning_silenced, shuffled_train_loader,
-                                       write_run_record)
+from layerlens.training.callbacks import CheckpointFromStep, FitTimer, Interruption
+from layerlens.training.resources import peak_rss_mb, reset_peak_rss
+from layerlens.training.resume import check_resumable, resume_warning_silenced, shuffled_train_loader, write_run_record
 
 log = logging.getLogger(__name__)
 
@@ -111,18 +110,6 @@ def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:
     )
 
 
-class CheckpointFromStep(ModelCheckpoint):
-    """ModelCheckpoint that saves nothing before optimiser step `first_step`."""
-
-    def __init__(self, first_step: int, **kwargs):
-        super().__init__(**kwargs)
-        self.first_step = first_step
-
-    def _save_topk_checkpoint(self, trainer, monitor_candidates):
-        if trainer.global_step >= self.first_step:
-            super()._save_topk_checkpoint(trainer, monitor_candidates)
-
-
 def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) -> float:
     """Train one configuration, choose its checkpoint on the selection split and read the test split once with it;
     returns the task's headline metric on the selection split (what a search may maximise), or on the test split
@@ -167,8 +154,8 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
             save_top_k=1,
         )
         interruption.loader = shuffled_train_loader(data, s.seed)
-        trainer = build(cfg, "trainer", callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
-                        logger=run.lightning_logger(), default_root_dir=str(output_dir))
+        trainer = instantiate_node(cfg, "trainer", callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
+                                   logger=run.lightning_logger(), default_root_dir=str(output_dir))
         with resume_warning_silenced():
             trainer.fit(module, train_dataloaders=interruption.loader,
                         val_dataloaders=data.val_dataloader() if selects else None,

@@ -5,9 +5,9 @@ import sys
 
 import hydra
 
+from layerlens.analysis.assemble import make_report
 from layerlens.cli import main_guard, one_line_errors
 from layerlens.paths import CONF_DIR
-from layerlens.reporting.build import make_report
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="report", version_base="1.3")

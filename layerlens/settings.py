@@ -28,7 +28,7 @@ class RunSettings:
     warmup_ratio: float
 
 
-def build(cfg: DictConfig, key: str, **kwargs):
+def instantiate_node(cfg: DictConfig, key: str, **kwargs):
     """Instantiate the `_target_` node at `key`, with its errors as one line naming the node."""
     try:
         return instantiate(OmegaConf.select(cfg, key), _convert_="all", **kwargs)
@@ -45,9 +45,9 @@ def resolve_settings(cfg: DictConfig) -> RunSettings:
     weight_decay, warmup_ratio = cfg.optim.weight_decay, cfg.optim.warmup_ratio
     require_nonnegative("optim.weight_decay", weight_decay)
     require_fraction("optim.warmup_ratio", warmup_ratio)
-    task = build(cfg, "task")
-    backbone = build(cfg, "model")
-    baseline = build(cfg, "baseline")
+    task = instantiate_node(cfg, "task")
+    backbone = instantiate_node(cfg, "model")
+    baseline = instantiate_node(cfg, "baseline")
     check_task = getattr(baseline, "check_task", None)  # checks of the baseline that need the task
     if check_task is not None:
         check_task(task)
@@ -55,8 +55,8 @@ def resolve_settings(cfg: DictConfig) -> RunSettings:
         task=task,
         backbone=backbone,
         baseline=baseline,
-        budget=build(cfg, "budget"),
-        tracker=build(cfg, "logger"),
+        budget=instantiate_node(cfg, "budget"),
+        tracker=instantiate_node(cfg, "logger"),
         seed=require_int("seed", cfg.seed, 0),
         batch_size=require_int("data.batch_size", cfg.data.batch_size, 1),
         eval_batch_size=require_int("data.eval_batch_size", cfg.data.eval_batch_size, 1),

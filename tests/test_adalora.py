@@ -5,11 +5,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from layerlens.baselines.adalora import AdaLoraSchedule, ParamBudgetAllocator
+from layerlens.baselines.adalora import ParamBudgetAllocator
 from layerlens.errors import LayerLensError
 from layerlens.models.families import LINEAR_KINDS
 from layerlens.pipeline import build_classifier, build_datamodule
 from layerlens.settings import resolve_settings
+from layerlens.training.callbacks import AdaLoraSchedule
 from layerlens.training.classifier import SequenceClassifier
 
 # 10 optimiser steps: tinit 2, pruning on steps 3..6 at every step, final allocation at step 7, 3 more steps.

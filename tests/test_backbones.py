@@ -7,15 +7,15 @@ from torch import nn
 from transformers import (AutoModel, AutoModelForSequenceClassification, BertConfig, DebertaV2Config, DistilBertConfig,
                           RobertaConfig)
 
-from layerlens.building import apply_plan, task_head
 from layerlens.errors import LayerLensError
+from layerlens.lens.apply import apply_plan, task_head
+from layerlens.lens.sites import discover_sites
 from layerlens.methods import method_for
 from layerlens.methods.layers.prefix import attach_prefix
 from layerlens.models import HubBackbone
 from layerlens.models.heads import MeanPoolingClassifier
+from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import Costs
-from layerlens.planning.plan import Choice, Plan
-from layerlens.sites import discover_sites
 from tests.conftest import compose_config
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100,

@@ -1,12 +1,15 @@
 """Every option of every config group composes and turns into its objects."""
 
+import json
+
 import pytest
+from hydra.utils import get_object
 from omegaconf import OmegaConf
 
+from layerlens.analysis.comparison import Target
 from layerlens.paths import CONF_DIR
-from layerlens.reporting.comparison import Target
-from layerlens.settings import build, resolve_settings
-from tests.conftest import compose_config
+from layerlens.settings import instantiate_node, resolve_settings
+from tests.conftest import REPO, compose_config
 
 GROUPS = ["model", "task", "baseline", "budget", "trainer", "logger"]
 
@@ -30,8 +33,29 @@ def test_every_option_composes_and_instantiates(group, option, tracking_uri):
     assert OmegaConf.select(cfg, group) is not None
     settings = resolve_settings(cfg)  # instantiates task, model, baseline, budget, logger; checks the rest
     assert settings.task.name == cfg.task.name
-    trainer = build(cfg, "trainer", logger=False, enable_checkpointing=False)
+    trainer = instantiate_node(cfg, "trainer", logger=False, enable_checkpointing=False)
     assert trainer.max_epochs == cfg.trainer.max_epochs
+
+
+def targets(node) -> set[str]:
+    """Every `_target_` in a config, at any depth."""
+    if isinstance(node, dict):
+        return {node.get("_target_")} - {None} | {t for value in node.values() for t in targets(value)}
+    if isinstance(node, list):
+        return {t for value in node for t in targets(value)}
+    return set()
+
+
+def test_the_targets_that_earlier_runs_recorded_still_name_an_object():
+    # python -m layerlens.evaluate instantiates a run's recorded config again: a `_target_` it recorded must still
+    # resolve after modules move (conf/ names what packages export, e.g. layerlens.baselines.LayerLensBaseline).
+    recorded = set()
+    for path in (REPO / "experiments" / "results").glob("*/runs.jsonl"):
+        for line in path.read_text().splitlines():
+            recorded |= targets(json.loads(line)["config"])
+    assert {"layerlens.baselines.LayerLensBaseline", "layerlens.baselines.AdaLoraBaseline"} <= recorded
+    for target in sorted(recorded):
+        assert callable(get_object(target)), target
 
 
 def test_defaults_are_the_offline_backbone_and_mrpc(tracking_uri):

@@ -11,15 +11,15 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification, DebertaV2Config, RobertaConfig
 
-from layerlens.baselines.planned import layer_flops
-from layerlens.building import apply_plan
+from layerlens.lens.apply import apply_plan
+from layerlens.lens.baseline import layer_flops
+from layerlens.lens.sites import discover_sites
 from layerlens.methods.layers.adapter import attach_adapter
 from layerlens.methods.layers.prefix import attach_prefix
 from layerlens.models.backbones import RandomBertBackbone
+from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import MB, Costs, Depth, SiteSpec, Workload, option_costs
-from layerlens.planning.plan import Choice, Plan
 from layerlens.planning.planner import PlannerSettings, make_plan
-from layerlens.sites import discover_sites
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 WORKLOAD = Workload(batch_size=4, tokens_per_batch=100.0, seq_len=30.0, num_heads=2, flops_per_s=1e9)

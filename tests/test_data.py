@@ -8,12 +8,13 @@ from layerlens.data import SELECTION, TEST, TRAIN, GlueDataModule, TaskSpec, loa
 from layerlens.data.selection import holdout_rows
 from layerlens.errors import LayerLensError
 from layerlens.models import RandomBertBackbone
-from layerlens.settings import build
+from layerlens.settings import instantiate_node
 from tests.conftest import compose_config
 
 
 def task(name: str, **overrides) -> TaskSpec:
-    return build(compose_config("run", [f"task={name}", *(f"task.{k}={v}" for k, v in overrides.items())]), "task")
+    words = [f"task={name}", *(f"task.{k}={v}" for k, v in overrides.items())]
+    return instantiate_node(compose_config("run", words), "task")
 
 
 @pytest.mark.parametrize(

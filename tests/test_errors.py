@@ -8,11 +8,11 @@ from collections import Counter
 import pytest
 from mlflow.tracking import MlflowClient
 
-from layerlens.baselines import planned
 from layerlens.errors import LayerLensError
+from layerlens.lens import baseline
+from layerlens.lens.profiling import profile_sites
 from layerlens.paths import CONF_DIR
 from layerlens.pipeline import run_experiment
-from layerlens.profiling import profile_sites
 from layerlens.settings import resolve_settings
 from tests.conftest import REPO, run_module
 from tests.test_data import MRPC_HEADER, write_tsv
@@ -179,7 +179,7 @@ def test_more_profile_batches_than_the_train_split_has_names_how_many_it_has(com
 def test_a_train_time_budget_under_every_option_names_the_least_that_fits(compose_run, tracking_uri, tmp_path,
                                                                          monkeypatch):
     profiles = []
-    monkeypatch.setattr(planned, "profile_sites", lambda *args: profiles.append(profile_sites(*args)) or profiles[-1])
+    monkeypatch.setattr(baseline, "profile_sites", lambda *args: profiles.append(profile_sites(*args)) or profiles[-1])
     cfg = compose_run("baseline=layerlens", "baseline.profile.num_batches=2", "budget.train_time_pct=10")
     with pytest.raises(LayerLensError) as err:
         run_experiment(cfg, tmp_path)

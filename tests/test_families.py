@@ -9,15 +9,15 @@ from peft import LoraConfig
 from peft.tuners.tuners_utils import check_target_module_exists
 from transformers import AutoModelForSequenceClassification, DistilBertConfig
 
-from layerlens.baselines.base import AdaptContext
-from layerlens.building import apply_plan, task_head
+from layerlens.adaptation import AdaptContext
 from layerlens.errors import LayerLensError
-from layerlens.evaluation import upgrade_config
+from layerlens.lens.apply import apply_plan, task_head
+from layerlens.lens.sites import discover_sites, encoder_layers, layer_targets
 from layerlens.models.families import (FAMILIES, LINEAR_KINDS, SITE_KINDS, Family, model_family, register_family,
                                        unregister_family)
-from layerlens.planning.plan import Plan
+from layerlens.planning.choices import Plan
 from layerlens.settings import resolve_settings
-from layerlens.sites import discover_sites, encoder_layers, layer_targets
+from layerlens.training.checkpoint_eval import upgrade_config
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
 from tests.conftest import compose_config
 from tests.test_backbones import FAMILIES as TINY_FAMILIES

@@ -97,9 +97,9 @@ def test_a_trainable_parameter_below_the_cache_is_refused():
 
 def test_the_fast_budget_plans_above_the_bottom_and_training_runs_from_the_cache(compose_run, tmp_path):
     from layerlens.pipeline import build_classifier, build_datamodule
-    from layerlens.planning.plan import Plan
+    from layerlens.planning.choices import Plan
     from layerlens.settings import resolve_settings
-    from layerlens.sites import encoder_layers
+    from layerlens.lens.sites import encoder_layers
 
     cfg = compose_run("baseline=layerlens", "budget=fast", "logger=none", "baseline.profile.num_batches=4")
     s = resolve_settings(cfg)

@@ -21,7 +21,7 @@ from layerlens import _rank_alloc
 from layerlens.data import TaskSpec, read_glue_tsv
 from layerlens.errors import LayerLensError
 from layerlens.planning.allocator import BUDGET_TOLERANCE, GAP_TOLERANCE, Allocation, allocate
-from layerlens.settings import build
+from layerlens.settings import instantiate_node
 from tests.conftest import compose_config
 
 # Overflowing sums of extreme inputs warn in numpy; the properties below judge the outcome.
@@ -311,7 +311,7 @@ TSV_EXAMPLES = 250
 
 
 def task_spec(name: str) -> TaskSpec:
-    return build(compose_config("run", [f"task={name}"]), "task")
+    return instantiate_node(compose_config("run", [f"task={name}"]), "task")
 
 
 @pytest.fixture(scope="module")

@@ -7,9 +7,9 @@ import sys
 import pandas as pd
 import pytest
 
+from layerlens.analysis.assemble import make_report
 from layerlens.errors import LayerLensError
 from layerlens.pipeline import run_experiment
-from layerlens.reporting.build import make_report
 from layerlens.settings import resolve_settings
 from layerlens.tracking import JsonlTracker
 from tests.conftest import TINY, compose_config

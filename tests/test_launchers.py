@@ -12,7 +12,7 @@ from mlflow.tracking import MlflowClient
 
 from layerlens.cli import check_group_choices
 from layerlens.paths import CONF_DIR
-from layerlens.settings import build
+from layerlens.settings import instantiate_node
 from tests.conftest import compose_config, run_module
 
 
@@ -37,7 +37,7 @@ def test_the_project_slurm_launcher_config_sets_the_cluster_fields_and_one_task_
 
 def test_ddp_trainer_composes_with_configurable_devices_and_nodes():
     cfg = compose_config("run", ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.num_nodes=1"])
-    trainer = build(cfg, "trainer", logger=False, enable_checkpointing=False)
+    trainer = instantiate_node(cfg, "trainer", logger=False, enable_checkpointing=False)
     assert isinstance(trainer.strategy, DDPStrategy)
     assert (trainer.num_devices, trainer.num_nodes) == (2, 1)
 

@@ -10,12 +10,12 @@ from mlflow.tracking import MlflowClient
 from peft import LoraConfig, get_peft_model
 
 from layerlens.errors import LayerLensError
-from layerlens.evaluation import evaluate_run
+from layerlens.lens.sites import discover_sites
 from layerlens.paths import EMBEDDED_GLUE_DIR
 from layerlens.pipeline import build_classifier, build_datamodule, count_parameters, plan_experiment, run_experiment
-from layerlens.planning.plan import Plan
+from layerlens.planning.choices import Plan
 from layerlens.settings import resolve_settings
-from layerlens.sites import discover_sites
+from layerlens.training.checkpoint_eval import evaluate_run
 from layerlens.training.classifier import SequenceClassifier
 from tests.conftest import run_module
 

@@ -10,16 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from layerlens.baselines.planned import LayerLensBaseline
-from layerlens.building import apply_plan, check_plan_fits
 from layerlens.errors import LayerLensError
+from layerlens.lens.apply import apply_plan, check_plan_fits
+from layerlens.lens.baseline import LayerLensBaseline
+from layerlens.lens.sites import discover_sites
 from layerlens.methods import Menu
 from layerlens.models.backbones import RandomBertBackbone
 from layerlens.pipeline import run_experiment
+from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import SiteSpec, Workload, option_costs
-from layerlens.planning.plan import Choice, Plan
 from layerlens.planning.planner import PlannerSettings
-from layerlens.sites import discover_sites
 
 WORKLOAD = Workload(batch_size=4, tokens_per_batch=100.0, seq_len=30.0, num_heads=2, flops_per_s=1e9)
 # The adapter name each method's parameters carry (LoRA's peft model names its own "default").

@@ -12,12 +12,12 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy.stats import wilcoxon
 
+from layerlens.analysis.assemble import make_report
+from layerlens.analysis.comparison import summarise
+from layerlens.analysis.paired import compare_pairs, parse_pairs
+from layerlens.analysis.runs import finished_runs
 from layerlens.errors import LayerLensError
 from layerlens.report import compare_overrides
-from layerlens.reporting.build import make_report
-from layerlens.reporting.comparison import summarise
-from layerlens.reporting.paired import compare_pairs, parse_pairs
-from layerlens.reporting.runs import finished_runs
 from layerlens.tracking.mlflow_tracker import flatten
 from tests.conftest import REPO, compose_config, run_module
 

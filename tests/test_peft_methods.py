@@ -11,14 +11,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForSequenceClassification, DebertaV2Config
 
-from layerlens.building import apply_plan
 from layerlens.errors import LayerLensError
+from layerlens.lens.apply import apply_plan
+from layerlens.lens.sites import discover_sites
 from layerlens.methods import linears
 from layerlens.models import families
 from layerlens.pipeline import run_experiment
 from layerlens.planning.costs import Costs, SiteSpec, option_costs
 from layerlens.planning.planner import PlannerSettings, make_plan
-from layerlens.sites import discover_sites
 from tests.test_method_menu import ADAPTERS, WORKLOAD, added_by_site, batch, menu, owner, plan_of, specs, tiny_bert
 
 # Each method at linear sites of several kinds, in one model beside the adapter and the prefix.

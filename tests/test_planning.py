@@ -9,15 +9,15 @@ import pytest
 from peft import LoraConfig, get_peft_model
 from transformers import BertConfig, BertModel
 
-from layerlens.building import apply_plan, check_plan_fits
 from layerlens.budget import Budget, params_pct_for
 from layerlens.errors import LayerLensError
+from layerlens.lens.apply import apply_plan, check_plan_fits
+from layerlens.lens.sites import discover_sites
 from layerlens.methods.layers.adapter import attach_adapter
 from layerlens.methods.layers.prefix import attach_prefix
+from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import Costs, Depth, SiteSpec, Workload, option_costs
-from layerlens.planning.plan import Choice, Plan
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, check_feasible, make_plan
-from layerlens.sites import discover_sites
 
 WORKLOAD = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=60.0, num_heads=2, flops_per_s=1e10)
 

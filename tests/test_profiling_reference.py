@@ -11,8 +11,8 @@ from scipy.stats import spearmanr
 from transformers import BertConfig, BertForSequenceClassification
 
 from layerlens.errors import LayerLensError
-from layerlens.profiling import Profile, ProfileSettings, profile_sites
-from layerlens.sites import discover_sites
+from layerlens.lens.profiling import Profile, ProfileSettings, profile_sites
+from layerlens.lens.sites import discover_sites
 
 KINDS = ["query", "key", "value", "attn_out", "ffn_in", "ffn_out", "attn_block", "ffn_block", "attention"]
 

@@ -6,9 +6,9 @@ import pytest
 from matplotlib.image import imread
 from mlflow.tracking import MlflowClient
 
-from layerlens.reporting.build import make_report
-from layerlens.reporting.comparison import summarise
-from layerlens.reporting.plots import pareto_figure, pareto_front, time_figure
+from layerlens.analysis.assemble import make_report
+from layerlens.analysis.comparison import summarise
+from layerlens.analysis.plots import pareto_figure, pareto_front, time_figure
 from tests.conftest import compose_config
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -22,8 +22,8 @@ from tests.conftest import REPO, TINY, run_module
 from layerlens.data.selection import TRAIN
 from layerlens.errors import LayerLensError
 from layerlens.pipeline import run_experiment
-from layerlens.training.resume import (EpochShuffle, Interrupted, Interruption, rng_states, set_rng_states,
-                                       shuffled_train_loader)
+from layerlens.training.callbacks import Interruption
+from layerlens.training.resume import EpochShuffle, Interrupted, rng_states, set_rng_states, shuffled_train_loader
 
 # Three epochs of 8 steps; the signal lands mid-epoch 0.
 ARGS = [*TINY, "trainer.max_epochs=3", "trainer.limit_train_batches=8"]

@@ -9,10 +9,10 @@ import torch
 from mlflow.tracking import MlflowClient
 from scipy.stats import pearsonr, spearmanr
 
+from layerlens.analysis.assemble import make_report
 from layerlens.data import load_task_splits, read_glue_tsv
 from layerlens.errors import LayerLensError
 from layerlens.pipeline import build_classifier, build_datamodule, run_experiment
-from layerlens.reporting.build import make_report
 from layerlens.settings import resolve_settings
 from layerlens.training.classifier import SequenceClassifier, task_metrics
 from tests.conftest import compose_config

@@ -6,12 +6,12 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from layerlens.analysis.assemble import make_report
+from layerlens.analysis.comparison import Target, summarise
 from layerlens.errors import LayerLensError
-from layerlens.evaluation import evaluate_run
 from layerlens.paths import EMBEDDED_GLUE_DIR
 from layerlens.pipeline import run_experiment
-from layerlens.reporting.build import make_report
-from layerlens.reporting.comparison import Target, summarise
+from layerlens.training.checkpoint_eval import evaluate_run
 from tests.conftest import compose_config
 
 METRICS = {
@@ -241,7 +241,7 @@ def test_seed_column_orders_numbers_numerically_and_other_tags_after():
 
 
 def test_plan_checks_list_each_planned_run_and_skip_the_others():
-    from layerlens.reporting.comparison import plan_checks
+    from layerlens.analysis.comparison import plan_checks
 
     runs = pd.DataFrame([
         {"task": "mrpc", "model": "m", "run_name": "lora-mrpc-s0", "sweep": "a", "start_time": 1, "test/acc": 0.8},

@@ -14,17 +14,17 @@ import math
 from dataclasses import dataclass, field
 
 import torch
-from lightning.pytorch.callbacks import Callback
 from peft import AdaLoraConfig, PeftModel, TaskType, get_peft_model
 from peft.tuners.adalora.layer import RankAllocator
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
 
-from layerlens.baselines.base import AdaptContext, Adapted
+from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
 from layerlens.errors import LayerLensError
+from layerlens.lens.sites import layer_targets
 from layerlens.models.families import LINEAR_KINDS, check_kinds
-from layerlens.sites import layer_targets
+from layerlens.training.callbacks import AdaLoraSchedule
 from layerlens.validation import (
     is_number,
     require_fraction,
@@ -94,73 +94,6 @@ class ParamBudgetAllocator(RankAllocator):
                 model.get_parameter(name).masked_fill_(~kept.view(-1, 1), 0.0)
                 rank_pattern[name] = kept.tolist()
         return rank_pattern
-
-
-class AdaLoraSchedule(Callback):
-    """Calls peft's `update_and_allocate` after every optimiser step.
-
-    Lightning's automatic optimisation zeroes gradients inside the next step's closure, just before its
-    backward, so in `on_train_batch_end` the step's gradients are still there, as AdaLoRA's sensitivities need.
-    Steps are counted from 1 (`trainer.global_step` after the step), so the final allocation happens at step
-    total_step - tfinal even when tfinal is 0.
-    """
-
-    def __init__(self, model: PeftModel, costs: dict[str, int], adapter: str = "default"):
-        self.tuner, self.costs, self.adapter = model.base_model, costs, adapter
-        self.last_step = 0
-        self.final_rank = self.final_params = None
-
-    def kept(self) -> tuple[int, int]:
-        """Total rank and adapter parameters the current rank pattern keeps."""
-        pattern = self.tuner.peft_config[self.adapter].rank_pattern
-        if pattern is None:
-            ranks = {name: self.tuner.model.get_parameter(name).shape[0] for name in self.costs}
-        else:
-            ranks = {name: int(sum(pattern[name])) for name in self.costs}
-        return sum(ranks.values()), sum(rank * self.costs[name] for name, rank in ranks.items())
-
-    def state_dict(self) -> dict:
-        """What a resumed run needs to allocate as the uninterrupted one would: peft's importance averages and
-        the rank pattern (kept in the adapter config, not in the model's weights)."""
-        allocator = self.tuner.rankallocator
-        return {
-            "last_step": self.last_step,
-            "final": (self.final_rank, self.final_params),
-            "rank_pattern": self.tuner.peft_config[self.adapter].rank_pattern,
-            "ipt": allocator.ipt,
-            "exp_avg_ipt": allocator.exp_avg_ipt,
-            "exp_avg_unc": allocator.exp_avg_unc,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        allocator = self.tuner.rankallocator
-        self.last_step = state["last_step"]
-        self.final_rank, self.final_params = state["final"]
-        self.tuner.peft_config[self.adapter].rank_pattern = state["rank_pattern"]
-        allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (
-            state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"])
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        step = trainer.global_step
-        if step == self.last_step:  # accumulating gradients: no optimiser step on this batch
-            return
-        self.last_step = step
-        self.tuner.update_and_allocate(step)
-        config = self.tuner.peft_config[self.adapter]
-        rank, params = self.kept()
-        if step == config.total_step - config.tfinal:
-            self.final_rank, self.final_params = rank, params
-        pl_module.log_dict({"adalora/rank": float(rank), "adalora/params": float(params)}, batch_size=1)
-
-    def on_train_end(self, trainer, pl_module):
-        if self.final_rank is None:
-            config = self.tuner.peft_config[self.adapter]
-            log.warning("AdaLoRA stopped at step %d before its final allocation at step %d: ranks are not at the "
-                        "final budget", self.last_step, config.total_step - config.tfinal)
-            return
-        if trainer.logger is not None:
-            trainer.logger.log_metrics({"adalora/final_rank": float(self.final_rank),
-                                        "adalora/final_params": float(self.final_params)}, step=trainer.global_step)
 
 
 @dataclass
@@ -281,4 +214,3 @@ class AdaLoraBaseline:
                  config.total_step - config.tfinal, config.total_step)
         return Adapted(peft_model, metrics=metrics, callbacks=[AdaLoraSchedule(peft_model, costs)],
                        first_checkpoint_step=config.total_step - config.tfinal)
-

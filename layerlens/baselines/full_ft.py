@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from layerlens.baselines.base import AdaptContext, Adapted
+from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.validation import require_positive
 
 

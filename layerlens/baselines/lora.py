@@ -3,10 +3,10 @@ from dataclasses import dataclass, field
 from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 
-from layerlens.baselines.base import AdaptContext, Adapted
+from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.errors import LayerLensError
+from layerlens.lens.sites import layer_targets
 from layerlens.models.families import LINEAR_KINDS, check_kinds
-from layerlens.sites import layer_targets
 from layerlens.validation import require_choice, require_fraction, require_int, require_positive
 
 BIASES = ("none", "all", "lora_only")  # peft's LoraConfig.bias

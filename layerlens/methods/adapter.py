@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from layerlens.planning.costs import SiteSpec, Workload
-    from layerlens.sites import Site
+    from layerlens.lens.sites import Site
 
 
 def adapter_params(hidden: int, width: int) -> int:

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from layerlens.planning.costs import SiteSpec, Workload
-    from layerlens.sites import Site
+    from layerlens.lens.sites import Site
 
 ADAPTER = "ia3"
 FEEDFORWARD = ("ffn_out",)  # scaled on their input

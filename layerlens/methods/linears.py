@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from layerlens.methods.registry import Build
     from layerlens.planning.costs import SiteSpec, Workload
-    from layerlens.sites import Site
+    from layerlens.lens.sites import Site
 
     Costs = tuple[float, float, float]
 
@@ -85,7 +85,7 @@ def inject(model: nn.Module, config: PeftConfig, adapter: str, build: Build) -> 
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import AuxiliaryTrainingWrapper
 
-    from layerlens.building import train_only
+    from layerlens.lens.apply import train_only
 
     inner = model.get_base_model() if isinstance(model, PeftModel) else model
     if not any(isinstance(m, BaseTunerLayer) for m in inner.modules()):

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from layerlens.planning.costs import SiteSpec, Workload
-    from layerlens.sites import Site
+    from layerlens.lens.sites import Site
 
 NONE = "none"  # the option that adapts nothing: not a method, never registered
 NONE_COLOUR = "lightgrey"

@@ -1,10 +1,10 @@
 """The model-family table: where each model family keeps what LayerLens adapts, read by everything that adapts.
 
 One `Family` per family, registered in `FAMILIES` by name and recognised by its config's `model_type`. Who reads
-it: `sites.py` (the module of each site kind in each layer: discover_sites, layer_targets), the baselines `lora`
+it: `lens/sites.py` (the module of each site kind in each layer: discover_sites, layer_targets), the baselines `lora`
 and `adalora` (their peft target modules: the family's modules of the site kinds they name), the frozen-bottom
-cache (the layer list, the embeddings, whether its bottom layers can be run once) and, through `sites.py`,
-`building.py` (the task head: what lies outside the encoder). Nothing here imports torch.
+cache (the layer list, the embeddings, whether its bottom layers can be run once) and, through `lens/sites.py`,
+`lens/apply.py` (the task head: what lies outside the encoder). Nothing here imports torch.
 """
 
 from collections.abc import Iterable

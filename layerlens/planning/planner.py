@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 from layerlens.errors import LayerLensError
 from layerlens.methods import METHODS, accepting
 from layerlens.planning.allocator import BUDGET_TOLERANCE, allocate
+from layerlens.planning.choices import COST_NAMES, TRAIN_TIME, Choice, Plan
 from layerlens.planning.costs import Costs, Depth, SiteSpec, Workload, option_costs
-from layerlens.planning.plan import COST_NAMES, TRAIN_TIME, Choice, Plan
 from layerlens.planning.utilities import PROFILED, UTILITIES
 from layerlens.validation import at_least, is_number, require_choice, require_int, require_positive, shown
 

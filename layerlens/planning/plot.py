@@ -6,7 +6,7 @@ from matplotlib.figure import Figure  # no pyplot: no backend to choose, Agg ren
 from matplotlib.patches import Rectangle
 
 from layerlens.methods import METHODS, NONE, NONE_COLOUR
-from layerlens.planning.plan import Plan
+from layerlens.planning.choices import Plan
 
 
 def plot_plan(plan: Plan, path: Path, title: str) -> Path:

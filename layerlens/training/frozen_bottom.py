@@ -14,8 +14,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from layerlens.lens.sites import base_model, encoder_layers
 from layerlens.models.families import FAMILIES, model_family
-from layerlens.sites import base_model, encoder_layers
 
 MB = 2**20
 

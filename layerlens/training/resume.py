@@ -3,34 +3,27 @@
 The run stops at a batch boundary (never mid-step or mid-validation) and saves a full Lightning checkpoint
 (weights, optimiser, scheduler, loops) plus what Lightning leaves out: the global RNG states (dropout) and
 where the epoch's shuffled order had got to. Resuming from it replays the same batches with the same
-random numbers, so the run ends as it would have without the interruption.
+random numbers, so the run ends as it would have without the interruption. The callback that stops the run and
+keeps that state in its checkpoint is Interruption (callbacks.py); what it needs, and the rest of resuming, is here.
 """
 
 import json
-import logging
 import random
 import signal
-import threading
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Sampler
 
 from layerlens.errors import LayerLensError
 from layerlens.data.selection import TRAIN
 
-log = logging.getLogger(__name__)
-
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RUN_RECORD = "run.json"  # in the output folder: the MLflow run id and the config, for resuming
-_STATE_KEY = "layerlens_resume"
-
 
 
 @contextmanager
@@ -106,95 +99,6 @@ def shuffled_train_loader(data, seed: int) -> DataLoader:
     rows = data.tokenised[TRAIN]
     return DataLoader(rows, batch_size=data.batch_size, sampler=EpochShuffle(len(rows), seed), collate_fn=data.collate,
                       num_workers=data.num_workers, generator=torch.Generator().manual_seed(seed))
-
-
-class Interruption(L.Callback):
-    """SIGINT or SIGTERM: in training, finish the batch at hand (and the epoch's validation, if it is the last
-    batch), save `checkpoint` and stop; anywhere else, or on a second signal, stop at once with nothing saved."""
-
-    def __init__(self, output_dir: Path):
-        self.output_dir = Path(output_dir)
-        self.checkpoint = interrupt_checkpoint(output_dir)
-        self.loader: DataLoader | None = None  # the EpochShuffle training loader whose position checkpoints keep
-        self.signum: int | None = None
-        self._training = False
-        self._rng = None
-
-    @contextmanager
-    def handling_signals(self):
-        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
-            yield self
-            return
-        previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
-        try:
-            yield self
-        except (KeyboardInterrupt, SystemExit):  # Lightning turns both into SystemExit (sys.exit(1), SIGTERMException)
-            if self.signum is None:
-                raise
-            raise Interrupted(self.signum, self.output_dir, self.checkpoint if self.checkpoint.is_file() else None) from None
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
-    def _on_signal(self, signum, frame) -> None:
-        if self._training and self.signum is None:
-            self.signum = signum
-            log.warning("%s: stopping after this batch, with a checkpoint to resume from (send it again to stop now)",
-                        signal.Signals(signum).name)
-            return
-        self.signum = self.signum or signum
-        raise KeyboardInterrupt
-
-    def _stop_at_boundary(self, trainer) -> None:
-        # Lightning's own SIGTERM flag: its loops stop at the end of this batch (after the scheduler step and
-        # the loss logging), or after this epoch's end, and raise SIGTERMException.
-        trainer._signal_connector.received_sigterm = True
-
-    def on_train_start(self, trainer, pl_module):
-        # Replace the SIGTERM handler that Lightning installs for fit, which could stop mid-validation.
-        if threading.current_thread() is threading.main_thread():
-            for signum in SIGNALS:
-                signal.signal(signum, self._on_signal)
-        self._training = True
-        if self._rng is not None:  # after the loaders are set up, just before the first resumed batch
-            set_rng_states(self._rng)
-            self._rng = None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if self.signum is not None and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
-            self._stop_at_boundary(trainer)
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        if self.signum is not None:
-            self._stop_at_boundary(trainer)
-
-    def on_train_end(self, trainer, pl_module):
-        self._training = False
-        if self.signum is not None:  # after the last epoch's end: the checkpoint holds a finished training
-            raise SIGTERMException
-
-    def on_exception(self, trainer, pl_module, exception):
-        self._training = False
-        if isinstance(exception, SIGTERMException) and self.signum is not None:
-            trainer.save_checkpoint(self.checkpoint)
-            log.info("saved %s", self.checkpoint)
-
-    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        epochs = trainer.fit_loop.epoch_progress.current
-        mid_epoch = epochs.started > epochs.completed
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.completed if mid_epoch else 0
-        checkpoint[_STATE_KEY] = {
-            "rng": rng_states(),
-            "epoch": trainer.current_epoch,
-            "samples_done": batches * self.loader.batch_size if self.loader is not None else 0,
-        }
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint):
-        state = checkpoint.get(_STATE_KEY)
-        if state is None or self.loader is None:
-            return
-        self.loader.sampler.epoch, self.loader.sampler.skip = state["epoch"], state["samples_done"]
-        self._rng = state["rng"]
 
 
 def _flat(config: dict, prefix: str = "") -> dict[str, object]:

@@ -6,12 +6,12 @@ from typing import NamedTuple
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
+from layerlens.analysis.comparison import Target, plan_checks, summarise
+from layerlens.analysis.paired import PairedComparison, check_metrics, compare_pairs, parse_pairs
+from layerlens.analysis.plots import write_plots
+from layerlens.analysis.render import print_report, provenance, write_report
+from layerlens.analysis.runs import describe_source, finished_runs
 from layerlens.errors import LayerLensError
-from layerlens.reporting.comparison import Target, plan_checks, summarise
-from layerlens.reporting.paired import PairedComparison, check_metrics, compare_pairs, parse_pairs
-from layerlens.reporting.plots import write_plots
-from layerlens.reporting.render import print_report, provenance, write_report
-from layerlens.reporting.runs import describe_source, finished_runs
 
 
 class ReportFiles(NamedTuple):

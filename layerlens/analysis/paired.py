@@ -13,9 +13,9 @@ from statistics import mean, stdev
 import pandas as pd
 from scipy.stats import wilcoxon
 
+from layerlens.analysis.comparison import SUMMARISED, label_variants, one_run_per_seed, seed_order
 from layerlens.data.tasks import TaskSpec
 from layerlens.errors import LayerLensError
-from layerlens.reporting.comparison import SUMMARISED, label_variants, one_run_per_seed, seed_order
 
 TIE = 1e-9  # differences this small are ties (a rounding apart): 9 decimals
 TEST = "test/"

@@ -7,10 +7,10 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from layerlens.reporting.comparison import HEADLINE, SUMMARISED, Target
-from layerlens.reporting.paired import PairedComparison
-from layerlens.reporting.plots import Plot
-from layerlens.reporting.runs import describe_source
+from layerlens.analysis.comparison import HEADLINE, SUMMARISED, Target
+from layerlens.analysis.paired import PairedComparison
+from layerlens.analysis.plots import Plot
+from layerlens.analysis.runs import describe_source
 
 LABELS = {"acc": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman",
           "trainable_pct": "trainable %", "train_s": "train s", "profile_s": "profile s", "total_s": "total s",

@@ -1,3 +1,6 @@
+"""LayerLensBaseline: profile every candidate site, plan a method and size per site within the budgets, apply the
+plan; plan.json and its plot are written to the run's output folder."""
+
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -6,18 +9,18 @@ from typing import NamedTuple
 from peft.utils import CONFIG_NAME
 from torch import nn
 
-from layerlens.baselines.base import AdaptContext, Adapted
+from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
-from layerlens.building import apply_plan, placements
 from layerlens.errors import LayerLensError
+from layerlens.lens.apply import apply_plan, placements
+from layerlens.lens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
+from layerlens.lens.sites import SITE_KINDS, Site, discover_sites, encoder_layers
 from layerlens.methods import Build, Menu, get_method, lora, methods_for
+from layerlens.planning.choices import Plan
 from layerlens.planning.costs import Depth, SiteSpec, Workload
-from layerlens.planning.plan import Plan
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
 from layerlens.planning.utilities import planning_utilities
-from layerlens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
-from layerlens.sites import SITE_KINDS, Site, discover_sites, encoder_layers
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
 from layerlens.validation import require_fraction, require_positive
 

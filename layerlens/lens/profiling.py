@@ -12,7 +12,7 @@ from scipy.stats import spearmanr
 from torch import nn
 
 from layerlens.errors import LayerLensError
-from layerlens.sites import Site
+from layerlens.lens.sites import Site
 from layerlens.validation import require_int, require_nonnegative
 
 STATISTICS = ("grad_norm", "fisher", "sensitivity")

@@ -5,9 +5,9 @@ from collections.abc import Collection
 from torch import nn
 
 from layerlens.errors import LayerLensError
+from layerlens.lens.sites import Site, encoder_layers
 from layerlens.methods import METHODS, Build, Method, get_method, methods_for
-from layerlens.planning.plan import Plan
-from layerlens.sites import Site, encoder_layers
+from layerlens.planning.choices import Plan
 
 
 def task_head(model: nn.Module) -> list[str]:
