@@ -96,7 +96,7 @@ def plan_experiment(cfg: DictConfig, output_dir: Path) -> tuple[Plan, dict[str, 
     ctx = adapt_context(s, cfg, data, count_parameters(model), output_dir)
     sites, profile, plan, _ = s.baseline.plan(model, ctx)
     s.baseline.save(plan, sites, ctx.output_dir, model)
-    return plan, profile.validation()
+    return plan, s.baseline.record(profile, plan)
 
 
 def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:

@@ -14,9 +14,9 @@ log = logging.getLogger(__name__)
 @hydra.main(config_path=str(CONF_DIR), config_name="plan", version_base="1.3")
 @one_line_errors
 def main(cfg) -> None:
-    plan, validation = plan_experiment(cfg, output_dir())
-    log.info("plan and its plot written to %s; profile checks: %s", output_dir(),
-             ", ".join(f"{k} {v:.4g}" for k, v in validation.items()))
+    plan, record = plan_experiment(cfg, output_dir())
+    log.info("plan and its plot written to %s; its checks: %s", output_dir(),
+             ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
     print(plan.to_json())
 
 

@@ -1,5 +1,7 @@
 """Control plans: the same profiling, planner, allocator and build as LayerLens, valued without the profile."""
 
+import json
+
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
@@ -47,9 +49,9 @@ def test_controls_plan_differently_from_the_same_profile_within_the_same_budget(
     plans = {}
     for baseline in ["layerlens", *CONTROLS]:
         cfg = compose_config("run", ["model=tiny", "trainer=debug", f"baseline={baseline}", *SHORT])
-        plan, profile_checks = plan_experiment(cfg, tmp_path / baseline)
-        plans[baseline] = (plan, profile_checks)
-    untimed = lambda checks: {k: v for k, v in checks.items() if k != "time/profile_s"}
+        plan, record = plan_experiment(cfg, tmp_path / baseline)
+        plans[baseline] = (plan, record)
+    untimed = lambda record: {k: v for k, v in record.items() if k.startswith("profile/")}
     reference, checks = plans["layerlens"]
     for baseline in CONTROLS:
         plan, control_checks = plans[baseline]
@@ -62,6 +64,34 @@ def test_controls_plan_differently_from_the_same_profile_within_the_same_budget(
     depth = plans["layerlens_depth"][0]
     assert all(c.utility == c.layer + 1 for c in depth.choices)
     assert sorted(c.utility for c in plans["layerlens_random"][0].choices) == sorted(c.utility for c in reference.choices)
+
+
+def test_a_plans_record_carries_its_utilities_validity_against_measured_gains(tracking_uri, tmp_path):
+    """Gains measured as the depth prior orders them (higher layers gain more): the depth control's utilities
+    predict them, rank for rank; the uniform control's (all tied) cannot, and the profile's lies in between."""
+    cfg = compose_config("run", ["model=tiny", "trainer=debug", "baseline=layerlens", *SHORT])
+    reference, _ = plan_experiment(cfg, tmp_path / "reference")
+    assert "plan/utility_validity" not in _  # only where gains are given
+    gains = tmp_path / "gains.jsonl"
+    lines = [{"site": None, "selection_loss": 1.0}]
+    lines += [{"site": c.site, "selection_loss": 1.0 - 0.01 * (c.layer + 1)} for c in reference.choices[::2]]
+    gains.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    records = {}
+    for baseline in ["layerlens", "layerlens_depth", "layerlens_uniform"]:
+        cfg = compose_config("run", ["model=tiny", "trainer=debug", f"baseline={baseline}", *SHORT,
+                                     f"baseline.validity_gains={gains}"])
+        records[baseline] = plan_experiment(cfg, tmp_path / baseline)[1]
+    measured = len(reference.choices[::2])
+    assert all(r["plan/utility_validity_sites"] == measured for r in records.values() if r)
+    assert records["layerlens_depth"]["plan/utility_validity"] == pytest.approx(1.0)
+    assert np.isnan(records["layerlens_uniform"]["plan/utility_validity"])
+    assert -1.0 <= records["layerlens"]["plan/utility_validity"] < 1.0
+
+
+def test_a_missing_gains_file_is_refused_before_profiling(tmp_path):
+    cfg = compose_config("run", ["model=tiny", "baseline=layerlens", f"baseline.validity_gains={tmp_path}/none.jsonl"])
+    with pytest.raises(LayerLensError, match=r"^baseline.validity_gains: no file .*none.jsonl$"):
+        resolve_settings(cfg)
 
 
 @pytest.mark.parametrize("baseline", [*CONTROLS, "lora_attention"])

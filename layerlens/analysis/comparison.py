@@ -120,6 +120,8 @@ def plan_check_columns() -> dict[str, str]:
         "plan/utilisation/params": "params budget used",
         **{f"plan/consistency/{method}": f"consistency {method}" for method in METHODS},
         "plan/rank_utility_spearman": "rank-utility Spearman",
+        "plan/utility_validity": "utility-gain Spearman",
+        "plan/utility_validity_p": "utility-gain p",
         "plan/method_diversity": "methods used",
         "time/profile_s": "profile s",
     }

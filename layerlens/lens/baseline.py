@@ -21,6 +21,7 @@ from layerlens.planning.costs import Depth, SiteSpec, Workload
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
 from layerlens.planning.utilities import planning_utilities
+from layerlens.planning.validity import measured_gains, utility_validity
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
 from layerlens.validation import require_fraction, require_positive
 
@@ -47,6 +48,9 @@ class LayerLensBaseline:
     lora_dropout: float = 0.1
     # Compute the frozen layers below the lowest adapted one once, without dropout, and reuse their output.
     cache_frozen_layers: bool = True
+    # A gains JSONL of experiments/utility_validity.py (each site trained alone): the plan's record then carries the
+    # Spearman correlation of the utilities it was made with to those measured gains (planning/validity.py).
+    validity_gains: str | None = None
 
     def __post_init__(self):
         require_positive("baseline.lr", self.lr)
@@ -72,6 +76,8 @@ class LayerLensBaseline:
                 setattr(self, key, settings(**value))
             elif not isinstance(value, settings):
                 raise LayerLensError(f"baseline.{key} must be a mapping of settings, got {value!r}")
+        if self.validity_gains is not None:
+            measured_gains(self.validity_gains)  # a bad file refused before profiling
         if self.planner.utility == "kind_depth":
             missing = [kind for kind in self.sites if kind not in self.planner.kind_prior]
             if missing:
@@ -160,13 +166,22 @@ class LayerLensBaseline:
             files.append(folder / CONFIG_NAME)
         return files
 
+    def record(self, profile: Profile, plan: Plan) -> dict[str, float]:
+        """The checks logged with a plan: the profile's split-half checks, the plan's, and, given measured gains
+        (validity_gains), how well the utilities it was made with predict them."""
+        record = {**profile.validation(), **plan.metrics()}
+        if self.validity_gains is not None:
+            utilities = {choice.site: choice.utility for choice in plan.choices}
+            record.update(utility_validity(utilities, measured_gains(self.validity_gains)))
+        return record
+
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapted:
         if ctx.reuse_plan:
             sites, metrics, files = discover_sites(model, self.sites, self.offered()), {}, []
             plan = Plan.from_json((ctx.output_dir / PLAN_FILE).read_text())
         else:
             sites, profile, plan, plan_s = self.plan(model, ctx)
-            metrics = {**profile.validation(), **plan.metrics(), "time/plan_s": plan_s}
+            metrics = {**self.record(profile, plan), "time/plan_s": plan_s}
             files = self.save(plan, sites, ctx.output_dir, model)
         model = apply_plan(model, sites, plan, self.lora_alpha_ratio, self.lora_dropout, self.offered())
         frozen = plan.lowest_adapted_layer()
