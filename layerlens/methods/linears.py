@@ -55,7 +55,7 @@ def summed(linear_costs: Callable[[int, int, int, Workload], Costs]) -> Callable
 
     def costs(site: SiteSpec, size: int, w: Workload) -> Costs:
         parts = [linear_costs(d_in, d_out, size, w) for d_in, d_out in shapes(site)]
-        return tuple(sum(values) for values in zip(*parts))  # type: ignore[return-value]
+        return tuple(sum(values) for values in zip(*parts))
 
     return costs
 
