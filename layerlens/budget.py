@@ -1,5 +1,6 @@
 import math
 from dataclasses import dataclass
+from typing import cast
 
 from layerlens.errors import LayerLensError
 from layerlens.validation import at_least, is_number, shown
@@ -54,7 +55,7 @@ def params_pct_too_small(budget: Budget, needed: float, backbone_params: int, pu
     holds them, what they are for (`purpose`) and what `cheapest` thing costs that many."""
     return (f"budget.params_pct must be >= {params_pct_for(needed, backbone_params)} {purpose} "
             f"(the cheapest {cheapest} adds {shown(needed)} parameters; the backbone has {backbone_params}), "
-            f"got {shown(budget.params_pct)}")
+            f"got {shown(cast(float, budget.params_pct))}")
 
 
 def params_pct_for(count: float, backbone_params: int) -> str:

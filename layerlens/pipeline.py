@@ -127,7 +127,7 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
     interruption = Interruption(output_dir)
     reset_peak_rss()
     # Under DDP every process runs all of this; only global rank 0 records the run (MLflow, run.json).
-    recording = rank_zero_only.rank == 0
+    recording = rank_zero_only.rank == 0  # type: ignore[attr-defined]  # Lightning sets it on the function
     tracker = s.tracker if recording else NullTracker()
     with tracker.start_run(run_name(s), run_tags(s, sweep), cfg, run_id=resume_id) as run, \
             interruption.handling_signals():

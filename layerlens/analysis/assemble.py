@@ -1,7 +1,7 @@
 """From a report config to the written and printed comparison."""
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
@@ -24,7 +24,7 @@ class ReportFiles(NamedTuple):
 
 def make_report(cfg: DictConfig) -> ReportFiles:
     try:
-        targets = [Target(**check) for check in OmegaConf.to_container(cfg.targets.checks, resolve=True)]
+        targets = [Target(**check) for check in cast(list, OmegaConf.to_container(cfg.targets.checks, resolve=True))]
     except TypeError as err:
         raise LayerLensError(f"targets.checks: {err}") from None
     pairs = parse_pairs(_plain(cfg.compare))

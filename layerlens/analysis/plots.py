@@ -3,6 +3,7 @@
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,7 @@ from matplotlib.figure import Figure  # no pyplot: no backend state, Agg renders
 from layerlens.data.kinds import on_test
 
 PANELS = ["task", "model"]  # one panel per task and model
-SAVE = {"dpi": 110, "bbox_inches": "tight"}  # "tight": the caption below the axes is kept
+SAVE: dict[str, Any] = {"dpi": 110, "bbox_inches": "tight"}  # "tight": the caption below the axes is kept
 
 
 @dataclass

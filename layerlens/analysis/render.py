@@ -1,5 +1,6 @@
 """The comparison table as Markdown, CSV and a terminal table, each saying where its numbers come from."""
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -72,7 +73,7 @@ PAIRED_NOTE = (
 
 def write_report(table: pd.DataFrame, targets: list[Target], header: str, out_dir: Path, stem: str,
                  checks: pd.DataFrame | None = None, plots: list[Plot] | None = None,
-                 comparisons: list[PairedComparison] = ()) -> tuple[Path, Path]:
+                 comparisons: Sequence[PairedComparison] = ()) -> tuple[Path, Path]:
     """The Markdown (linking `plots`, written beside it; then each compared pair seed by seed) and the CSV of the
     table, in out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -103,7 +104,7 @@ def _rich_table(frame: pd.DataFrame, title: str, caption: str) -> Table:
 
 
 def print_report(table: pd.DataFrame, targets: list[Target], header: str, console: Console | None = None,
-                 checks: pd.DataFrame | None = None, comparisons: list[PairedComparison] = (),
+                 checks: pd.DataFrame | None = None, comparisons: Sequence[PairedComparison] = (),
                  source: str = "") -> None:
     console = console or Console(width=250)
     console.print(_rich_table(display_frame(table, targets), "LayerLens comparison", header))

@@ -12,9 +12,10 @@ import copy
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
-from peft import AdaLoraConfig, PeftModel, TaskType, get_peft_model
+from peft import AdaLoraConfig, AdaLoraModel, PeftModel, TaskType, get_peft_model
 from peft.tuners.adalora.layer import RankAllocator
 from peft.tuners.tuners_utils import check_target_module_exists
 from torch import nn
@@ -153,7 +154,7 @@ class AdaLoraBaseline:
             beta2=self.beta2,
             orth_reg_weight=self.orth_reg_weight,
             total_step=total_steps,
-            lora_alpha=self.lora_alpha,
+            lora_alpha=self.lora_alpha,  # type: ignore[arg-type]  # peft says int; a float scales alike
             lora_dropout=self.lora_dropout,
             target_modules=targets,
         )
@@ -188,7 +189,7 @@ class AdaLoraBaseline:
         init_r = max(self.init_r, math.ceil(self.init_ratio * avg_rank))
         config = self.peft_config(targets, ctx.total_steps, init_r, max(1, target_rank // modules))
         peft_model = self.wrap(model, config)
-        tuner = peft_model.base_model
+        tuner = cast(AdaLoraModel, peft_model.base_model)
         if rank_costs(tuner.model) != costs:
             raise RuntimeError("peft adapted other modules than predicted: "
                                f"{sorted(set(rank_costs(tuner.model)) ^ set(costs))}")
@@ -197,6 +198,7 @@ class AdaLoraBaseline:
                                                        target_rank, limit)
         else:
             tuner.rankallocator.target_bgt = target_rank
+        final_step = cast(int, config.total_step) - config.tfinal  # total_step: set to ctx.total_steps above
         metrics = {
             "adalora/init_r": float(init_r),
             "adalora/modules": float(modules),
@@ -205,12 +207,12 @@ class AdaLoraBaseline:
             "adalora/init_params": float(init_r * cost_per_rank),
             "adalora/tinit_steps": float(config.tinit),
             "adalora/tfinal_steps": float(config.tfinal),
-            "adalora/final_allocation_step": float(config.total_step - config.tfinal),
+            "adalora/final_allocation_step": float(final_step),
         }
         if limit is not None:
             metrics["adalora/params_limit"] = float(limit)
         log.info("AdaLoRA: %d modules, init rank %d, final total rank %d (avg %.2f), params limit %s, "
                  "budgeting steps %d..%d of %d", modules, init_r, target_rank, avg_rank, limit, config.tinit,
-                 config.total_step - config.tfinal, config.total_step)
+                 final_step, config.total_step)
         return Adapted(peft_model, metrics=metrics, callbacks=[AdaLoraSchedule(peft_model, costs)],
-                       first_checkpoint_step=config.total_step - config.tfinal)
+                       first_checkpoint_step=final_step)

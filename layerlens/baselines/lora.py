@@ -1,4 +1,5 @@
 from dataclasses import dataclass, field
+from typing import Literal, cast
 
 from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
@@ -48,7 +49,7 @@ class LoraBaseline:
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
             target_modules=target_modules,
-            bias=self.bias,
+            bias=cast(Literal["none", "all", "lora_only"], self.bias),  # one of BIASES (__post_init__)
             use_rslora=self.use_rslora,
             use_dora=self.use_dora,
             init_lora_weights=self.init_lora_weights,

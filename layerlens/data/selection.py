@@ -14,8 +14,8 @@ def holdout_rows(labels: list, fraction: float, seed: int, stratified: bool) -> 
     """Sorted indices of the held-out rows: `fraction` of each class (rounded, at least one where a class has two
     rows or more), or of all rows when not stratified, drawn with `seed` alone."""
     rng = np.random.default_rng(seed)
-    labels = np.asarray(labels)
-    groups = [np.flatnonzero(labels == value) for value in np.unique(labels)] if stratified else [np.arange(len(labels))]
+    values = np.asarray(labels)
+    groups = [np.flatnonzero(values == value) for value in np.unique(values)] if stratified else [np.arange(len(values))]
     held = []
     for rows in groups:
         count = min(len(rows) - 1, max(1, round(fraction * len(rows)))) if len(rows) > 1 else 0

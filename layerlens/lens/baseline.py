@@ -4,7 +4,8 @@ plan; plan.json and its plot are written to the run's output folder."""
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Sized
+from typing import Any, NamedTuple, cast
 
 from peft.utils import CONFIG_NAME
 from torch import nn
@@ -100,10 +101,20 @@ class LayerLensBaseline:
             raise LayerLensError(f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
                                  "(the methods of baseline.sites), got none")
 
+    # __post_init__ turns a mapping given for profile or planner (a Hydra config's) into its settings: the methods
+    # read them through these.
+    @property
+    def profile_settings(self) -> ProfileSettings:
+        return cast(ProfileSettings, self.profile)
+
+    @property
+    def planner_settings(self) -> PlannerSettings:
+        return cast(PlannerSettings, self.planner)
+
     def offered(self) -> Menu:
         """The methods offered: those the planner is given sizes for, and per site kind baseline.planner.menu's."""
-        return Menu(tuple(method for method, sizes in self.planner.sizes.items() if sizes),
-                    {kind: tuple(methods) for kind, methods in self.planner.menu.items()})
+        return Menu(tuple(method for method, sizes in self.planner_settings.sizes.items() if sizes),
+                    {kind: tuple(methods) for kind, methods in self.planner_settings.menu.items()})
 
     def methods(self, kind: str) -> list[str]:
         """The methods offered at sites of `kind`, the first the one the site takes with no choice."""
@@ -113,7 +124,7 @@ class LayerLensBaseline:
         """Checks that need the task: no size above the task setting that bounds its method's (a prefix no longer
         than the task's longest sequence)."""
         for method in dict.fromkeys(method for kind in self.sites for method in methods_for(kind, self.offered())):
-            sizes = self.planner.sizes.get(method.name, [])
+            sizes = self.planner_settings.sizes.get(method.name, [])
             if method.bounded_by is not None and sizes and max(sizes) > getattr(task, method.bounded_by):
                 raise LayerLensError(f"baseline.planner.sizes.{method.name} must be <= task.{method.bounded_by} "
                                      f"({getattr(task, method.bounded_by)}), got {max(sizes)}")
@@ -121,20 +132,21 @@ class LayerLensBaseline:
     def plan(self, model: nn.Module, ctx: AdaptContext) -> Planned:
         sites = discover_sites(model, self.sites, self.offered())
         batches = ctx.train_batches()
-        if hasattr(batches, "__len__") and len(batches) < self.profile.num_batches:
-            raise LayerLensError(too_many_batches(self.profile.num_batches, len(batches)))
-        profile = profile_sites(model, sites, batches, self.profile)
-        utilities = planning_utilities(self.planner.utility, profile.utility(), [s.layer for s in sites],
-                                       [s.kind for s in sites], self.planner.utility_seed, self.planner.kind_prior)
+        settings, planner = self.profile_settings, self.planner_settings
+        if isinstance(batches, Sized) and len(batches) < settings.num_batches:
+            raise LayerLensError(too_many_batches(settings.num_batches, len(batches)))
+        profile = profile_sites(model, sites, batches, settings)
+        utilities = planning_utilities(planner.utility, profile.utility(), [s.layer for s in sites],
+                                       [s.kind for s in sites], planner.utility_seed, planner.kind_prior)
         specs = [SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, float(u), self.others(s))
                  for s, u in zip(sites, utilities)]
         workload = Workload(profile.batch_size, profile.tokens_per_batch, profile.seq_len,
-                            model.config.num_attention_heads, self.planner.flops_per_s)
+                            cast(Any, model.config).num_attention_heads, planner.flops_per_s)
         _, layers = encoder_layers(model)
         depth = Depth(len(layers), layer_flops(layers[0], profile.seq_len), ctx.epochs, self.caches(model))
         start = time.perf_counter()
         try:
-            plan = make_plan(specs, workload, ctx.budget.limits(ctx.backbone_params), self.planner, depth)
+            plan = make_plan(specs, workload, ctx.budget.limits(ctx.backbone_params), planner, depth)
         except NoPlanFits as err:
             if err.name == "params" and ctx.budget.params_field(ctx.backbone_params) == "budget.params_pct":
                 purpose = "for any plan to fit" + (" within the other budgets" if err.within_others else "")

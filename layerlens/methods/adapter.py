@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from layerlens.methods.registry import Method, register
 
@@ -18,7 +18,7 @@ def adapter_params(hidden: int, width: int) -> int:
 
 
 def dims(module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
-    width = module.dense.out_features  # a block output: as wide as its projection's output
+    width = cast("nn.Linear", module.dense).out_features  # a block output: as wide as its projection's output
     return width, width
 
 

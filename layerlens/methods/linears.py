@@ -13,7 +13,7 @@ The cost part (kinds, shapes) imports no torch; `inject` imports peft when a pla
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from layerlens.models.families import LINEAR_KINDS, model_family
 
@@ -33,9 +33,10 @@ BLOCK_LINEARS = {"attention": ("query", "key", "value"), "ffn_block": ("ffn_in",
 def dims(module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
     """A linear site's (in, out); the feed-forward block's `ffn_out` (its `dense`); self-attention's key projection
     (profiled first), as wide as its query and value projections."""
-    if hasattr(module, "in_features"):
-        return module.in_features, module.out_features
-    linear = module.dense if hasattr(module, "dense") else profiled[0]
+    if hasattr(module, "in_features"):  # a linear, or a linear wrapped by peft
+        linear = cast("nn.Linear", module)
+        return linear.in_features, linear.out_features
+    linear = cast("nn.Linear", module.dense if hasattr(module, "dense") else profiled[0])
     return linear.in_features, linear.out_features
 
 
@@ -54,7 +55,7 @@ def summed(linear_costs: Callable[[int, int, int, Workload], Costs]) -> Callable
 
     def costs(site: SiteSpec, size: int, w: Workload) -> Costs:
         parts = [linear_costs(d_in, d_out, size, w) for d_in, d_out in shapes(site)]
-        return tuple(sum(values) for values in zip(*parts))  # type: ignore[return-value]
+        return tuple(sum(values) for values in zip(*parts))
 
     return costs
 

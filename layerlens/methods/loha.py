@@ -38,7 +38,7 @@ def wrap(model: nn.Module, chosen: list[tuple[Site, int]], build: Build) -> nn.M
     config = LoHaConfig(
         target_modules=sorted(ranks),
         r=max(ranks.values()),
-        alpha=ratio * max(ranks.values()),
+        alpha=ratio * max(ranks.values()),  # type: ignore[arg-type]  # peft says int; a float scales alike
         rank_pattern={re.escape(key): r for key, r in ranks.items()},
         alpha_pattern={re.escape(key): ratio * r for key, r in ranks.items()},
     )

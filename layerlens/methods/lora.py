@@ -7,7 +7,7 @@ projections, or the feed-forward block's two linears, each of the site's rank (l
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from layerlens.methods import linears
 from layerlens.methods.registry import Build, Method, register
@@ -34,7 +34,7 @@ def lora_config(ranks: dict[str, int], build: Build, **settings) -> LoraConfig:
     return LoraConfig(
         target_modules=sorted(ranks),
         r=max(ranks.values()),
-        lora_alpha=ratio * max(ranks.values()),
+        lora_alpha=ratio * max(ranks.values()),  # type: ignore[arg-type]  # peft says int; a float scales alike
         rank_pattern={re.escape(key): r for key, r in ranks.items()},
         alpha_pattern={re.escape(key): ratio * r for key, r in ranks.items()},
         lora_dropout=build.lora_dropout,
@@ -51,7 +51,7 @@ def peft_config(chosen: list[tuple[Site, int]], build: Build, model: nn.Module |
     from peft import TaskType
 
     if any(site.kind in linears.BLOCK_LINEARS for site, _ in chosen):
-        ranks = {target: rank for target, _, rank in linears.targets(model, chosen)}
+        ranks = {target: rank for target, _, rank in linears.targets(cast("nn.Module", model), chosen)}
     else:
         ranks = {site.target: rank for site, rank in chosen}
     return lora_config(ranks, build, task_type=TaskType.SEQ_CLS,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from layerlens.methods.registry import Method, register
 
@@ -18,7 +18,7 @@ def prefix_params(hidden: int, length: int) -> int:
 
 
 def dims(module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
-    width = profiled[0].out_features  # keys and values as wide as the key projection's output
+    width = cast("nn.Linear", profiled[0]).out_features  # keys and values as wide as the key projection's output
     return width, width
 
 

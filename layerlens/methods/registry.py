@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from layerlens.errors import LayerLensError
 from layerlens.registry import Registry
@@ -153,7 +153,8 @@ def methods_for(kind: str, offered: Collection[str] | None = None) -> list[Metho
     its sites take none)."""
     if isinstance(offered, Menu) and kind in offered.kinds:
         return [get_method(name) for name in offered.kinds[kind]]
-    defaults = [method for method in METHODS.values() if kind in method.default_kinds]
+    # default_kinds: a tuple once __post_init__ has run
+    defaults = [method for method in METHODS.values() if kind in cast(tuple[str, ...], method.default_kinds)]
     if not defaults:
         others = " or ".join(method.name for method in accepting(kind))
         if not others:

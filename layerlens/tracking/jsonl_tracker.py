@@ -12,7 +12,7 @@ from layerlens.errors import LayerLensError
 class JsonlRun:
     run_id = None
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.metrics: dict[str, float] = {}
         self.tags: dict[str, str] = {}
 

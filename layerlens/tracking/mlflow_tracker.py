@@ -3,6 +3,7 @@ import math
 import random
 import time
 from contextlib import contextmanager, nullcontext
+from typing import cast
 
 from filelock import FileLock
 from lightning.pytorch.loggers import MLFlowLogger
@@ -139,7 +140,7 @@ class MlflowTracker:
         """A new run; or, given run_id, that (interrupted) run reopened as RUNNING, with its params and config kept."""
         client = SharedStoreClient(self.tracking_uri)
         resumed = run_id is not None
-        if resumed:
+        if run_id is not None:
             try:
                 client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
             except MlflowException:
@@ -150,7 +151,7 @@ class MlflowTracker:
             run_id = run.info.run_id
         resolved = OmegaConf.to_container(config, resolve=True)
         try:
-            params = [] if resumed else [Param(k, v) for k, v in flatten(resolved).items()]
+            params = [] if resumed else [Param(k, v) for k, v in flatten(cast(dict, resolved)).items()]
             for start in range(0, len(params), 100):
                 client.log_batch(run_id, params=params[start : start + 100])
             if not resumed:

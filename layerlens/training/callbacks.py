@@ -8,11 +8,12 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from peft import PeftModel
+from peft import AdaLoraConfig, AdaLoraModel, PeftModel
 from torch.utils.data import DataLoader
 
 from layerlens.training.resume import SIGNALS, Interrupted, interrupt_checkpoint, rng_states, set_rng_states
@@ -168,13 +169,17 @@ class AdaLoraSchedule(L.Callback):
     """
 
     def __init__(self, model: PeftModel, costs: dict[str, int], adapter: str = "default"):
-        self.tuner, self.costs, self.adapter = model.base_model, costs, adapter
+        self.tuner, self.costs, self.adapter = cast(AdaLoraModel, model.base_model), costs, adapter
         self.last_step = 0
         self.final_rank = self.final_params = None
 
+    @property
+    def adapter_config(self) -> AdaLoraConfig:
+        return cast(AdaLoraConfig, self.tuner.peft_config[self.adapter])
+
     def kept(self) -> tuple[int, int]:
         """Total rank and adapter parameters the current rank pattern keeps."""
-        pattern = self.tuner.peft_config[self.adapter].rank_pattern
+        pattern = self.adapter_config.rank_pattern
         if pattern is None:
             ranks = {name: self.tuner.model.get_parameter(name).shape[0] for name in self.costs}
         else:
@@ -188,7 +193,7 @@ class AdaLoraSchedule(L.Callback):
         return {
             "last_step": self.last_step,
             "final": (self.final_rank, self.final_params),
-            "rank_pattern": self.tuner.peft_config[self.adapter].rank_pattern,
+            "rank_pattern": self.adapter_config.rank_pattern,
             "ipt": allocator.ipt,
             "exp_avg_ipt": allocator.exp_avg_ipt,
             "exp_avg_unc": allocator.exp_avg_unc,
@@ -198,7 +203,7 @@ class AdaLoraSchedule(L.Callback):
         allocator = self.tuner.rankallocator
         self.last_step = state["last_step"]
         self.final_rank, self.final_params = state["final"]
-        self.tuner.peft_config[self.adapter].rank_pattern = state["rank_pattern"]
+        self.adapter_config.rank_pattern = state["rank_pattern"]
         allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (
             state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"])
 

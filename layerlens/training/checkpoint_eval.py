@@ -4,6 +4,7 @@ import hashlib
 import re
 import tempfile
 from pathlib import Path
+from typing import cast
 
 import datasets
 import lightning as L
@@ -63,7 +64,8 @@ def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: i
     if not checkpoint or not Path(checkpoint).is_file():
         raise LayerLensError(f"run {run_id}: its checkpoint {checkpoint!r} is missing (only finished runs have one)")
     with tempfile.TemporaryDirectory() as tmp:
-        config = upgrade_config(OmegaConf.load(client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp)))
+        loaded = OmegaConf.load(client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp))
+        config = upgrade_config(cast(DictConfig, loaded))  # a run's config: a mapping
     s = resolve_settings(config)
     path = Path(file).resolve()
     rows = read_glue_tsv(path, s.task)

@@ -1,3 +1,5 @@
+from typing import cast
+
 import lightning as L
 import torch
 from torchmetrics import MetricCollection
@@ -36,6 +38,9 @@ class SequenceClassifier(L.LightningModule):
         self.stage_metrics = torch.nn.ModuleDict({stage: task_metrics(num_labels, prefix=f"{stage}/")
                                                   for stage in ("val", "test")})
 
+    def _metrics(self, stage: str) -> MetricCollection:
+        return cast(MetricCollection, self.stage_metrics[stage])
+
     def training_step(self, batch, batch_idx):
         loss = self.model(**batch).loss
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["labels"].shape[0])
@@ -43,12 +48,12 @@ class SequenceClassifier(L.LightningModule):
 
     def _evaluate(self, batch, stage: str) -> None:
         out = self.model(**batch)
-        self.stage_metrics[stage].update(self.predictions_of(out.logits), batch["labels"])
+        self._metrics(stage).update(self.predictions_of(out.logits), batch["labels"])
         self.log(f"{stage}/loss", out.loss, batch_size=batch["labels"].shape[0])
 
     def _log_stage(self, stage: str) -> None:
-        self.log_dict(self.stage_metrics[stage].compute(), prog_bar=True)
-        self.stage_metrics[stage].reset()
+        self.log_dict(self._metrics(stage).compute(), prog_bar=True)
+        self._metrics(stage).reset()
 
     def validation_step(self, batch, batch_idx):
         self._evaluate(batch, "val")

@@ -10,6 +10,7 @@ finds them.
 """
 
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 from torch import nn
@@ -88,7 +89,8 @@ class FrozenBottomCache:
         return weight.new_zeros(*rows.shape, self.base.config.hidden_size)
 
     def _keys(self) -> tuple[list[bytes], list[int]]:
-        ids, types, mask = (self._inputs[k] for k in ("input_ids", "token_type_ids", "attention_mask"))
+        inputs = cast(dict, self._inputs)  # set: _bottom_output, the caller, checks it
+        ids, types, mask = (inputs[k] for k in ("input_ids", "token_type_ids", "attention_mask"))
         lengths = mask.sum(dim=1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
         keys = []
         for i, n in enumerate(lengths):

@@ -13,6 +13,7 @@ import signal
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -55,7 +56,8 @@ class Interrupted(KeyboardInterrupt):
 
 def rng_states() -> dict:
     """The global RNG states (torch, CUDA, numpy, Python) as types that `torch.load(weights_only=True)` reads."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    # legacy (the default): a tuple, as the global generator is always MT19937
+    kind, keys, pos, has_gauss, gauss = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     return {
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -112,15 +114,16 @@ def _flat(config: dict, prefix: str = "") -> dict[str, object]:
 
 
 def _comparable(cfg: DictConfig) -> dict[str, object]:
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))
     resolved.pop("resume", None)
     return _flat(resolved)
 
 
 def write_run_record(output_dir: Path, run_id: str | None, cfg: DictConfig) -> None:
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    record = {"mlflow_run_id": run_id, "config": OmegaConf.to_container(cfg, resolve=True)}
-    record["config"].pop("resume", None)
+    config = cast(dict, OmegaConf.to_container(cfg, resolve=True))
+    config.pop("resume", None)
+    record = {"mlflow_run_id": run_id, "config": config}
     (Path(output_dir) / RUN_RECORD).write_text(json.dumps(record, indent=1, default=str))
 
 

@@ -1,6 +1,7 @@
 """Prefix-tuning's torch side on one self-attention layer: learned keys/values prepended to the layer's own."""
 
 import types
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -68,7 +69,7 @@ def attach_prefix(self_attention: nn.Module, length: int) -> nn.Module:
         raise LayerLensError(f"{type(self_attention).__name__} is not a BERT-style self-attention "
                              "(query, key, value and scaling): a prefix cannot be attached")
     ref = next(self_attention.parameters())
-    prefix = Prefix(length, self_attention.all_head_size).to(device=ref.device, dtype=ref.dtype)
+    prefix = Prefix(length, cast(int, self_attention.all_head_size)).to(device=ref.device, dtype=ref.dtype)
     self_attention.add_module(ATTR, prefix)
     self_attention.forward = types.MethodType(_prefixed_forward, self_attention)
     return prefix
