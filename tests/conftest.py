@@ -1,8 +1,8 @@
 """Shared fixtures and helpers.
 
 Hypothesis profiles: the property and fuzz tests draw the same cases on every run ("repeatable", the default), so
-that CI passes or fails on the code alone, and few of them (see `examples`). The "explore" profile draws new cases,
-and the full counts, ten times as many:
+that CI passes or fails on the code alone, and a tenth as many as under "explore" (see `examples`), which draws new
+cases each time:
 
     python -m pytest --hypothesis-profile=explore -m slow      # or: HYPOTHESIS_PROFILE=explore python -m pytest
 
@@ -33,7 +33,14 @@ from layerlens.paths import CONF_DIR
 
 settings.register_profile("repeatable", derandomize=True)
 settings.register_profile("explore", derandomize=False)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
+
+def pytest_configure(config):
+    # Here, not when this file is imported: the test modules import it again (as tests.conftest), after pytest
+    # loaded --hypothesis-profile, and loading a profile then would undo the option.
+    if not config.getoption("hypothesis_profile", None):
+        settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repeatable"))
+
 
 # Under the default profile a property test draws this share of the cases that it draws under "explore".
 DEFAULT_SHARE = 10
