@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from layerlens import _rank_alloc
 from layerlens.planning.allocator import BUDGET_TOLERANCE, Allocation, allocate
 from tests.allocator_reference import allocate_greedy, allocate_milp
+from tests.conftest import examples
 
 
 def fits(allocation, budgets):
@@ -53,7 +54,7 @@ def problems(draw, max_sites=8, max_options=6):
     return values, costs, limits
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(problems())
 def test_the_native_plan_fits_and_is_as_good_as_the_milp_optimum(problem):
     values, costs, budgets = problem
@@ -214,7 +215,7 @@ def test_the_native_check_leaves_joint_feasibility_to_the_solvers():
     assert _rank_alloc.check(values, costs, offsets, budgets) is None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.floats(max_value=-5e-324) | st.sampled_from([math.nan, math.inf, -math.inf, -0.0]),
        st.sampled_from(["value", "cost", "budget"]))
 def test_messages_write_a_number_as_python_does(x, where):
@@ -234,7 +235,7 @@ def test_messages_write_a_number_as_python_does(x, where):
     assert str(error.value) == expected
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.floats(0, 1e300), st.floats(0, 1e300), st.floats(0, 1e300))
 def test_a_budget_the_cheapest_plan_overruns_is_named_with_both_sums_in_format_g(a, b, budget):
     cheapest = a + b  # the cheapest option at each site, summed

@@ -10,18 +10,20 @@ from tests.conftest import TINY, run_module
 UNTIMED = ("time/", "mem/", "throughput/")
 
 
-def plan_cli(tmp_path, name, *overrides):
+def plan_cli(run, tmp_path, name, *overrides):
     """`python -m layerlens.plan` on the tiny model with its own output dir: (stdout, the plan.json written)."""
     out = tmp_path / name
-    done = run_module("plan", *TINY, f"hydra.run.dir={out}", *overrides, cwd=tmp_path)
+    done = run("plan", *TINY, f"hydra.run.dir={out}", *overrides, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout, (out / "plan.json").read_bytes()
 
 
-def test_the_plan_cli_prints_and_writes_a_byte_identical_plan_for_the_same_seed(tmp_path):
-    # One after another: side by side, their torch thread pools contend and the test takes twice as long.
+def test_the_plan_cli_prints_and_writes_a_byte_identical_plan_for_the_same_seed(tmp_path, call_module):
+    # The first in a subprocess (the plan entry point as a user runs it), the others in this process: the plan
+    # depends on the seed and the config alone, not on the process or on what ran in it before.
     (stdout_a, file_a), (stdout_b, file_b), (stdout_1, file_1) = (
-        plan_cli(tmp_path, "a"), plan_cli(tmp_path, "b"), plan_cli(tmp_path, "seed1", "seed=1"))
+        plan_cli(run_module, tmp_path, "a"), plan_cli(call_module, tmp_path, "b"),
+        plan_cli(call_module, tmp_path, "seed1", "seed=1"))
     assert stdout_a.startswith("{") and stdout_a == stdout_b
     assert file_a == file_b
     assert stdout_a.strip() == file_a.decode().strip()

@@ -14,7 +14,7 @@ from layerlens.lens.profiling import profile_sites
 from layerlens.paths import CONF_DIR
 from layerlens.pipeline import run_experiment
 from layerlens.settings import resolve_settings
-from tests.conftest import REPO, run_module
+from tests.conftest import REPO, copy_store, run_module
 from tests.test_data import MRPC_HEADER, write_tsv
 
 
@@ -32,19 +32,23 @@ def options(group: str) -> str:
 
 
 @pytest.mark.parametrize(
-    "args,message",
+    "args,message,process",
     [
         # the options of a config group: its files in conf/<group>/, in order
-        (["task=foo"], f"error: unknown task 'foo' (choose from: {options('task')})"),
-        (["model=gpt9"], f"error: unknown model 'gpt9' (choose from: {options('model')})"),
-        (["-m", "baseline=lora,magic"], f"error: unknown baseline 'magic' (choose from: {options('baseline')})"),
-        (["model=tiny", "trainer.max_epochs=0"], "error: trainer.max_epochs must be an integer >= 1, got 0"),
-        (["model=tiny", "data.batch_size=-4"], "error: data.batch_size must be an integer >= 1, got -4"),
-        (["model=tiny", "baseline.lr=0"], "error: baseline.lr must be a positive number, got 0"),
+        (["task=foo"], f"error: unknown task 'foo' (choose from: {options('task')})", "in-process"),
+        (["model=gpt9"], f"error: unknown model 'gpt9' (choose from: {options('model')})", "in-process"),
+        (["-m", "baseline=lora,magic"], f"error: unknown baseline 'magic' (choose from: {options('baseline')})",
+         "in-process"),
+        # the one error exit run as a user runs it: nothing else on stderr (no warning, no log line, no traceback)
+        (["model=tiny", "trainer.max_epochs=0"], "error: trainer.max_epochs must be an integer >= 1, got 0",
+         "subprocess"),
+        (["model=tiny", "data.batch_size=-4"], "error: data.batch_size must be an integer >= 1, got -4", "in-process"),
+        (["model=tiny", "baseline.lr=0"], "error: baseline.lr must be a positive number, got 0", "in-process"),
     ],
 )
-def test_entry_point_reports_bad_input_in_one_line(args, message, tmp_path):
-    result = run_module("run", *args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
+def test_entry_point_reports_bad_input_in_one_line(args, message, process, tmp_path, call_module):
+    run = run_module if process == "subprocess" else call_module
+    result = run("run", *args, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"})
     assert result.returncode != 0
     assert error_lines(result) == [message]
 
@@ -237,10 +241,10 @@ def test_bad_data_files_mark_the_started_run_failed(compose_run, tracking_uri, t
     assert run.data.tags["layerlens.error"].startswith(str(data_dir))
 
 
-def test_bad_data_file_from_the_command_line(tmp_path):
+def test_bad_data_file_from_the_command_line(tmp_path, call_module, store_template):
     data_dir = bad_data_dir(tmp_path / "data", "bad_label")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    result = run_module("run", "model=tiny", f"task.data_dir={data_dir}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    uri = copy_store(store_template, tmp_path / "mlflow.db")
+    result = call_module("run", "model=tiny", f"task.data_dir={data_dir}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
     assert result.returncode != 0
     lines = error_lines(result)
     assert len([line for line in lines if line.startswith("error:")]) == 1

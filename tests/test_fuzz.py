@@ -2,8 +2,9 @@
 adversarial input either give a correct answer or raise the documented error; never another
 exception, a crash or a hang.
 
-The allocator tests run 10,000 cases in all (4,000 + 3,000 + 1,000 + 2,000); the TSV test runs 250,
-as each load goes through `datasets.load_dataset`. A crash in the native solver kills the process
+Under the explore profile (tests/conftest.py) the allocator tests run 10,000 cases in all (4,000 + 3,000 +
+1,000 + 2,000) and the TSV test 250, as each load goes through `datasets.load_dataset`; by default a tenth of
+each (the same cases on every run). A crash in the native solver kills the process
 (pytest's faulthandler prints where); a hang fails the case after SOLVE_TIMEOUT_S.
 """
 
@@ -22,7 +23,7 @@ from layerlens.data import TaskSpec, read_glue_tsv
 from layerlens.errors import LayerLensError
 from layerlens.planning.allocator import BUDGET_TOLERANCE, GAP_TOLERANCE, Allocation, allocate
 from layerlens.settings import instantiate_node
-from tests.conftest import compose_config
+from tests.conftest import compose_config, examples
 
 # Overflowing sums of extreme inputs warn in numpy; the properties below judge the outcome.
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::RuntimeWarning")]
@@ -180,14 +181,14 @@ def check_allocation(values, costs, budgets, names, defect=None, optimal=False):
     return plan
 
 
-@settings(max_examples=4_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(4_000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(number=any_numbers, defects=True))
 def test_allocate_on_any_input_returns_a_fitting_plan_or_raises_a_value_error(problem):
     values, costs, budgets, names, defect = problem
     check_allocation(values, costs, budgets, names, defect)
 
 
-@settings(max_examples=3_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(3_000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(max_sites=5, max_options=4))
 def test_allocate_on_valid_extreme_magnitudes_is_optimal_or_proves_no_plan_fits(problem):
     """Huge, tiny, subnormal and tied numbers, small enough to check against every plan."""
@@ -240,7 +241,7 @@ def large_problems(draw):
     return site_values, site_costs, budgets
 
 
-@settings(max_examples=1_000, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=examples(1_000), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(large_problems())
 def test_allocate_on_many_sites_returns_a_fitting_plan(problem):
     values, costs, budgets = problem
@@ -282,7 +283,7 @@ def raw_arrays(draw):
     return values, costs, offsets, budgets
 
 
-@settings(max_examples=2_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(2_000), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(raw_arrays())
 def test_the_native_solver_on_malformed_arrays_answers_or_raises_value_error(arrays):
     values, costs, offsets, budgets = arrays
@@ -408,7 +409,7 @@ def tsv_files(draw):
 _files = itertools.count()
 
 
-@settings(max_examples=TSV_EXAMPLES, deadline=None,
+@settings(max_examples=examples(TSV_EXAMPLES), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(tsv_files())
 def test_read_glue_tsv_loads_what_was_written_or_refuses_in_one_line_naming_the_file(tsv_setup, case):

@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 from layerlens.cli import check_group_choices
 from layerlens.paths import CONF_DIR
 from layerlens.settings import instantiate_node
-from tests.conftest import compose_config, run_module
+from tests.conftest import compose_config, copy_store, run_module
 
 
 @pytest.mark.parametrize("launcher", ["joblib", "submitit_slurm"])
@@ -42,8 +42,8 @@ def test_ddp_trainer_composes_with_configurable_devices_and_nodes():
     assert (trainer.num_devices, trainer.num_nodes) == (2, 1)
 
 
-def test_two_process_cpu_ddp_run_records_once_from_rank_zero(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def test_two_process_cpu_ddp_run_records_once_from_rank_zero(tmp_path, store_template):
+    uri = copy_store(store_template, tmp_path / "mlflow.db")
     result = run_module(
         "run", "model=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2",
         "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",

@@ -17,7 +17,6 @@ from layerlens.planning.choices import Plan
 from layerlens.settings import resolve_settings
 from layerlens.training.checkpoint_eval import evaluate_run
 from layerlens.training.classifier import SequenceClassifier
-from tests.conftest import run_module
 
 ALL_METHODS = ["baseline.profile.num_batches=4", "budget.params_pct=5", "baseline.planner.sizes.lora=[2]",
                "baseline.planner.sizes.adapter=[2]", "baseline.planner.sizes.prefix=[2]"]
@@ -90,8 +89,8 @@ def test_the_same_seed_gives_a_byte_identical_plan(compose_run, tmp_path):
     assert first.to_json() == second.to_json()
 
 
-def test_plan_entry_prints_the_plan_as_json_and_a_lora_only_plan_exports_a_peft_config(tmp_path):
-    result = run_module("plan", "model=tiny", "trainer=debug", "baseline.profile.num_batches=4",
+def test_plan_entry_prints_the_plan_as_json_and_a_lora_only_plan_exports_a_peft_config(tmp_path, call_module):
+    result = call_module("plan", "model=tiny", "trainer=debug", "baseline.profile.num_batches=4",
                         "baseline.sites=[query,value,attn_out]", f"hydra.run.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     plan = json.loads(result.stdout)

@@ -19,7 +19,7 @@ from layerlens.analysis.runs import finished_runs
 from layerlens.errors import LayerLensError
 from layerlens.report import compare_overrides
 from layerlens.tracking.mlflow_tracker import flatten
-from tests.conftest import REPO, compose_config, run_module
+from tests.conftest import REPO, compose_config, copy_store, run_module
 
 # seed: (a's test/acc, a's test/f1, b's test/acc, b's test/f1)
 SCORES = {
@@ -61,9 +61,9 @@ def log(tmp_path):
 
 
 @pytest.fixture
-def store(tmp_path):
+def store(tmp_path, store_template):
     """The same runs in an MLflow store, logged as MlflowTracker logs them (params: the flattened config)."""
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    uri = copy_store(store_template, tmp_path / "mlflow.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("layerlens-mrpc")
     for i, line in enumerate(records()):
@@ -182,7 +182,8 @@ def test_a_bad_jsonl_line_is_refused_naming_the_file_and_line(tmp_path, line, me
         finished_runs(str(tmp_path / "nope.jsonl"))
 
 
-def test_the_command_line_compares_several_pairs_and_refuses_an_unknown_baseline(log, tmp_path):
+def test_the_command_line_compares_several_pairs_and_refuses_an_unknown_baseline(log, tmp_path, call_module):
+    # The report entry point as a user runs it, in a subprocess; its error exit in this process.
     result = run_module("report", f"source={log}", "compare=a,b", "compare=a,c", f"out_dir={tmp_path / 'out'}",
                         cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -190,7 +191,7 @@ def test_the_command_line_compares_several_pairs_and_refuses_an_unknown_baseline
     assert f"Source: JSONL log {log}" in " ".join(result.stdout.split())  # the captions say where they come from
     stats = pd.read_csv(tmp_path / "out" / "comparison-all-paired.csv")
     assert list(zip(stats["b"], stats["n_seeds"])) == [("b", 5), ("b", 5), ("c", 3), ("c", 3)]
-    bad = run_module("report", f"source={log}", "compare=a,nope", f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
+    bad = call_module("report", f"source={log}", "compare=a,nope", f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines() == [
         f"error: compare: no finished run of baseline 'nope' in JSONL log {log} (baselines: a, b, c)"]
@@ -216,12 +217,18 @@ def test_configurations_are_told_apart_by_what_every_run_logged_and_not_by_the_s
                       [("a", "b")])
 
 
-def paired_seeds(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "experiments" / "paired_seeds.py"), *args], cwd=cwd,
+PAIRED_SEEDS = REPO / "experiments" / "paired_seeds.py"
+
+
+def paired_seeds_process(*args: str, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(PAIRED_SEEDS), *args], cwd=cwd,
                           capture_output=True, text=True, timeout=300, check=False)
 
 
-def test_paired_seeds_runs_seed_by_seed_skips_finished_runs_and_writes_the_reports_tables(log, tmp_path):
+def test_paired_seeds_runs_seed_by_seed_skips_finished_runs_and_writes_the_reports_tables(log, tmp_path, call_module):
+    def paired_seeds(*args: str, cwd) -> subprocess.CompletedProcess:  # the script in this process
+        return call_module(PAIRED_SEEDS, *args, cwd=cwd)
+
     help_text = paired_seeds("--help", cwd=tmp_path)
     assert help_text.returncode == 0 and "--analyse DIR" in help_text.stdout
     order = paired_seeds("--dry-run", "--jobs", "lora,layerlens:0-1,5", "--out", str(tmp_path / "new"), cwd=tmp_path)
@@ -235,7 +242,8 @@ def test_paired_seeds_runs_seed_by_seed_skips_finished_runs_and_writes_the_repor
     assert bad.stderr.strip().splitlines() == [
         "error: --jobs must be BASELINE[,BASELINE...]:SEEDS (e.g. lora,layerlens:0-9,12), got 'lora:x'"]
 
-    analysed = paired_seeds("--analyse", str(log.parent), "--compare", "a,b", "--compare", "a,c", cwd=tmp_path)
+    # The script as a user runs it, in a subprocess: what it writes and prints.
+    analysed = paired_seeds_process("--analyse", str(log.parent), "--compare", "a,b", "--compare", "a,c", cwd=tmp_path)
     assert analysed.returncode == 0, analysed.stderr[-3000:]
     text = (log.parent / "results.md").read_text()
     assert text == analysed.stdout.rstrip("\n") + "\n"

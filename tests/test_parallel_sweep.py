@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from layerlens.pipeline import run_experiment
 from layerlens.tracking import MlflowTracker
 from layerlens.tracking.mlflow_tracker import retry_when_locked
-from tests.conftest import TINY, compose_config, run_module
+from tests.conftest import TINY, compose_config, copy_store, run_module
 
 N_PROCESSES, N_STEPS = 3, 20
 
@@ -64,7 +64,7 @@ def test_calls_are_retried_while_the_database_is_locked_and_only_then():
     assert len(calls) == 1
 
 
-def test_joblib_sweep_records_every_run_with_all_its_metrics(tmp_path):
+def test_joblib_sweep_records_every_run_with_all_its_metrics(tmp_path, store_template):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # does not exist yet: the jobs race to create it
     result = run_module(
         "run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "baseline=full_ft,lora", "seed=0,1",
@@ -74,7 +74,7 @@ def test_joblib_sweep_records_every_run_with_all_its_metrics(tmp_path):
     (sweep_dir,) = (tmp_path / "multirun").iterdir()
     assert len(list(sweep_dir.iterdir())) >= 4
 
-    reference_uri = f"sqlite:///{tmp_path / 'sequential.db'}"
+    reference_uri = copy_store(store_template, tmp_path / "sequential.db")
     run_experiment(compose_config("run", [*TINY, f"logger.tracking_uri={reference_uri}"]), tmp_path / "sequential")
     reference_client, (reference,) = finished_runs(reference_uri)
     reference_steps = len(reference_client.get_metric_history(reference.info.run_id, "val/acc"))

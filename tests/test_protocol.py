@@ -4,7 +4,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from layerlens.pipeline import run_experiment
-from tests.conftest import TINY, run_module
+from tests.conftest import TINY
 
 
 def only_run(tracking_uri):
@@ -30,8 +30,8 @@ def test_the_chosen_checkpoint_is_the_best_epoch_on_the_selection_split(compose_
     assert f"best-epoch={best}-" in run.data.tags["checkpoint"]
 
 
-def test_a_search_without_a_selection_split_is_refused_by_name(tmp_path):
-    result = run_module("run", "-m", "hparams_search=lr_budget", *TINY, "hydra.sweeper.n_trials=1", "logger=none",
+def test_a_search_without_a_selection_split_is_refused_by_name(tmp_path, call_module):
+    result = call_module("run", "-m", "hparams_search=lr_budget", *TINY, "hydra.sweeper.n_trials=1", "logger=none",
                         "task.selection_split=none", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
     assert result.returncode != 0
     assert "task.selection_split: a search chooses on the selection split" in result.stderr

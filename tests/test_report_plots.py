@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from layerlens.analysis.assemble import make_report
 from layerlens.analysis.comparison import summarise
 from layerlens.analysis.plots import pareto_figure, pareto_front, time_figure
-from tests.conftest import compose_config
+from tests.conftest import compose_config, copy_store
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # baseline -> (trainable %, headline per seed, train s per seed, profile s per seed or None)
@@ -21,9 +21,9 @@ RUNS = {
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    """Finished runs logged straight to a fresh MLflow store: CoLA (headline val/mcc), two seeds each, sweep p1."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('plots') / 'mlflow.db'}"
+def store(tmp_path_factory, store_template):
+    """Finished runs logged straight to an empty MLflow store: CoLA (headline val/mcc), two seeds each, sweep p1."""
+    uri = copy_store(store_template, tmp_path_factory.mktemp("plots") / "mlflow.db")
     client = MlflowClient(uri)
     experiment = client.create_experiment("layerlens-cola")
     for baseline, (pct, scores, train, profile) in RUNS.items():

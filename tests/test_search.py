@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from optuna.distributions import LogUniformDistribution, UniformDistribution
 
 from layerlens.paths import CONF_DIR
-from tests.conftest import TINY, compose_config, run_module
+from tests.conftest import TINY, compose_config, copy_store
 
 
 def test_search_maximises_over_a_log_scale_lr_and_the_budget():
@@ -24,9 +24,10 @@ def test_search_maximises_over_a_log_scale_lr_and_the_budget():
     assert isinstance(space["budget.params_pct"], UniformDistribution) and 0 < space["budget.params_pct"].low
 
 
-def test_search_runs_trials_with_different_lrs_past_a_failing_one_and_names_the_best(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_module(
+def test_search_runs_trials_with_different_lrs_past_a_failing_one_and_names_the_best(tmp_path, call_module,
+                                                                                     store_template):
+    uri = copy_store(store_template, tmp_path / "mlflow.db")
+    result = call_module(
         "run", "-m", "hparams_search=lr_budget", *TINY, "hydra.sweeper.n_trials=3",
         # budget.params_pct=200 fails validation; with seed 3, TPE's random start draws 0.5, 200, 0.5.
         "budget.params_pct=choice(0.5,200)", "seed=3",

@@ -15,7 +15,7 @@ from layerlens.errors import LayerLensError
 from layerlens.pipeline import build_classifier, build_datamodule, run_experiment
 from layerlens.settings import resolve_settings
 from layerlens.training.classifier import SequenceClassifier, task_metrics
-from tests.conftest import compose_config
+from tests.conftest import compose_config, copy_store
 from tests.test_data import task, write_tsv
 
 STSB_HEADER = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
@@ -170,10 +170,10 @@ def test_regression_predictions_are_the_single_output_and_the_loss_is_mse(glue_d
 
 
 @pytest.fixture(scope="module")
-def runs(glue_dirs, tmp_path_factory):
+def runs(glue_dirs, tmp_path_factory, store_template):
     """Tiny-model runs: STS-B full_ft and lora (seed 0) in sweep g1, CoLA lora (seed 0)."""
     root = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = copy_store(store_template, root / "mlflow.db")
     results = {}
     for name, data_dir, baseline in [("stsb", "STS-B", "full_ft"), ("stsb", "STS-B", "lora"), ("cola", "CoLA", "lora")]:
         cfg = compose_config("run", ["model=tiny", "trainer=debug", f"logger.tracking_uri={uri}", f"task={name}",

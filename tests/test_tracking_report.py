@@ -12,7 +12,7 @@ from layerlens.errors import LayerLensError
 from layerlens.paths import EMBEDDED_GLUE_DIR
 from layerlens.pipeline import run_experiment
 from layerlens.training.checkpoint_eval import evaluate_run
-from tests.conftest import compose_config
+from tests.conftest import compose_config, copy_store
 
 METRICS = {
     "val/acc", "val/f1", "val/mcc", "test/acc", "test/f1", "test/mcc", "params/trainable", "params/trainable_pct", "time/train_s", "time/eval_s",
@@ -27,10 +27,10 @@ def runs_of(tracking_uri: str):
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(tmp_path_factory, store_template):
     """Five tiny runs: full_ft and lora with seeds 0 and 1 in sweep s1, and lora seed 2 outside any sweep."""
     root = tmp_path_factory.mktemp("store")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
+    uri = copy_store(store_template, root / "mlflow.db")
     overrides = ["model=tiny", "trainer=debug", f"logger.tracking_uri={uri}"]
     values = {}
     for baseline, seed, sweep in [("full_ft", 0, "s1"), ("full_ft", 1, "s1"), ("lora", 0, "s1"), ("lora", 1, "s1"), ("lora", 2, None)]:
