@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 
@@ -43,16 +43,28 @@ VARIANTS = {
     "full_ft": ["baseline=full_ft"],
     "lora": ["baseline=lora"],
     "layerlens, default budget (every layer, no time budget)": ["baseline=layerlens"],
-    "layerlens, budget=fast (train_time_pct=45), no cache": ["baseline=layerlens", "budget=fast",
-                                                             "baseline.cache_frozen_layers=false"],
+    "layerlens, budget=fast (train_time_pct=45), no cache": [
+        "baseline=layerlens",
+        "budget=fast",
+        "baseline.cache_frozen_layers=false",
+    ],
     "layerlens, budget=fast (train_time_pct=45), cache": ["baseline=layerlens", "budget=fast"],
     "layerlens, train_time_pct=50, cache": ["baseline=layerlens", "budget.train_time_pct=50"],
-    "layerlens, train_time_pct=50, cache, LoRA sites only": ["baseline=layerlens", "budget.train_time_pct=50",
-                                                            "baseline.sites=[query,key,value,attn_out]"],
-    "layerlens, train_time_pct=50, cache, adapter sites only": ["baseline=layerlens", "budget.train_time_pct=50",
-                                                               "baseline.sites=[attn_block,ffn_block]"],
-    "layerlens, train_time_pct=50, cache, prefix sites only": ["baseline=layerlens", "budget.train_time_pct=50",
-                                                              "baseline.sites=[attention]"],
+    "layerlens, train_time_pct=50, cache, LoRA sites only": [
+        "baseline=layerlens",
+        "budget.train_time_pct=50",
+        "baseline.sites=[query,key,value,attn_out]",
+    ],
+    "layerlens, train_time_pct=50, cache, adapter sites only": [
+        "baseline=layerlens",
+        "budget.train_time_pct=50",
+        "baseline.sites=[attn_block,ffn_block]",
+    ],
+    "layerlens, train_time_pct=50, cache, prefix sites only": [
+        "baseline=layerlens",
+        "budget.train_time_pct=50",
+        "baseline.sites=[attention]",
+    ],
 }
 BARE = {f"backbone only, backpropagation to layer {k}": k for k in (0, 2, 3)}  # name -> k
 # Generic speed-ups, which would apply to every baseline alike: timed on full_ft and on this plan (after its cache
@@ -101,7 +113,7 @@ def length_grouped(batches: list[dict], collate) -> list[dict]:
             rows.append({k: v[i, :n].tolist() if v.dim() == 2 else v[i].item() for k, v in batch.items()})
     rows.sort(key=lambda row: len(row["input_ids"]))
     size = len(batches[0]["labels"])
-    return [collate(rows[i: i + size]) for i in range(0, len(rows), size)]
+    return [collate(rows[i : i + size]) for i in range(0, len(rows), size)]
 
 
 def seconds_per_step(model, batches, lr: float, bf16: bool = False) -> float:
@@ -121,11 +133,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out", type=Path,
-                        default=Path("experiments/results") / f"{datetime.now(timezone.utc):%Y-%m-%d}-levers")
+    parser.add_argument(
+        "--out", type=Path, default=Path("experiments/results") / f"{datetime.now(UTC):%Y-%m-%d}-levers"
+    )
     names = [*VARIANTS, *BARE]
-    parser.add_argument("--variants", nargs="+", choices=names, default=names, metavar="NAME",
-                        help="the variants to run, by name (full_ft always runs: the ratios are to it)")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=names,
+        default=names,
+        metavar="NAME",
+        help="the variants to run, by name (full_ft always runs: the ratios are to it)",
+    )
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch.get_num_threads())
@@ -138,39 +157,67 @@ def main() -> None:
             batches = list(islice(iter(data.train_dataloader()), args.steps))
             trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
             first = seconds_per_step(model, batches, s.baseline.lr)
-            rows.append({"round": round_, "variant": name, "pass": "first", "s_per_step": first,
-                         "trainable": trainable,
-                         "lowest_adapted_layer": plan_metrics.get("plan/lowest_adapted_layer"),
-                         "estimated_train_time_pct": plan_metrics.get("plan/train_time_pct"),
-                         "estimated_sites_latency_ms": plan_metrics.get("plan/latency_ms")})
+            rows.append(
+                {
+                    "round": round_,
+                    "variant": name,
+                    "pass": "first",
+                    "s_per_step": first,
+                    "trainable": trainable,
+                    "lowest_adapted_layer": plan_metrics.get("plan/lowest_adapted_layer"),
+                    "estimated_train_time_pct": plan_metrics.get("plan/train_time_pct"),
+                    "estimated_sites_latency_ms": plan_metrics.get("plan/latency_ms"),
+                }
+            )
             if fills_cache(name):
-                rows.append({**rows[-1], "pass": "second (cache hit)",
-                             "s_per_step": seconds_per_step(model, batches, s.baseline.lr)})
+                rows.append(
+                    {
+                        **rows[-1],
+                        "pass": "second (cache hit)",
+                        "s_per_step": seconds_per_step(model, batches, s.baseline.lr),
+                    }
+                )
             if name in GENERIC_LEVERS:
                 grouped = length_grouped(batches, data.collate)
-                rows.append({**rows[-1], "pass": "length-grouped batches",
-                             "s_per_step": seconds_per_step(model, grouped, s.baseline.lr)})
-                rows.append({**rows[-1], "pass": "bf16 autocast",
-                             "s_per_step": seconds_per_step(model, batches[:BF16_STEPS], s.baseline.lr, bf16=True)})
+                rows.append(
+                    {
+                        **rows[-1],
+                        "pass": "length-grouped batches",
+                        "s_per_step": seconds_per_step(model, grouped, s.baseline.lr),
+                    }
+                )
+                rows.append(
+                    {
+                        **rows[-1],
+                        "pass": "bf16 autocast",
+                        "s_per_step": seconds_per_step(model, batches[:BF16_STEPS], s.baseline.lr, bf16=True),
+                    }
+                )
             print(f"round {round_}: {name}: {rows[-1]['s_per_step']:.3f} s/step", file=sys.stderr)
     table = pd.DataFrame(rows)
     # A generic speed-up is compared with full_ft under the same speed-up; everything else with full_ft as it trains.
     full = table[table.variant == "full_ft"].set_index(["round", "pass"]).s_per_step.to_dict()
-    table["ratio_to_full_ft"] = [t / full.get((r, p), full[(r, "first")])
-                                 for t, r, p in zip(table.s_per_step, table["round"], table["pass"])]
+    table["ratio_to_full_ft"] = [
+        t / full.get((r, p), full[(r, "first")]) for t, r, p in zip(table.s_per_step, table["round"], table["pass"])
+    ]
     table.to_csv(args.out / "levers.csv", index=False)
-    summary = (table.groupby(["variant", "pass"], sort=False)
-               .agg(s_per_step=("s_per_step", statistics.median),
-                    ratio_to_full_ft=("ratio_to_full_ft", statistics.median),
-                    trainable=("trainable", "first"), lowest_adapted_layer=("lowest_adapted_layer", "first"),
-                    estimated_train_time_pct=("estimated_train_time_pct", "first"),
-                    estimated_sites_latency_ms=("estimated_sites_latency_ms", "first"))
-               .reset_index())
+    summary = (
+        table.groupby(["variant", "pass"], sort=False)
+        .agg(
+            s_per_step=("s_per_step", statistics.median),
+            ratio_to_full_ft=("ratio_to_full_ft", statistics.median),
+            trainable=("trainable", "first"),
+            lowest_adapted_layer=("lowest_adapted_layer", "first"),
+            estimated_train_time_pct=("estimated_train_time_pct", "first"),
+            estimated_sites_latency_ms=("estimated_sites_latency_ms", "first"),
+        )
+        .reset_index()
+    )
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     (args.out / "README.md").write_text(
         "# Speed levers: seconds per training step\n\n"
         f"Command: `{shlex.join(['python', *sys.argv])}` at commit {commit}, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.\n"
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}.\n\n"
         f"Each variant trains {args.steps} MRPC training batches (batch size 8; round r draws them in torch seed r's "
@@ -182,8 +229,8 @@ def main() -> None:
         "backbone-only variants train one bias of layer k's query projection and the head: what backpropagation "
         "to layer k costs without any site. Estimated train time: the planner's estimate, % of full fine-tuning's "
         "(depth plus the sites' latency); estimated sites' latency: its sum of the sites' latency per batch, in "
-        "ms.\n\n"
-        + summary.to_markdown(index=False, floatfmt=".3f") + "\n")
+        "ms.\n\n" + summary.to_markdown(index=False, floatfmt=".3f") + "\n"
+    )
     print(summary.to_markdown(index=False, floatfmt=".3f"))
 
 

@@ -47,8 +47,16 @@ REPO = Path(__file__).resolve().parent.parent
 EXPERIMENT = "layerlens-mrpc"
 SWEEP = ["model=tiny", "trainer=debug", "baseline=lora,layerlens", "seed=0,1", "trainer.enable_progress_bar=false"]
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-dev-shm-usage", "--no-first-run", "--hide-scrollbars", "--mute-audio"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--hide-scrollbars",
+    "--mute-audio",
+]
 WIDTH, HEIGHT = 1600, 1000
 SERVER_START_S = 180.0
 PAGE_RENDER_S = 120.0
@@ -111,15 +119,34 @@ def run_sweep(store: Path, extra: list[str]) -> None:
 
 def start_server(store: Path, port: int) -> subprocess.Popen:
     # One worker and no job runner (huey consumers): the UI needs neither, and this may share a small machine.
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{store / 'mlflow.db'}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     server_log = store / "server.log"
     log(f"starting {' '.join(cmd[1:])} (log: {server_log})")
     with server_log.open("w") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(cmd, cwd=store, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd,
+            cwd=store,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
 
 
 def wait_for_server(proc: subprocess.Popen, base: str, server_log: Path) -> None:
@@ -127,10 +154,9 @@ def wait_for_server(proc: subprocess.Popen, base: str, server_log: Path) -> None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise Failure(f"mlflow server exited ({proc.returncode}) before answering: {last_line(server_log)}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{base}/health", timeout=5) as response:
-                if response.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{base}/health", timeout=5) as response:
+            if response.status == 200:
+                return
         time.sleep(1.0)
     raise Failure(f"mlflow server did not answer {base}/health within {SERVER_START_S:.0f} s (log: {server_log})")
 
@@ -181,14 +207,32 @@ class Chromium:
         # Descriptors >= 5, moved onto 3 and 4 in the child (by a Python trampoline) without clobbering each other.
         child_r, child_w = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD, 5), fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD, 5)
         os.close(to_chrome_r), os.close(from_chrome_w)
-        trampoline = ("import os, sys; r, w = int(sys.argv[1]), int(sys.argv[2]); os.dup2(r, 3); os.dup2(w, 4); "
-                      "os.close(r); os.close(w); os.execv(sys.argv[3], sys.argv[3:])")
-        cmd = [sys.executable, "-c", trampoline, str(child_r), str(child_w), exe, *CHROMIUM_FLAGS,
-               "--remote-debugging-pipe", f"--user-data-dir={profile}", f"--window-size={WIDTH},{HEIGHT}",
-               "about:blank"]
+        trampoline = (
+            "import os, sys; r, w = int(sys.argv[1]), int(sys.argv[2]); os.dup2(r, 3); os.dup2(w, 4); "
+            "os.close(r); os.close(w); os.execv(sys.argv[3], sys.argv[3:])"
+        )
+        cmd = [
+            sys.executable,
+            "-c",
+            trampoline,
+            str(child_r),
+            str(child_w),
+            exe,
+            *CHROMIUM_FLAGS,
+            "--remote-debugging-pipe",
+            f"--user-data-dir={profile}",
+            f"--window-size={WIDTH},{HEIGHT}",
+            "about:blank",
+        ]
         with log_path.open("w") as out:
-            self.proc = subprocess.Popen(cmd, pass_fds=(child_r, child_w), stdin=subprocess.DEVNULL, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd,
+                pass_fds=(child_r, child_w),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         os.close(child_r), os.close(child_w)
         self.call("Browser.getVersion", timeout_s=60)
 
@@ -222,8 +266,11 @@ class Chromium:
         try:
             session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
             tab = Tab(self, session, url)
-            self.call("Emulation.setDeviceMetricsOverride", {"width": WIDTH, "height": height, "deviceScaleFactor": 1,
-                                                             "mobile": False}, session)
+            self.call(
+                "Emulation.setDeviceMetricsOverride",
+                {"width": WIDTH, "height": height, "deviceScaleFactor": 1, "mobile": False},
+                session,
+            )
             self.call("Page.navigate", {"url": url}, session)
             yield tab
         finally:
@@ -242,8 +289,10 @@ class Chromium:
 
 # An element whose own text is exactly `text` (the UI's labels are leaf text in spans and divs).
 def by_text(text: str) -> str:
-    return (f"document.evaluate({json.dumps(f'//*[normalize-space(text())={json.dumps(text)}]')}, document, null, "
-            "XPathResult.FIRST_ORDERED_NODE_TYPE, null).singleNodeValue")
+    return (
+        f"document.evaluate({json.dumps(f'//*[normalize-space(text())={json.dumps(text)}]')}, document, null, "
+        "XPathResult.FIRST_ORDERED_NODE_TYPE, null).singleNodeValue"
+    )
 
 
 def text_has(*needles: str) -> str:
@@ -255,8 +304,10 @@ def images_shown(count: int) -> str:
 
 
 # The MLflow Assistant side panel opens itself on a UI served from localhost; its close button shuts it.
-CLOSE_ASSISTANT = ("(() => { const b = document.querySelector("
-                   "'[data-component-id=\"mlflow.assistant.chat_panel.close\"]'); if (b) b.click(); return true; })()")
+CLOSE_ASSISTANT = (
+    "(() => { const b = document.querySelector("
+    "'[data-component-id=\"mlflow.assistant.chat_panel.close\"]'); if (b) b.click(); return true; })()"
+)
 
 
 class Tab:
@@ -279,14 +330,19 @@ class Tab:
 
     def click_text(self, text: str) -> None:
         """A real mouse click (press and release) in the middle of the element labelled `text`."""
-        box = self.evaluate(f"(() => {{ const e = {by_text(text)}; if (!e) return null;"
-                            " e.scrollIntoView({block: 'center'}); const b = e.getBoundingClientRect();"
-                            " return [b.x + b.width / 2, b.y + b.height / 2]; })()")
+        box = self.evaluate(
+            f"(() => {{ const e = {by_text(text)}; if (!e) return null;"
+            " e.scrollIntoView({block: 'center'}); const b = e.getBoundingClientRect();"
+            " return [b.x + b.width / 2, b.y + b.height / 2]; })()"
+        )
         if not box:
             raise Failure(f"{self.url}: nothing labelled {text!r} to click")
         for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
-            self.browser.call("Input.dispatchMouseEvent", {"type": kind, "x": box[0], "y": box[1], "button": "left",
-                                                           "clickCount": 1}, self.session)
+            self.browser.call(
+                "Input.dispatchMouseEvent",
+                {"type": kind, "x": box[0], "y": box[1], "button": "left", "clickCount": 1},
+                self.session,
+            )
         # The pointer moves off again, so that no hover highlight shows in the screenshot.
         self.browser.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": 1, "y": 1}, self.session)
 
@@ -330,8 +386,10 @@ def photograph(chromium_exe: str, base: str, experiment, runs, planned, out_dir:
 
     def compare_url(some) -> str:
         ids = json.dumps([r.info.run_id for r in some], separators=(",", ":"))
-        return (f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}"
-                f"&experiments={urllib.parse.quote(json.dumps([exp_id]))}&{ml}")
+        return (
+            f"{base}/#/compare-runs?runs={urllib.parse.quote(ids)}"
+            f"&experiments={urllib.parse.quote(json.dumps([exp_id]))}&{ml}"
+        )
 
     browser = Chromium(chromium_exe, work / "chromium-profile", work / "chromium.log")
     shots = []
@@ -358,16 +416,20 @@ def photograph(chromium_exe: str, base: str, experiment, runs, planned, out_dir:
             tab.wait(f"{text_has(*names)} && document.querySelector({json.dumps(search)})", "chart view")
             tab.evaluate(CLOSE_ASSISTANT)
             tab.type_into(search, "val/")
-            tab.wait(f"{text_has('val/acc', 'val/f1')} && document.querySelectorAll('.js-plotly-plot').length >= 2",
-                     "val/ charts")
+            tab.wait(
+                f"{text_has('val/acc', 'val/f1')} && document.querySelectorAll('.js-plotly-plot').length >= 2",
+                "val/ charts",
+            )
             shot("mlflow-charts.png", tab)
         # (b) compare-runs of the layerlens runs with plan.png picked in the Artifacts section, and the Visualizations
         # and Parameters sections folded: run details, metrics, then the runs' plans side by side.
         url = compare_url(layerlens)
         log(f"compare-runs page, layerlens runs, plan.png: {url}")
         with browser.tab(url, height=1650) as tab:
-            tab.wait(f"{text_has(*(r.info.run_name for r in layerlens), 'plan.png')} && {by_text('plan.png')}",
-                     "artifact list with plan.png")
+            tab.wait(
+                f"{text_has(*(r.info.run_name for r in layerlens), 'plan.png')} && {by_text('plan.png')}",
+                "artifact list with plan.png",
+            )
             tab.evaluate(CLOSE_ASSISTANT)
             tab.click_text("plan.png")
             tab.wait(images_shown(len(layerlens)), f"{len(layerlens)} plan.png images")
@@ -397,8 +459,11 @@ def interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out-dir", type=Path, default=REPO / "docs", help="where the PNGs go (default: docs/)")
-    parser.add_argument("--store", type=Path, help="folder of the MLflow store (mlflow.db, mlruns/); kept. "
-                        "Default: a temporary folder, removed at the end")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="folder of the MLflow store (mlflow.db, mlruns/); kept. Default: a temporary folder, removed at the end",
+    )
     parser.add_argument("--no-sweep", action="store_true", help="show the latest sweep already in --store")
     parser.add_argument("--port", type=int, help="server port (default: a free one)")
     parser.add_argument("--chromium", help="Chromium executable (default: chromium, chromium-browser or google-chrome)")
@@ -425,8 +490,10 @@ def main(argv: list[str] | None = None) -> int:
         wait_for_server(server, base, store / "server.log")
         log(f"server up at {base}")
         experiment, sweep, runs, planned = find_runs(base)
-        log(f"experiment {experiment.name} ({experiment.experiment_id}), sweep {sweep}: "
-            + ", ".join(f"{r.info.run_name} {r.info.status}" for r in runs))
+        log(
+            f"experiment {experiment.name} ({experiment.experiment_id}), sweep {sweep}: "
+            + ", ".join(f"{r.info.run_name} {r.info.status}" for r in runs)
+        )
         check_artifact(base, planned.info.run_id)
         work = Path(tempfile.mkdtemp(prefix="layerlens-chromium-"))
         try:

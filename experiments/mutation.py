@@ -55,7 +55,9 @@ cli()
 
 # Which test fails first on each mutant: run in the scratch folder, argv[1] the mutant names (one a line), argv[2]
 # the file for "mutant<TAB>test" lines.
-KILLERS = BOOT.split("sys.argv[0]")[0] + """
+KILLERS = (
+    BOOT.split("sys.argv[0]")[0]
+    + """
 import json, os, signal
 os.chdir("mutants")
 sys.path.insert(0, os.getcwd())
@@ -93,6 +95,7 @@ with open(sys.argv[2], "w") as out:
         out.write(f"{name}\\t{killer.decode() or '(none failed)'}\\n")
         out.flush()
 """
+)
 
 
 def mutmut_config() -> dict:
@@ -109,15 +112,26 @@ def populate(workdir: Path, source: str) -> str:
         archive = subprocess.run(["git", "archive", "HEAD", *COPIED], cwd=REPO, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", str(workdir)], input=archive.stdout, check=True)
         return f"HEAD {head.strip()}"
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", *COPIED],
-                            cwd=REPO, capture_output=True, check=True).stdout.decode().split("\0")
+    listed = (
+        subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard", *COPIED],
+            cwd=REPO,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .split("\0")
+    )
     for name in filter(None, listed):
         if (REPO / name).is_file():
             (workdir / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, workdir / name)
-    dirty = subprocess.run(["git", "status", "--short", "--", *COPIED], cwd=REPO, capture_output=True,
-                           text=True).stdout.split("\n")
-    return f"working tree on HEAD {head.strip()}, changed: {', '.join(l[3:] for l in dirty if l) or 'nothing'}"
+    dirty = subprocess.run(
+        ["git", "status", "--short", "--", *COPIED], cwd=REPO, capture_output=True, text=True
+    ).stdout.split("\n")
+    return (
+        f"working tree on HEAD {head.strip()}, changed: {', '.join(entry[3:] for entry in dirty if entry) or 'nothing'}"
+    )
 
 
 def place_extension(workdir: Path) -> None:
@@ -128,17 +142,17 @@ def place_extension(workdir: Path) -> None:
 
 
 def one_line(diff: str) -> str:
-    removed = [l[1:].strip() for l in diff.splitlines() if l.startswith("-") and not l.startswith("---")]
-    added = [l[1:].strip() for l in diff.splitlines() if l.startswith("+") and not l.startswith("+++")]
+    removed = [line[1:].strip() for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
+    added = [line[1:].strip() for line in diff.splitlines() if line.startswith("+") and not line.startswith("+++")]
     return f"{' / '.join(removed) or '(nothing)'}  →  {' / '.join(added) or '(removed)'}"
 
 
 def changed_line(diff: str, source_lines: list[str], function: str) -> int | None:
     """The source line of the mutant's first removed line, searched from the mutated function's `def`."""
-    removed = [l[1:].strip() for l in diff.splitlines() if l.startswith("-") and not l.startswith("---")]
+    removed = [line[1:].strip() for line in diff.splitlines() if line.startswith("-") and not line.startswith("---")]
     if not removed:
         return None
-    start = next((i for i, l in enumerate(source_lines) if l.lstrip().startswith(f"def {function}(")), 0)
+    start = next((i for i, line in enumerate(source_lines) if line.lstrip().startswith(f"def {function}(")), 0)
     for i in range(start, len(source_lines)):
         if source_lines[i].strip() == removed[0]:
             return i + 1
@@ -149,8 +163,8 @@ def collect(workdir: Path, modules: list[str]) -> list[dict]:
     os.chdir(workdir)  # mutmut reads its config and mutants/ relative to the working directory
     from mutmut.mutation.data import SourceFileMutationData
     from mutmut.mutation.diff_apply import get_diff_for_mutant
-    from mutmut.utils.format_utils import orig_function_and_class_names_from_key
     from mutmut.stats import status_by_exit_code
+    from mutmut.utils.format_utils import orig_function_and_class_names_from_key
 
     rows = []
     for module in modules:
@@ -160,8 +174,15 @@ def collect(workdir: Path, modules: list[str]) -> list[dict]:
         for name, code in sorted(data.exit_code_by_key.items(), key=lambda kv: _order(kv[0])):
             diff = get_diff_for_mutant(name, path=module)
             function = orig_function_and_class_names_from_key(name)[0].rpartition(".")[-1]
-            rows.append({"module": module, "mutant": name, "status": status_by_exit_code[code],
-                         "line": changed_line(diff, source_lines, function) or "", "change": one_line(diff)})
+            rows.append(
+                {
+                    "module": module,
+                    "mutant": name,
+                    "status": status_by_exit_code[code],
+                    "line": changed_line(diff, source_lines, function) or "",
+                    "change": one_line(diff),
+                }
+            )
     return rows
 
 
@@ -183,16 +204,23 @@ def _read_tsv(path: Path) -> list[dict]:
 
 
 def summary(rows: list[dict], modules: list[str]) -> str:
-    lines = ["| module | mutants | killed | survived | timeout | no tests | other | % killed | % killed or timeout |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [
+        "| module | mutants | killed | survived | timeout | no tests | other | % killed | % killed or timeout |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for module in [*modules, "all"]:
         counts = Counter(r["status"] for r in rows if module in ("all", r["module"]))
         total = sum(counts.values())
         other = total - sum(counts[s] for s in STATUSES)
-        pct = lambda n: f"{100 * n / total:.1f}" if total else "-"  # noqa: E731
-        lines.append(f"| {module} | {total} | {counts['killed']} | {counts['survived']} | {counts['timeout']} | "
-                     f"{counts['no tests']} | {other} | {pct(counts['killed'])} | "
-                     f"{pct(counts['killed'] + counts['timeout'])} |")
+
+        def pct(n: int, total: int = total) -> str:
+            return f"{100 * n / total:.1f}" if total else "-"
+
+        lines.append(
+            f"| {module} | {total} | {counts['killed']} | {counts['survived']} | {counts['timeout']} | "
+            f"{counts['no tests']} | {other} | {pct(counts['killed'])} | "
+            f"{pct(counts['killed'] + counts['timeout'])} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -204,8 +232,11 @@ def main() -> None:
     parser.add_argument("--from", dest="source", choices=["HEAD", "worktree"], default="HEAD")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/layerlens-mutation"))
     parser.add_argument("--max-children", type=int, default=2)
-    parser.add_argument("--baseline", type=Path, help="an earlier run's folder: name the test that kills each of "
-                                                     "its survivors killed now (OUT/killers.tsv)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="an earlier run's folder: name the test that kills each of its survivors killed now (OUT/killers.tsv)",
+    )
     args = parser.parse_args()
     modules = args.modules or config["only_mutate"]
     unknown = [m for m in modules if m not in config["only_mutate"]]
@@ -218,8 +249,7 @@ def main() -> None:
     copied = populate(workdir, args.source)
     place_extension(workdir)
     globs = [m.removesuffix(".py").replace("/", ".") + ".*" for m in modules]
-    command = ["nice", "-n", "19", sys.executable, "-c", BOOT, "run", "--max-children", str(args.max_children),
-               *globs]
+    command = ["nice", "-n", "19", sys.executable, "-c", BOOT, "run", "--max-children", str(args.max_children), *globs]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     started = datetime.datetime.now().astimezone()
     clock = time.perf_counter()
@@ -237,26 +267,40 @@ def main() -> None:
         writer.writeheader()
         writer.writerows(rows)
     load = os.getloadavg()
-    (out / "run.json").write_text(json.dumps({
-        "command": ["python", "experiments/mutation.py", *sys.argv[1:]],
-        "mutmut_command": "nice -n 19 mutmut run --max-children "
-                          f"{args.max_children} {' '.join(globs)}  (OMP_NUM_THREADS=1)",
-        "modules": modules,
-        "tests": config["pytest_add_cli_args_test_selection"],
-        "copied": copied,
-        "started": started.isoformat(timespec="seconds"),
-        "seconds": round(seconds),
-        "load_average_at_end": [round(x, 2) for x in load],
-        "mutmut": version("mutmut"), "python": platform.python_version(), "torch": version("torch"),
-        "transformers": version("transformers"), "peft": version("peft"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
-    }, indent=2) + "\n")
+    (out / "run.json").write_text(
+        json.dumps(
+            {
+                "command": ["python", "experiments/mutation.py", *sys.argv[1:]],
+                "mutmut_command": "nice -n 19 mutmut run --max-children "
+                f"{args.max_children} {' '.join(globs)}  (OMP_NUM_THREADS=1)",
+                "modules": modules,
+                "tests": config["pytest_add_cli_args_test_selection"],
+                "copied": copied,
+                "started": started.isoformat(timespec="seconds"),
+                "seconds": round(seconds),
+                "load_average_at_end": [round(x, 2) for x in load],
+                "mutmut": version("mutmut"),
+                "python": platform.python_version(),
+                "torch": version("torch"),
+                "transformers": version("transformers"),
+                "peft": version("peft"),
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     if baseline:
         survived = {same_mutant(r) for r in _read_tsv(baseline / "mutants.tsv") if r["status"] != "killed"}
         now_killed = [r["mutant"] for r in rows if same_mutant(r) in survived and r["status"] == "killed"]
         (workdir / "killers.in").write_text("\n".join(now_killed) + "\n")
-        subprocess.run(["nice", "-n", "19", sys.executable, "-c", KILLERS, str(workdir / "killers.in"),
-                        str(out / "killers.tsv")], cwd=workdir, env=env, check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            ["nice", "-n", "19", sys.executable, "-c", KILLERS, str(workdir / "killers.in"), str(out / "killers.tsv")],
+            cwd=workdir,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     print(summary(rows, modules), end="")
     print(f"{seconds:.0f} s; every mutant in {out / 'mutants.tsv'}")
 

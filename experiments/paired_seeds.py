@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from layerlens.analysis.paired import parse_pairs, write_results
@@ -45,8 +45,9 @@ def parse_jobs(spec: str) -> list[tuple[str, int]]:
     except ValueError:
         numbers = []
     if not baselines or not numbers:
-        raise SystemExit(f"error: --jobs must be BASELINE[,BASELINE...]:SEEDS (e.g. lora,layerlens:0-9,12), "
-                         f"got {spec!r}")
+        raise SystemExit(
+            f"error: --jobs must be BASELINE[,BASELINE...]:SEEDS (e.g. lora,layerlens:0-9,12), got {spec!r}"
+        )
     return [(baseline, seed) for seed in numbers for baseline in baselines.split(",")]
 
 
@@ -59,9 +60,18 @@ class Runner:
         if time.monotonic() > self.deadline:
             return f"{baseline} s{seed}: not started (deadline)"
         name = f"{baseline}-s{seed}"
-        cmd = [sys.executable, "-m", "layerlens.run", f"baseline={baseline}", f"seed={seed}", "logger=jsonl",
-               f"logger.path={self.out / 'runs.jsonl'}", "trainer.enable_progress_bar=false",
-               f"hydra.run.dir={self.work / name}", *self.overrides]
+        cmd = [
+            sys.executable,
+            "-m",
+            "layerlens.run",
+            f"baseline={baseline}",
+            f"seed={seed}",
+            "logger=jsonl",
+            f"logger.path={self.out / 'runs.jsonl'}",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={self.work / name}",
+            *self.overrides,
+        ]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "TOKENIZERS_PARALLELISM": "false"}
         self.work.mkdir(parents=True, exist_ok=True)
         with open(self.work / f"{name}.log", "w") as log:
@@ -104,14 +114,21 @@ def main() -> None:
     parser.add_argument("--jobs", action="append", default=[], help="BASELINES:SEEDS, e.g. lora,layerlens:0-19")
     parser.add_argument("--workers", type=int, default=1, help="runs at once")
     parser.add_argument("--deadline-s", type=float, default=float("inf"), help="stop every run after this long")
-    parser.add_argument("--compare", action="append", default=[],
-                        help="two baselines compared seed by seed, e.g. layerlens,lora (repeat for more pairs)")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        help="two baselines compared seed by seed, e.g. layerlens,lora (repeat for more pairs)",
+    )
     parser.add_argument("--metrics", default="test/acc,test/f1", help="the test/* metrics tabled and compared")
     parser.add_argument("--out", type=Path, help="results folder (default: a dated one under experiments/results)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/layerlens-paired"), help="run folders and logs")
     parser.add_argument("--analyse", type=Path, metavar="DIR", help="only rewrite DIR's tables from its runs.jsonl")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="list the runs that would start, in order (those not FINISHED in --out), and stop")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list the runs that would start, in order (those not FINISHED in --out), and stop",
+    )
     parser.add_argument("overrides", nargs="*", help="layerlens.run overrides for every run (after --)")
     args = parser.parse_args()
     try:
@@ -128,7 +145,7 @@ def run(args) -> None:
     jobs = [job for spec in args.jobs for job in parse_jobs(spec)]
     if not jobs:
         raise SystemExit("error: --jobs names no run")
-    out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(timezone.utc):%F-%H%M}-paired-seeds"
+    out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(UTC):%F-%H%M}-paired-seeds"
     done = finished(out)
     jobs = [(baseline, seed) for baseline, seed in jobs if (baseline, str(seed)) not in done]
     if args.dry_run:
@@ -136,19 +153,31 @@ def run(args) -> None:
         return
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "command.txt", "a") as record:  # one entry per start: a results folder may take several
-        record.write(f"command: {shlex.join(sys.argv)}\ncommit:  {git_commit()}\n"
-                     f"started: {datetime.now(timezone.utc):%F %T} UTC, {len(jobs)} runs not yet finished\n")
+        record.write(
+            f"command: {shlex.join(sys.argv)}\ncommit:  {git_commit()}\n"
+            f"started: {datetime.now(UTC):%F %T} UTC, {len(jobs)} runs not yet finished\n"
+        )
     start = time.monotonic()
-    runner = Runner(out, args.work, args.overrides, max(1, (os.cpu_count() or 1) // args.workers),
-                    start + args.deadline_s)
+    runner = Runner(
+        out, args.work, args.overrides, max(1, (os.cpu_count() or 1) // args.workers), start + args.deadline_s
+    )
     with ThreadPoolExecutor(args.workers) as pool:
         for outcome in pool.map(runner.run, jobs):
             print(outcome, flush=True)
             if (out / "runs.jsonl").is_file():  # the tables so far, so that a stopped sweep still leaves them
                 analyse(out, compare, metrics, strict=False)
     with open(out / "machine.txt", "a") as record:
-        record.write("\n".join([*machine(), f"workers: {args.workers} runs at once, {runner.threads} threads each",
-                                 f"wall time: {time.monotonic() - start:.0f} s", ""]) + "\n")
+        record.write(
+            "\n".join(
+                [
+                    *machine(),
+                    f"workers: {args.workers} runs at once, {runner.threads} threads each",
+                    f"wall time: {time.monotonic() - start:.0f} s",
+                    "",
+                ]
+            )
+            + "\n"
+        )
     if (out / "runs.jsonl").is_file():
         print(analyse(out, compare, metrics, strict=False))
 

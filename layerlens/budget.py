@@ -22,7 +22,9 @@ class Budget:
         if self.params_pct is not None and not (is_number(self.params_pct) and 0 < self.params_pct <= 100):
             raise LayerLensError(f"budget.params_pct must be in (0, 100] or null, got {self.params_pct!r}")
         if self.train_time_pct is not None and not (is_number(self.train_time_pct) and self.train_time_pct > 0):
-            raise LayerLensError(f"budget.train_time_pct must be a positive number or null, got {self.train_time_pct!r}")
+            raise LayerLensError(
+                f"budget.train_time_pct must be a positive number or null, got {self.train_time_pct!r}"
+            )
         for name in ("params", "flops", "memory_mb", "latency_ms"):
             value = getattr(self, name)
             if value is not None and not (is_number(value) and math.isfinite(value) and value > 0):
@@ -45,17 +47,24 @@ class Budget:
 
     def limits(self, backbone_params: int) -> dict[str, float]:
         """Every limit that is set, by name: params, flops, memory_mb, latency_ms, train_time_pct."""
-        limits = {"params": self.params_limit(backbone_params), "flops": self.flops,
-                  "memory_mb": self.memory_mb, "latency_ms": self.latency_ms, "train_time_pct": self.train_time_pct}
+        limits = {
+            "params": self.params_limit(backbone_params),
+            "flops": self.flops,
+            "memory_mb": self.memory_mb,
+            "latency_ms": self.latency_ms,
+            "train_time_pct": self.train_time_pct,
+        }
         return {name: float(value) for name, value in limits.items() if value is not None}
 
 
 def params_pct_too_small(budget: Budget, needed: float, backbone_params: int, purpose: str, cheapest: str) -> str:
     """The error for a budget.params_pct whose limit is under `needed` added parameters: the smallest share that
     holds them, what they are for (`purpose`) and what `cheapest` thing costs that many."""
-    return (f"budget.params_pct must be >= {params_pct_for(needed, backbone_params)} {purpose} "
-            f"(the cheapest {cheapest} adds {shown(needed)} parameters; the backbone has {backbone_params}), "
-            f"got {shown(cast(float, budget.params_pct))}")
+    return (
+        f"budget.params_pct must be >= {params_pct_for(needed, backbone_params)} {purpose} "
+        f"(the cheapest {cheapest} adds {shown(needed)} parameters; the backbone has {backbone_params}), "
+        f"got {shown(cast(float, budget.params_pct))}"
+    )
 
 
 def params_pct_for(count: float, backbone_params: int) -> str:

@@ -13,7 +13,18 @@ from layerlens.errors import LayerLensError
 from layerlens.paths import CONF_DIR
 from layerlens.training.resume import Interrupted
 
-_FLAGS_WITH_VALUE = {"-cn", "--config-name", "-cp", "--config-path", "-cd", "--config-dir", "-c", "--cfg", "-p", "--package"}
+_FLAGS_WITH_VALUE = {
+    "-cn",
+    "--config-name",
+    "-cp",
+    "--config-path",
+    "-cd",
+    "--config-dir",
+    "-c",
+    "--cfg",
+    "-p",
+    "--package",
+}
 
 
 def one_line_errors(task_function):
@@ -55,10 +66,18 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
     for override in overrides:
         group = conf_dir / override.key_or_group
         # hydra/* groups also hold the plugins' options (joblib, submitit_slurm, ...): Hydra checks those itself.
-        if (override.is_delete() or not group.is_dir() or override.package is not None
-                or override.key_or_group.startswith("hydra/")):
+        if (
+            override.is_delete()
+            or not group.is_dir()
+            or override.package is not None
+            or override.key_or_group.startswith("hydra/")
+        ):
             continue
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        values = (
+            list(override.sweep_string_iterator())
+            if override.is_sweep_override()
+            else [override.get_value_element_as_str()]
+        )
         available = sorted(p.stem for p in group.glob("*.yaml"))
         for value in values:
             if value not in available and value != "null":

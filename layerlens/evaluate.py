@@ -16,7 +16,10 @@ def main(cfg) -> None:
         if OmegaConf.is_missing(cfg, field):
             raise LayerLensError(f"{field} is required: python -m layerlens.evaluate run_id=<mlflow run id> file=<tsv>")
     metrics = evaluate_run(cfg.tracking_uri, cfg.run_id, cfg.file, cfg.batch_size)
-    shown = ", ".join(f"{name} = {value:.4f}" if not name.endswith("n_rows") else f"{name} = {value:.0f}" for name, value in metrics.items())
+    shown = ", ".join(
+        f"{name} = {value:.4f}" if not name.endswith("n_rows") else f"{name} = {value:.0f}"
+        for name, value in metrics.items()
+    )
     print(f"run {cfg.run_id}, best checkpoint on {cfg.file}: {shown} (logged to the run)")
 
 

@@ -19,8 +19,8 @@ from layerlens.planning.choices import Plan
 from layerlens.provenance import git_commit, native_build
 from layerlens.settings import RunSettings, instantiate_node, resolve_settings
 from layerlens.tracking import NullTracker
-from layerlens.training.classifier import SequenceClassifier
 from layerlens.training.callbacks import CheckpointFromStep, FitTimer, Interruption
+from layerlens.training.classifier import SequenceClassifier
 from layerlens.training.resources import peak_rss_mb, reset_peak_rss
 from layerlens.training.resume import check_resumable, resume_warning_silenced, shuffled_train_loader, write_run_record
 
@@ -63,8 +63,14 @@ def planned_steps(trainer_cfg: DictConfig, train_batches: int) -> tuple[int, int
     return steps, max(1, math.ceil(steps / max(train_batches, 1)))
 
 
-def adapt_context(s: RunSettings, cfg: DictConfig, data: GlueDataModule, backbone_params: int, output_dir: Path,
-                  reuse_plan: bool = False) -> AdaptContext:
+def adapt_context(
+    s: RunSettings,
+    cfg: DictConfig,
+    data: GlueDataModule,
+    backbone_params: int,
+    output_dir: Path,
+    reuse_plan: bool = False,
+) -> AdaptContext:
     total_steps, epochs = planned_steps(cfg.trainer, len(data.train_dataloader()))
     return AdaptContext(
         backbone_params=backbone_params,
@@ -77,12 +83,15 @@ def adapt_context(s: RunSettings, cfg: DictConfig, data: GlueDataModule, backbon
     )
 
 
-def build_classifier(s: RunSettings, cfg: DictConfig, data: GlueDataModule, output_dir: Path,
-                     reuse_plan: bool = False) -> tuple[Adapted, int]:
+def build_classifier(
+    s: RunSettings, cfg: DictConfig, data: GlueDataModule, output_dir: Path, reuse_plan: bool = False
+) -> tuple[Adapted, int]:
     """The backbone with its task head and the baseline's adaptation applied, and its size before adaptation."""
     model = s.backbone.classifier(s.task.num_labels)
     backbone_params = count_parameters(model)
-    return s.baseline.adapt(model, adapt_context(s, cfg, data, backbone_params, output_dir, reuse_plan)), backbone_params
+    return s.baseline.adapt(
+        model, adapt_context(s, cfg, data, backbone_params, output_dir, reuse_plan)
+    ), backbone_params
 
 
 def plan_experiment(cfg: DictConfig, output_dir: Path) -> tuple[Plan, dict[str, float]]:
@@ -129,8 +138,10 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
     # Under DDP every process runs all of this; only global rank 0 records the run (MLflow, run.json).
     recording = rank_zero_only.rank == 0  # type: ignore[attr-defined]  # Lightning sets it on the function
     tracker = s.tracker if recording else NullTracker()
-    with tracker.start_run(run_name(s), run_tags(s, sweep), cfg, run_id=resume_id) as run, \
-            interruption.handling_signals():
+    with (
+        tracker.start_run(run_name(s), run_tags(s, sweep), cfg, run_id=resume_id) as run,
+        interruption.handling_signals(),
+    ):
         if not resuming and recording:
             write_run_record(output_dir, run.run_id, cfg)
         L.seed_everything(s.seed, workers=True)
@@ -154,18 +165,29 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
             save_top_k=1,
         )
         interruption.loader = shuffled_train_loader(data, s.seed)
-        trainer = instantiate_node(cfg, "trainer", callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
-                                   logger=run.lightning_logger(), default_root_dir=str(output_dir))
+        trainer = instantiate_node(
+            cfg,
+            "trainer",
+            callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
+            logger=run.lightning_logger(),
+            default_root_dir=str(output_dir),
+        )
         with resume_warning_silenced():
-            trainer.fit(module, train_dataloaders=interruption.loader,
-                        val_dataloaders=data.val_dataloader() if selects else None,
-                        ckpt_path=interruption.checkpoint if resuming else None)
+            trainer.fit(
+                module,
+                train_dataloaders=interruption.loader,
+                val_dataloaders=data.val_dataloader() if selects else None,
+                ckpt_path=interruption.checkpoint if resuming else None,
+            )
 
         trainer.loggers = []  # the chosen checkpoint's metrics are logged once, below, after the epoch curves
         start = time.perf_counter()
         chosen = checkpoint.best_model_path
-        selected = trainer.validate(module, dataloaders=data.val_dataloader(), ckpt_path=chosen,
-                                    verbose=False)[0] if selects else {}
+        selected = (
+            trainer.validate(module, dataloaders=data.val_dataloader(), ckpt_path=chosen, verbose=False)[0]
+            if selects
+            else {}
+        )
         tested = trainer.test(module, dataloaders=data.test_dataloader(), ckpt_path=chosen, verbose=False)[0]
         eval_s = time.perf_counter() - start
         metrics = {
@@ -177,7 +199,8 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
             "time/train_s": timer.train_s,
             # What the adaptation took before training (profiling, planning), plus training: evaluation and
             # loading excluded.
-            "time/total_s": adapted.metrics.get("time/profile_s", 0.0) + adapted.metrics.get("time/plan_s", 0.0)
+            "time/total_s": adapted.metrics.get("time/profile_s", 0.0)
+            + adapted.metrics.get("time/plan_s", 0.0)
             + timer.train_s,
             "time/eval_s": eval_s,
             "mem/peak_rss_mb": peak_rss_mb(),
@@ -190,9 +213,18 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
     log.info(
         "run %s (mlflow run %s): %s test split %r, checkpoint %s (%s): %s; trainable %d (%.3f%% of backbone); "
         "train %.1f s",
-        run_name(s), run.run_id, s.task.name, s.task.test_split, Path(checkpoint.best_model_path).name, chosen_by,
-        ", ".join(f"{name.removeprefix('test/')} {metrics.get(name, float('nan')):.4f}"
-                  for name in s.task.metric_names_on("test")),
-        trainable, metrics["params/trainable_pct"], timer.train_s,
+        run_name(s),
+        run.run_id,
+        s.task.name,
+        s.task.test_split,
+        Path(checkpoint.best_model_path).name,
+        chosen_by,
+        ", ".join(
+            f"{name.removeprefix('test/')} {metrics.get(name, float('nan')):.4f}"
+            for name in s.task.metric_names_on("test")
+        ),
+        trainable,
+        metrics["params/trainable_pct"],
+        timer.train_s,
     )
     return metrics[s.task.headline_metric if selects else on_test(s.task.headline_metric)]

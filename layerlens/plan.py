@@ -15,8 +15,11 @@ log = logging.getLogger(__name__)
 @one_line_errors
 def main(cfg) -> None:
     plan, record = plan_experiment(cfg, output_dir())
-    log.info("plan and its plot written to %s; its checks: %s", output_dir(),
-             ", ".join(f"{k} {v:.4g}" for k, v in record.items()))
+    log.info(
+        "plan and its plot written to %s; its checks: %s",
+        output_dir(),
+        ", ".join(f"{k} {v:.4g}" for k, v in record.items()),
+    )
     print(plan.to_json())
 
 

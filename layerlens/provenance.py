@@ -1,13 +1,13 @@
 """Where a result came from: the code's git commit, the native build, and the machine it ran on.
 
-    python -m layerlens.provenance > machine.txt     # the machine description, one `key: value` a line
+python -m layerlens.provenance > machine.txt     # the machine description, one `key: value` a line
 """
 
 import functools
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 
@@ -20,6 +20,7 @@ PACKAGES = ("torch", "transformers", "peft", "lightning", "numpy", "scipy")
 @functools.cache
 def git_commit() -> str:
     """The checkout's HEAD when this process first asks (the code it loaded), `-dirty` with uncommitted changes."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", "-C", str(PACKAGE_DIR), *args], capture_output=True, text=True, check=True, timeout=10
@@ -43,14 +44,21 @@ def machine(packages: tuple[str, ...] = PACKAGES, load: bool = True) -> list[str
     """The machine a measurement ran on, one `key: value` line each: date, CPU, memory, load (unless `load` is
     False: a caller that samples it itself), GPU, Python and `packages`' versions, the native build, the commit."""
     system = f"{platform.machine()}, {platform.system()} {platform.release()}"
-    lines = [f"date (UTC): {datetime.now(timezone.utc):%F %T}",
-             f"cpu: {_cpu_model()} x {os.cpu_count()} logical cores ({system})",
-             f"memory: {_memory_gib()}"]
+    lines = [
+        f"date (UTC): {datetime.now(UTC):%F %T}",
+        f"cpu: {_cpu_model()} x {os.cpu_count()} logical cores ({system})",
+        f"memory: {_memory_gib()}",
+    ]
     if load:
         lines.append("load average (1, 5, 15 min): " + ", ".join(f"{x:.2f}" for x in os.getloadavg()))
     versions = [f"{name} {_version(name)}" for name in packages]
-    return [*lines, f"gpu: {_gpus()}", " | ".join([f"python {platform.python_version()}", *versions]),
-            f"native build: {native_build()}", f"commit: {git_commit()}"]
+    return [
+        *lines,
+        f"gpu: {_gpus()}",
+        " | ".join([f"python {platform.python_version()}", *versions]),
+        f"native build: {native_build()}",
+        f"commit: {git_commit()}",
+    ]
 
 
 def _cpu_model() -> str:

@@ -34,8 +34,10 @@ def main(cfg) -> float:
     if not searching():
         return run_experiment(cfg, output_dir(), sweep_id())
     if cfg.task.get("selection_split") == NO_SELECTION:
-        raise LayerLensError("task.selection_split: a search chooses on the selection split; with none it would "
-                             "choose on the test split (set holdout or a split name)")
+        raise LayerLensError(
+            "task.selection_split: a search chooses on the selection split; with none it would "
+            "choose on the test split (set holdout or a split name)"
+        )
     try:
         metric = run_experiment(cfg, output_dir(), sweep_id())
     except LayerLensError as err:  # one_line_errors would end the whole search

@@ -7,10 +7,10 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from layerlens.validation import require_fraction, require_int, require_nonnegative
 from layerlens.budget import Budget
 from layerlens.data.tasks import TaskSpec
 from layerlens.errors import LayerLensError
+from layerlens.validation import require_fraction, require_int, require_nonnegative
 
 
 @dataclass

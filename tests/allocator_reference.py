@@ -7,6 +7,7 @@ messages (the native `_rank_alloc.check`), and decide on their own whether any p
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -42,8 +43,13 @@ def milp(flat: Flat, time_limit: float | None = None) -> OptimizeResult:
     one_per_site = LinearConstraint(csr_array((np.ones(rows), (site, np.arange(rows))), shape=(n, rows)), 1, 1)
     within_budgets = LinearConstraint(c.T, -np.inf, b * (1 + BUDGET_TOLERANCE))
     options = {"mip_rel_gap": 0, **({"time_limit": time_limit} if time_limit is not None else {})}
-    return scipy_milp(-v, constraints=[one_per_site, within_budgets] if len(b) else [one_per_site],
-                      integrality=np.ones(rows), bounds=Bounds(0, 1), options=options)
+    return scipy_milp(
+        -v,
+        constraints=[one_per_site, within_budgets] if len(b) else [one_per_site],
+        integrality=np.ones(rows),
+        bounds=Bounds(0, 1),
+        options=options,
+    )
 
 
 def allocate_milp(
@@ -60,7 +66,7 @@ def allocate_milp(
     if not result.success:
         raise RuntimeError(f"scipy MILP failed: {result.message}")
     offsets = flat.offsets
-    return allocation([int(np.argmax(result.x[start:end])) for start, end in zip(offsets[:-1], offsets[1:])], flat)
+    return allocation([int(np.argmax(result.x[start:end])) for start, end in itertools.pairwise(offsets)], flat)
 
 
 def allocate_greedy(
@@ -86,12 +92,19 @@ class _Greedy:
         self.v, self.c, self.offsets = v, c, offsets
         self.cap = b * (1 + BUDGET_TOLERANCE)
         self.weight = c @ (1 / np.where(b > 0, b, 1.0))
-        self.rows = np.array([start + np.lexsort((-v[start:end], self.weight[start:end]))[0]
-                              for start, end in zip(offsets[:-1], offsets[1:])], dtype=np.int64)
+        self.rows = np.array(
+            [
+                start + np.lexsort((-v[start:end], self.weight[start:end]))[0]
+                for start, end in itertools.pairwise(offsets)
+            ],
+            dtype=np.int64,
+        )
         self.used = c[self.rows].sum(axis=0)
         if (self.used > self.cap).any():
-            raise ValueError("the greedy baseline found no plan that fits all budgets together: its start, the "
-                             "cheapest option at every site by weighted cost, overruns one")
+            raise ValueError(
+                "the greedy baseline found no plan that fits all budgets together: its start, the "
+                "cheapest option at every site by weighted cost, overruns one"
+            )
 
     def fits(self, i, rows):
         return (self.used - self.c[self.rows[i]] + self.c[rows] <= self.cap).all(axis=-1)

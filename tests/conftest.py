@@ -136,7 +136,7 @@ def run_main(target: str | Path, *args: str) -> int:
             return done.code or 0
         print(done.code, file=sys.stderr)
         return 1
-    except Exception:  # noqa: BLE001 - as the interpreter: the traceback on stderr, status 1
+    except Exception:
         traceback.print_exc()
         return 1
     finally:

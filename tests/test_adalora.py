@@ -14,8 +14,13 @@ from layerlens.training.callbacks import AdaLoraSchedule
 from layerlens.training.classifier import SequenceClassifier
 
 # 10 optimiser steps: tinit 2, pruning on steps 3..6 at every step, final allocation at step 7, 3 more steps.
-SCHEDULE = ("trainer.limit_train_batches=5", "trainer.max_epochs=2", "baseline.tinit=0.2", "baseline.tfinal=0.3",
-            "baseline.deltaT=1")
+SCHEDULE = (
+    "trainer.limit_train_batches=5",
+    "trainer.max_epochs=2",
+    "baseline.tinit=0.2",
+    "baseline.tfinal=0.3",
+    "baseline.deltaT=1",
+)
 LIMIT = 2000  # added parameters; the tiny model's 12 adapted linears cost 908 per rank in all
 
 
@@ -60,8 +65,15 @@ def test_adalora_fit_prunes_ranks_to_the_parameter_budget(compose_run, tmp_path,
 
     spy = GradientSpy()
     module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
-    trainer = L.Trainer(max_steps=10, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=[*adapted.callbacks, spy])
+    trainer = L.Trainer(
+        max_steps=10,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[*adapted.callbacks, spy],
+    )
     trainer.fit(module, datamodule=data)
 
     # update_and_allocate ran once per optimiser step, while that step's gradients were still there
@@ -95,8 +107,9 @@ def test_budget_sets_the_final_rank_and_init_r(compose_run, tmp_path):
     s, _, adapted = adapt(compose_run, tmp_path)  # the default budget: a share of the tiny backbone
     assert s.baseline.target_kinds == list(LINEAR_KINDS)
     m = adapted.metrics
-    limit = s.budget.params_limit(sum(p.numel() for n, p in adapted.model.named_parameters()
-                                      if "lora_" not in n and "modules_to_save" not in n))
+    limit = s.budget.params_limit(
+        sum(p.numel() for n, p in adapted.model.named_parameters() if "lora_" not in n and "modules_to_save" not in n)
+    )
     assert m["adalora/params_limit"] == limit
     assert m["adalora/avg_target_rank"] == pytest.approx(limit / 908)
     assert m["adalora/target_rank"] == int(limit / 908 * 12)
@@ -168,8 +181,15 @@ def test_a_checkpoint_keeps_the_rank_allocators_state(compose_run, tmp_path):
 
     def fit(adapted, s, data, steps, ckpt_path=None):
         module = SequenceClassifier(adapted.model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
-        trainer = L.Trainer(max_steps=steps, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                            enable_progress_bar=False, enable_model_summary=False, callbacks=adapted.callbacks)
+        trainer = L.Trainer(
+            max_steps=steps,
+            limit_val_batches=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=adapted.callbacks,
+        )
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)
         return trainer
 

@@ -35,10 +35,7 @@ def problems(draw, max_sites=8, max_options=6):
     random point between the cost of the cheapest plan for it and that of the costliest, or a little
     below the cheapest: most problems are feasible, some not."""
     sites, budgets = draw(st.integers(1, max_sites)), draw(st.integers(1, 3))
-    if draw(st.booleans()):
-        number = st.integers(0, 20).map(float)
-    else:
-        number = st.integers(0, 100_000).map(lambda x: x / 1000)
+    number = st.integers(0, 20).map(float) if draw(st.booleans()) else st.integers(0, 100000).map(lambda x: x / 1000)
     values, costs = [], []
     for _ in range(sites):
         options = draw(st.integers(1, max_options))
@@ -150,8 +147,12 @@ BAD = [
     ([[0, -1], [0, 2]], COSTS, [3, 3], "value at site 0, option 1 is -1.0"),
     (SITES, [COSTS[0], [[0, 0], [2, -2]]], [3, 3], "cost budget 'flops' at site 1, option 1 is -2.0; costs must be"),
     (SITES, [COSTS[0], [[0, float("nan")], [2, 2]]], [3, 3], "cost budget 'flops' at site 1, option 0 is nan"),
-    (SITES, [[[1, 0], [1, 1]], [[2, 0], [2, 2]]], [2, 3],
-     r"no plan fits budget 'params': the cheapest option at every site already costs 3 > 2"),
+    (
+        SITES,
+        [[[1, 0], [1, 1]], [[2, 0], [2, 2]]],
+        [2, 3],
+        r"no plan fits budget 'params': the cheapest option at every site already costs 3 > 2",
+    ),
     # each budget alone can be met, both together cannot
     ([[1, 1], [1, 1]], [[[5, 1], [1, 5]], [[5, 1], [1, 5]]], [5.5, 5.5], "no plan fits all budgets together"),
 ]
@@ -204,8 +205,9 @@ def test_the_native_solver_rejects_malformed_arrays_with_value_errors(values, co
 
 
 @pytest.mark.parametrize("values, costs, offsets, budgets, message", RAW_BAD[:-1])
-def test_the_native_check_refuses_what_the_solver_refuses_with_the_same_message(values, costs, offsets, budgets,
-                                                                                message):
+def test_the_native_check_refuses_what_the_solver_refuses_with_the_same_message(
+    values, costs, offsets, budgets, message
+):
     with pytest.raises(ValueError, match=message):
         _rank_alloc.check(values, costs, offsets, budgets)
 
@@ -216,8 +218,10 @@ def test_the_native_check_leaves_joint_feasibility_to_the_solvers():
 
 
 @settings(max_examples=examples(300), deadline=None)
-@given(st.floats(max_value=-5e-324) | st.sampled_from([math.nan, math.inf, -math.inf, -0.0]),
-       st.sampled_from(["value", "cost", "budget"]))
+@given(
+    st.floats(max_value=-5e-324) | st.sampled_from([math.nan, math.inf, -math.inf, -0.0]),
+    st.sampled_from(["value", "cost", "budget"]),
+)
 def test_messages_write_a_number_as_python_does(x, where):
     """The native checks are the only ones: their numbers must read as Python's own messages did (repr)."""
     values, costs, budgets = [[0.0, 1.0]], [[[0.0], [1.0]]], [2.0]
@@ -243,13 +247,16 @@ def test_a_budget_the_cheapest_plan_overruns_is_named_with_both_sums_in_format_g
         return
     with pytest.raises(ValueError) as error:
         allocate([[0.0], [0.0]], [[[a]], [[b]]], [budget], ["params"])
-    assert str(error.value) == (f"no plan fits budget 'params': the cheapest option at every site already costs "
-                                f"{cheapest:g} > {budget:g}")
+    assert str(error.value) == (
+        f"no plan fits budget 'params': the cheapest option at every site already costs {cheapest:g} > {budget:g}"
+    )
 
 
 def test_the_native_solver_names_the_budget_that_cannot_be_met():
     costs = np.array([[0.0, 1.0], [1.0, 1.0], [0.0, 2.0], [2.0, 2.0]])
-    with pytest.raises(ValueError, match=r"^no plan fits budget 1: the cheapest option at every site already costs 3 > 2$"):
+    with pytest.raises(
+        ValueError, match=r"^no plan fits budget 1: the cheapest option at every site already costs 3 > 2$"
+    ):
         _rank_alloc.solve(V, costs, O, np.array([5.0, 2.0]))
 
 
@@ -265,9 +272,13 @@ def test_identical_input_gives_an_identical_plan():
 
 
 def test_the_allocator_imports_no_torch_lightning_mlflow_or_scipy():
-    code = ("import sys, layerlens.planning.allocator; "
-            "print(sorted({'torch', 'lightning', 'mlflow', 'scipy'} & set(sys.modules)))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    code = (
+        "import sys, layerlens.planning.allocator; "
+        "print(sorted({'torch', 'lightning', 'mlflow', 'scipy'} & set(sys.modules)))"
+    )
+    assert (
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
 
 
 def test_the_reference_solvers_stay_out_of_the_installed_package():

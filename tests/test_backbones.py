@@ -4,8 +4,14 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from torch import nn
-from transformers import (AutoModel, AutoModelForSequenceClassification, BertConfig, DebertaV2Config, DistilBertConfig,
-                          RobertaConfig)
+from transformers import (
+    AutoModel,
+    AutoModelForSequenceClassification,
+    BertConfig,
+    DebertaV2Config,
+    DistilBertConfig,
+    RobertaConfig,
+)
 
 from layerlens.errors import LayerLensError
 from layerlens.lens.apply import apply_plan, task_head
@@ -18,19 +24,36 @@ from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import Costs
 from tests.conftest import compose_config
 
-TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+TINY = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    vocab_size=100,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
+)
 CONFIGS = {
     "bert": lambda **kw: BertConfig(**TINY, **kw),
     "roberta": lambda **kw: RobertaConfig(**TINY, **kw),
     # as deberta-v3-base: relative attention with both position terms, log buckets and shared keys
-    "deberta-v2": lambda **kw: DebertaV2Config(**TINY, relative_attention=True, pos_att_type=["p2c", "c2p"],
-                                               position_buckets=16, max_relative_positions=-1, share_att_key=True,
-                                               norm_rel_ebd="layer_norm", **kw),
+    "deberta-v2": lambda **kw: DebertaV2Config(
+        **TINY,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        position_buckets=16,
+        max_relative_positions=-1,
+        share_att_key=True,
+        norm_rel_ebd="layer_norm",
+        **kw,
+    ),
 }
 FAMILIES = list(CONFIGS)
-PROJECTIONS = {"bert": ("query", "key", "value"), "roberta": ("query", "key", "value"),
-               "deberta-v2": ("query_proj", "key_proj", "value_proj")}
+PROJECTIONS = {
+    "bert": ("query", "key", "value"),
+    "roberta": ("query", "key", "value"),
+    "deberta-v2": ("query_proj", "key_proj", "value_proj"),
+}
 PREFIX_FAMILIES = ["bert", "roberta"]
 HEADS = {"bert": ["classifier"], "roberta": ["classifier"], "deberta-v2": ["pooler", "classifier"]}
 
@@ -51,9 +74,17 @@ def batch() -> dict:
 
 def expected_paths(family: str) -> dict[str, str]:
     query, key, value = (f"attention.self.{p}" for p in PROJECTIONS[family])
-    paths = {"query": query, "key": key, "value": value, "attn_out": "attention.output.dense",
-             "ffn_in": "intermediate.dense", "ffn_out": "output.dense", "attn_block": "attention.output",
-             "ffn_block": "output", "attention": "attention.self"}
+    paths = {
+        "query": query,
+        "key": key,
+        "value": value,
+        "attn_out": "attention.output.dense",
+        "ffn_in": "intermediate.dense",
+        "ffn_out": "output.dense",
+        "attn_block": "attention.output",
+        "ffn_block": "output",
+        "attention": "attention.self",
+    }
     return {kind: path for kind, path in paths.items() if family in PREFIX_FAMILIES or kind != "attention"}
 
 
@@ -75,8 +106,11 @@ def test_sites_are_found_at_each_familys_module_paths(family):
 
 
 def test_deberta_refuses_the_prefix_in_one_line_naming_kind_and_family():
-    with pytest.raises(LayerLensError, match=r"^site kind 'attention' \(prefix\) does not work on deberta-v2 models: "
-                                             r"its disentangled attention adds relative-position scores") as err:
+    with pytest.raises(
+        LayerLensError,
+        match=r"^site kind 'attention' \(prefix\) does not work on deberta-v2 models: "
+        r"its disentangled attention adds relative-position scores",
+    ) as err:
         discover_sites(tiny("deberta-v2"), ["query", "attention"])
     assert "\n" not in str(err.value)
     with pytest.raises(LayerLensError, match=r"^DisentangledSelfAttention is not a BERT-style self-attention"):
@@ -84,26 +118,36 @@ def test_deberta_refuses_the_prefix_in_one_line_naming_kind_and_family():
 
 
 def test_a_model_family_without_a_site_table_is_an_error():
-    model = AutoModelForSequenceClassification.from_config(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1,
-                                                                            n_heads=2, vocab_size=100))
-    with pytest.raises(LayerLensError, match=r"^model: config.model_type 'distilbert' has no family in "
-                                             r"layerlens/models/families.py \(supported: bert, roberta, deberta-v2\)$"):
+    model = AutoModelForSequenceClassification.from_config(
+        DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2, vocab_size=100)
+    )
+    with pytest.raises(
+        LayerLensError,
+        match=r"^model: config.model_type 'distilbert' has no family in "
+        r"layerlens/models/families.py \(supported: bert, roberta, deberta-v2\)$",
+    ):
         discover_sites(model)
 
 
 def small_plan(sites, sizes: dict[str, tuple[str, int]]) -> Plan:
     zero = Costs(0.0, 0.0, 0.0, 0.0)
-    return Plan([Choice(s.name, s.layer, s.kind, s.method, *sizes.get(s.name, ("none", 0)), 1.0, zero)
-                 for s in sites], {}, 0.0)
+    return Plan(
+        [Choice(s.name, s.layer, s.kind, s.method, *sizes.get(s.name, ("none", 0)), 1.0, zero) for s in sites], {}, 0.0
+    )
 
 
-PLAN = {"L0.query": ("lora", 2), "L1.value": ("lora", 3), "L1.ffn_out": ("lora", 2),
-        "L0.attn_block": ("adapter", 2), "L1.ffn_block": ("adapter", 3)}
+PLAN = {
+    "L0.query": ("lora", 2),
+    "L1.value": ("lora", 3),
+    "L1.ffn_out": ("lora", 2),
+    "L0.attn_block": ("adapter", 2),
+    "L1.ffn_block": ("adapter", 3),
+}
 MARKERS = ("lora_", "layerlens_adapter", "layerlens_prefix")
 
 
 def within_layers(name: str, marker: str) -> str:
-    """"x.encoder.layer.1.output.dense.lora_A.default.weight" -> "1.output.dense" (for marker ".lora_A")."""
+    """ "x.encoder.layer.1.output.dense.lora_A.default.weight" -> "1.output.dense" (for marker ".lora_A")."""
     return name.split("encoder.layer.")[1].split(marker)[0]
 
 
@@ -144,8 +188,13 @@ def test_every_lora_site_is_scaled_by_the_alpha_ratio_whatever_its_rank(family, 
     model = tiny(family)
     sites = discover_sites(model)
     ranks = {"L0.query": 1, "L0.ffn_in": 3, "L1.value": 8, "L1.attn_out": 2}  # 8: the largest, not the first
-    model = apply_plan(model, sites, small_plan(sites, {name: ("lora", r) for name, r in ranks.items()}),
-                       alpha_ratio=alpha_ratio, dropout=0.0)
+    model = apply_plan(
+        model,
+        sites,
+        small_plan(sites, {name: ("lora", r) for name, r in ranks.items()}),
+        alpha_ratio=alpha_ratio,
+        dropout=0.0,
+    )
     by_path = {s.path: s.name for s in sites}
     found = {}
     for name, module in model.base_model.model.named_modules():
@@ -161,8 +210,11 @@ def test_an_adapter_only_plan_trains_the_adapters_and_the_head(family):
     model = apply_plan(model, sites, small_plan(sites, {"L0.ffn_block": ("adapter", 2)}), 2.0, 0.0)
     trainable = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == set(HEADS[family]) | {model.base_model_prefix}
-    assert all("layerlens_adapter" in n for n, p in model.named_parameters()
-               if p.requires_grad and n.startswith(model.base_model_prefix))
+    assert all(
+        "layerlens_adapter" in n
+        for n, p in model.named_parameters()
+        if p.requires_grad and n.startswith(model.base_model_prefix)
+    )
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -197,8 +249,14 @@ def test_a_hub_backbone_loads_each_family_from_a_local_folder(family, pooling, t
     assert model(**batch()).logits.shape == (4, 3)
 
 
-@pytest.mark.parametrize("option,location", [("bert_base", "bert-base-uncased"), ("roberta_base", "roberta-base"),
-                                             ("deberta_v3_base", "microsoft/deberta-v3-base")])
+@pytest.mark.parametrize(
+    "option,location",
+    [
+        ("bert_base", "bert-base-uncased"),
+        ("roberta_base", "roberta-base"),
+        ("deberta_v3_base", "microsoft/deberta-v3-base"),
+    ],
+)
 def test_hub_model_configs_compose_without_the_hub(option, location):
     cfg = compose_config("run", [f"model={option}"])
     backbone = instantiate(cfg.model)  # names the checkpoint; nothing is downloaded until tokenizer()/classifier()
@@ -210,7 +268,12 @@ def test_hub_model_configs_compose_without_the_hub(option, location):
 def test_lora_dropout_reaches_every_lora_site(family):
     model = tiny(family)
     sites = discover_sites(model)
-    model = apply_plan(model, sites, small_plan(sites, {"L0.query": ("lora", 2), "L1.value": ("lora", 3)}),
-                       alpha_ratio=2.0, dropout=0.25)
+    model = apply_plan(
+        model,
+        sites,
+        small_plan(sites, {"L0.query": ("lora", 2), "L1.value": ("lora", 3)}),
+        alpha_ratio=2.0,
+        dropout=0.25,
+    )
     dropouts = [module.lora_dropout["default"] for module in model.modules() if hasattr(module, "lora_dropout")]
     assert len(dropouts) == 2 and {d.p for d in dropouts} == {0.25}

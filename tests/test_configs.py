@@ -21,8 +21,17 @@ def options(group: str) -> list[str]:
 def test_groups_hold_the_documented_options():
     assert options("model") == ["bert_base", "deberta_v3_base", "minilm_l6", "roberta_base", "tiny"]
     assert options("task") == ["cola", "mrpc", "rte", "stsb"]
-    assert options("baseline") == ["adalora", "full_ft", "layerlens", "layerlens_depth", "layerlens_kind_depth",
-                                   "layerlens_random", "layerlens_uniform", "lora", "lora_attention"]
+    assert options("baseline") == [
+        "adalora",
+        "full_ft",
+        "layerlens",
+        "layerlens_depth",
+        "layerlens_kind_depth",
+        "layerlens_random",
+        "layerlens_uniform",
+        "lora",
+        "lora_attention",
+    ]
     for group in GROUPS:
         assert options(group), group
 

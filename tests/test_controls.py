@@ -41,8 +41,9 @@ def test_a_prior_without_a_kind_and_an_unknown_utility_are_refused_by_name():
     with pytest.raises(LayerLensError, match=r"baseline.planner.utility must be one of profiled, uniform"):
         utilities("oracle")
     with pytest.raises(LayerLensError, match=r"baseline.planner.kind_prior has no constant for site kind 'key'"):
-        resolve_settings(compose_config("run", ["model=tiny", "baseline=layerlens_kind_depth",
-                                                "~baseline.planner.kind_prior.key"]))
+        resolve_settings(
+            compose_config("run", ["model=tiny", "baseline=layerlens_kind_depth", "~baseline.planner.kind_prior.key"])
+        )
 
 
 def test_controls_plan_differently_from_the_same_profile_within_the_same_budget(tracking_uri, tmp_path):
@@ -63,7 +64,9 @@ def test_controls_plan_differently_from_the_same_profile_within_the_same_budget(
     assert len({c.utility for c in uniform.choices}) == 1
     depth = plans["layerlens_depth"][0]
     assert all(c.utility == c.layer + 1 for c in depth.choices)
-    assert sorted(c.utility for c in plans["layerlens_random"][0].choices) == sorted(c.utility for c in reference.choices)
+    assert sorted(c.utility for c in plans["layerlens_random"][0].choices) == sorted(
+        c.utility for c in reference.choices
+    )
 
 
 def test_a_plans_record_carries_its_utilities_validity_against_measured_gains(tracking_uri, tmp_path):
@@ -78,8 +81,9 @@ def test_a_plans_record_carries_its_utilities_validity_against_measured_gains(tr
     gains.write_text("".join(json.dumps(line) + "\n" for line in lines))
     records = {}
     for baseline in ["layerlens", "layerlens_depth", "layerlens_uniform"]:
-        cfg = compose_config("run", ["model=tiny", "trainer=debug", f"baseline={baseline}", *SHORT,
-                                     f"baseline.validity_gains={gains}"])
+        cfg = compose_config(
+            "run", ["model=tiny", "trainer=debug", f"baseline={baseline}", *SHORT, f"baseline.validity_gains={gains}"]
+        )
         records[baseline] = plan_experiment(cfg, tmp_path / baseline)[1]
     measured = len(reference.choices[::2])
     assert all(r["plan/utility_validity_sites"] == measured for r in records.values() if r)
@@ -96,8 +100,15 @@ def test_a_missing_gains_file_is_refused_before_profiling(tmp_path):
 
 @pytest.mark.parametrize("baseline", [*CONTROLS, "lora_attention"])
 def test_each_control_trains_and_is_reported_under_its_own_name(baseline, tracking_uri, tmp_path):
-    cfg = compose_config("run", ["model=tiny", "trainer=debug", f"baseline={baseline}",
-                                 *(["baseline.profile.num_batches=4"] if baseline != "lora_attention" else [])])
+    cfg = compose_config(
+        "run",
+        [
+            "model=tiny",
+            "trainer=debug",
+            f"baseline={baseline}",
+            *(["baseline.profile.num_batches=4"] if baseline != "lora_attention" else []),
+        ],
+    )
     headline = run_experiment(cfg, tmp_path)
     client = MlflowClient(tracking_uri)
     run = client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
@@ -114,8 +125,15 @@ def test_lora_on_the_four_attention_projections_matches_lora_in_parameters(tmp_p
         s = resolve_settings(cfg)
         model = build_classifier(s, cfg, build_datamodule(s, s.backbone.tokenizer()), tmp_path)[0].model
         counts[baseline] = count_parameters(model, trainable_only=True)
-        adapted[baseline] = {n.split(".layer.")[1].split(".lora_A")[0].split(".", 1)[1]
-                             for n, _ in model.named_parameters() if "lora_A" in n}
+        adapted[baseline] = {
+            n.split(".layer.")[1].split(".lora_A")[0].split(".", 1)[1]
+            for n, _ in model.named_parameters()
+            if "lora_A" in n
+        }
     assert counts["lora"] == counts["lora_attention"]
-    assert adapted["lora_attention"] == {"attention.self.query", "attention.self.key", "attention.self.value",
-                                         "attention.output.dense"}
+    assert adapted["lora_attention"] == {
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+    }

@@ -26,21 +26,43 @@ WORKLOAD = Workload(batch_size=4, tokens_per_batch=100.0, seq_len=30.0, num_head
 
 
 def bert() -> nn.Module:
-    return RandomBertBackbone("tiny", hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                              intermediate_size=64).classifier(2)
+    return RandomBertBackbone(
+        "tiny", hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64
+    ).classifier(2)
 
 
 def roberta() -> nn.Module:
-    return AutoModelForSequenceClassification.from_config(RobertaConfig(
-        hidden_size=24, num_hidden_layers=2, num_attention_heads=3, intermediate_size=40, vocab_size=100,
-        num_labels=2, **NO_DROPOUT))
+    return AutoModelForSequenceClassification.from_config(
+        RobertaConfig(
+            hidden_size=24,
+            num_hidden_layers=2,
+            num_attention_heads=3,
+            intermediate_size=40,
+            vocab_size=100,
+            num_labels=2,
+            **NO_DROPOUT,
+        )
+    )
 
 
 def deberta() -> nn.Module:  # as deberta-v3: relative attention with both position terms
-    return AutoModelForSequenceClassification.from_config(DebertaV2Config(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, vocab_size=100,
-        relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16, max_relative_positions=-1,
-        share_att_key=True, norm_rel_ebd="layer_norm", num_labels=2, **NO_DROPOUT))
+    return AutoModelForSequenceClassification.from_config(
+        DebertaV2Config(
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=48,
+            vocab_size=100,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_buckets=16,
+            max_relative_positions=-1,
+            share_att_key=True,
+            norm_rel_ebd="layer_norm",
+            num_labels=2,
+            **NO_DROPOUT,
+        )
+    )
 
 
 MODELS = {"bert": bert, "roberta": roberta, "deberta-v2": deberta}
@@ -54,8 +76,23 @@ def spec(site, utility: float = 1.0) -> SiteSpec:
 
 def plan_of(sites, sizes: dict[str, int]) -> Plan:
     zero = Costs(0.0, 0.0, 0.0, 0.0)
-    return Plan([Choice(s.name, s.layer, s.kind, s.method, s.method if s.name in sizes else "none",
-                        sizes.get(s.name, 0), 1.0, zero) for s in sites], {}, 0.0)
+    return Plan(
+        [
+            Choice(
+                s.name,
+                s.layer,
+                s.kind,
+                s.method,
+                s.method if s.name in sizes else "none",
+                sizes.get(s.name, 0),
+                1.0,
+                zero,
+            )
+            for s in sites
+        ],
+        {},
+        0.0,
+    )
 
 
 def flops(module: nn.Module, *inputs) -> int:
@@ -193,14 +230,17 @@ def two_query_sites(utilities: tuple[float, float]) -> list[SiteSpec]:
 RANK_2 = PlannerSettings(sizes={"lora": [2]})  # rank 2 at 32x32: 128 parameters, 256 FLOPs a token
 
 
-@pytest.mark.parametrize("cached,params,adapted,expected", [
-    # only the more useful layer 1 fits 128 parameters: the backbone's share at depth 1 (cached: 2.5 / 6,
-    # else 3 / 6), plus its latency over full fine-tuning's step: 256 / (2 layers x 1e4) = 1.28%
-    (True, 128, ["L1.query"], 100 * 2.5 / 6 + 1.28),
-    (False, 128, ["L1.query"], 100 * 3 / 6 + 1.28),
-    # both fit 256: depth 0 (4 / 6), and both latencies
-    (True, 256, ["L0.query", "L1.query"], 100 * 4 / 6 + 2 * 1.28),
-])
+@pytest.mark.parametrize(
+    "cached,params,adapted,expected",
+    [
+        # only the more useful layer 1 fits 128 parameters: the backbone's share at depth 1 (cached: 2.5 / 6,
+        # else 3 / 6), plus its latency over full fine-tuning's step: 256 / (2 layers x 1e4) = 1.28%
+        (True, 128, ["L1.query"], 100 * 2.5 / 6 + 1.28),
+        (False, 128, ["L1.query"], 100 * 3 / 6 + 1.28),
+        # both fit 256: depth 0 (4 / 6), and both latencies
+        (True, 256, ["L0.query", "L1.query"], 100 * 4 / 6 + 2 * 1.28),
+    ],
+)
 def test_the_plans_training_time_estimate(cached, params, adapted, expected):
     depth = Depth(layers=2, layer_flops=1e4, epochs=2, cached=cached)
     plan = make_plan(two_query_sites((1.0, 4.0)), WORKLOAD, {"params": params}, RANK_2, depth)

@@ -1,10 +1,18 @@
-import shutil
 from collections import Counter
 
 import datasets
 import pytest
 
-from layerlens.data import SELECTION, TEST, TRAIN, GlueDataModule, TaskSpec, load_task_splits, protocol_splits, read_glue_tsv
+from layerlens.data import (
+    SELECTION,
+    TEST,
+    TRAIN,
+    GlueDataModule,
+    TaskSpec,
+    load_task_splits,
+    protocol_splits,
+    read_glue_tsv,
+)
 from layerlens.data.selection import holdout_rows
 from layerlens.errors import LayerLensError
 from layerlens.models import RandomBertBackbone
@@ -60,7 +68,10 @@ def test_missing_file_names_the_path(tmp_path):
 
 def test_wrong_columns_name_the_missing_column(tmp_path):
     path = write_tsv(tmp_path / "x.tsv", ["label", "sentence"], [["1", "hello"]])
-    with pytest.raises(LayerLensError, match=r"x\.tsv: missing column\(s\) '#1 String', '#2 String', 'Quality' for task mrpc \(found: 'label', 'sentence'\)"):
+    with pytest.raises(
+        LayerLensError,
+        match=r"x\.tsv: missing column\(s\) '#1 String', '#2 String', 'Quality' for task mrpc \(found: 'label', 'sentence'\)",
+    ):
         read_glue_tsv(path, task("mrpc"))
 
 
@@ -75,7 +86,9 @@ def test_non_integer_or_out_of_range_label_names_file_line_and_value(tmp_path, b
 def test_truncated_line_names_file_line_and_field(tmp_path):
     path = tmp_path / "x.tsv"
     path.write_text("\t".join(MRPC_HEADER) + "\n1\t1\t2\ta\tb\n0\t3\t4\tc\n", encoding="utf-8")
-    with pytest.raises(LayerLensError, match=r"x\.tsv:3: 4 fields where the header has 5 \(a truncated line or a stray tab\?\)"):
+    with pytest.raises(
+        LayerLensError, match=r"x\.tsv:3: 4 fields where the header has 5 \(a truncated line or a stray tab\?\)"
+    ):
         read_glue_tsv(path, task("mrpc"))
 
 
@@ -91,7 +104,11 @@ def test_an_empty_line_among_the_rows_is_refused_and_trailing_ones_are_not(tmp_p
 
 def test_named_labels_map_to_class_ids_and_unknown_names_fail(tmp_path):
     header = ["sentence1", "sentence2", "label", "idx"]
-    good = write_tsv(tmp_path / "good.tsv", header, [["a", "b", "not_entailment", "0"], ["c", "d", "entailment", "1"], ["e", "f", "0", "2"]])
+    good = write_tsv(
+        tmp_path / "good.tsv",
+        header,
+        [["a", "b", "not_entailment", "0"], ["c", "d", "entailment", "1"], ["e", "f", "0", "2"]],
+    )
     assert read_glue_tsv(good, task("rte"))["label"] == [1, 0, 0]
     bad = write_tsv(tmp_path / "bad.tsv", header, [["a", "b", "maybe", "0"]])
     with pytest.raises(LayerLensError, match="expected one of: entailment, not_entailment, integers 0..1"):
@@ -101,7 +118,9 @@ def test_named_labels_map_to_class_ids_and_unknown_names_fail(tmp_path):
 def test_hub_source_maps_hub_columns_and_validation_split(monkeypatch):
     hub = datasets.DatasetDict(
         {
-            split: datasets.Dataset.from_dict({"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1], "idx": [0, 1]})
+            split: datasets.Dataset.from_dict(
+                {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [0, 1], "idx": [0, 1]}
+            )
             for split in ("train", "validation", "test")
         }
     )
@@ -166,12 +185,15 @@ def test_selection_none_and_a_named_selection_file(tmp_path):
     assert len(roles[SELECTION]) == 2 and len(roles[TRAIN]) == 2
 
 
-@pytest.mark.parametrize("overrides,match", [
-    ({"selection_split": "dev"}, r"task.selection_split must differ from the train and test splits"),
-    ({"selection_split": "train"}, r"task.selection_split must differ"),
-    ({"selection_fraction": 1.0}, r"task.selection_fraction must be in \(0, 1\)"),
-    ({"test_split": "train"}, r"task.test_split must differ from task.train_split"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"selection_split": "dev"}, r"task.selection_split must differ from the train and test splits"),
+        ({"selection_split": "train"}, r"task.selection_split must differ"),
+        ({"selection_fraction": 1.0}, r"task.selection_fraction must be in \(0, 1\)"),
+        ({"test_split": "train"}, r"task.test_split must differ from task.train_split"),
+    ],
+)
 def test_a_selection_that_would_touch_another_split_is_refused(overrides, match):
     with pytest.raises(LayerLensError, match=match):
         task("mrpc", **overrides)

@@ -22,8 +22,10 @@ def test_the_plan_cli_prints_and_writes_a_byte_identical_plan_for_the_same_seed(
     # The first in a subprocess (the plan entry point as a user runs it), the others in this process: the plan
     # depends on the seed and the config alone, not on the process or on what ran in it before.
     (stdout_a, file_a), (stdout_b, file_b), (stdout_1, file_1) = (
-        plan_cli(run_module, tmp_path, "a"), plan_cli(call_module, tmp_path, "b"),
-        plan_cli(call_module, tmp_path, "seed1", "seed=1"))
+        plan_cli(run_module, tmp_path, "a"),
+        plan_cli(call_module, tmp_path, "b"),
+        plan_cli(call_module, tmp_path, "seed1", "seed=1"),
+    )
     assert stdout_a.startswith("{") and stdout_a == stdout_b
     assert file_a == file_b
     assert stdout_a.strip() == file_a.decode().strip()
@@ -44,8 +46,9 @@ def test_the_same_seed_gives_identical_metrics_and_another_seed_does_not(compose
     for name, seed in [("first", 0), ("second", 0), ("other", 1)]:
         run_experiment(compose_run(f"baseline={baseline}", f"seed={seed}"), tmp_path / name)
     client = MlflowClient(tracking_uri)
-    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], order_by=["attributes.start_time ASC"]
+    )
     assert [r.info.run_name for r in runs] == [f"{baseline}-mrpc-s0", f"{baseline}-mrpc-s0", f"{baseline}-mrpc-s1"]
     first, second, other = (metrics_and_histories(client, run) for run in runs)
     final = first[0]

@@ -37,11 +37,17 @@ def options(group: str) -> str:
         # the options of a config group: its files in conf/<group>/, in order
         (["task=foo"], f"error: unknown task 'foo' (choose from: {options('task')})", "in-process"),
         (["model=gpt9"], f"error: unknown model 'gpt9' (choose from: {options('model')})", "in-process"),
-        (["-m", "baseline=lora,magic"], f"error: unknown baseline 'magic' (choose from: {options('baseline')})",
-         "in-process"),
+        (
+            ["-m", "baseline=lora,magic"],
+            f"error: unknown baseline 'magic' (choose from: {options('baseline')})",
+            "in-process",
+        ),
         # the one error exit run as a user runs it: nothing else on stderr (no warning, no log line, no traceback)
-        (["model=tiny", "trainer.max_epochs=0"], "error: trainer.max_epochs must be an integer >= 1, got 0",
-         "subprocess"),
+        (
+            ["model=tiny", "trainer.max_epochs=0"],
+            "error: trainer.max_epochs must be an integer >= 1, got 0",
+            "subprocess",
+        ),
         (["model=tiny", "data.batch_size=-4"], "error: data.batch_size must be an integer >= 1, got -4", "in-process"),
         (["model=tiny", "baseline.lr=0"], "error: baseline.lr must be a positive number, got 0", "in-process"),
     ],
@@ -107,20 +113,37 @@ def test_bad_config_values_fail_before_any_run_is_recorded(compose_run, tracking
         ("budget.params=-5", "budget.params must be a positive number or null, got -5"),
         ("budget.train_time_pct=0", "budget.train_time_pct must be a positive number or null, got 0"),
         ("baseline=lora baseline.r=0", "baseline.r must be an integer >= 1, got 0"),
-        ("baseline=layerlens baseline.planner.sizes.lora=[0,2]", "baseline.planner.sizes.lora must be integers >= 1, got 0"),
-        ("baseline=layerlens baseline.planner.sizes.lora=[] baseline.planner.sizes.adapter=[] "
-         "baseline.planner.sizes.prefix=[]",
-         "baseline.planner.sizes must list a size for adapter or lora or prefix (the methods of baseline.sites), got none"),
-        ("baseline=layerlens baseline.planner.sizes.prefix=[1,200]",
-         "baseline.planner.sizes.prefix must be <= task.max_length (128), got 200"),
-        ("baseline=layerlens task.max_length=16", "baseline.planner.sizes.prefix must be <= task.max_length (16), got 32"),
-        ("baseline=layerlens baseline.sites=[query,magic]",
-         "baseline.sites: magic is unknown (choose from: query, key, value, attn_out, ffn_in, ffn_out, attn_block, "
-         "ffn_block, attention)"),
+        (
+            "baseline=layerlens baseline.planner.sizes.lora=[0,2]",
+            "baseline.planner.sizes.lora must be integers >= 1, got 0",
+        ),
+        (
+            "baseline=layerlens baseline.planner.sizes.lora=[] baseline.planner.sizes.adapter=[] "
+            "baseline.planner.sizes.prefix=[]",
+            "baseline.planner.sizes must list a size for adapter or lora or prefix (the methods of baseline.sites), got none",
+        ),
+        (
+            "baseline=layerlens baseline.planner.sizes.prefix=[1,200]",
+            "baseline.planner.sizes.prefix must be <= task.max_length (128), got 200",
+        ),
+        (
+            "baseline=layerlens task.max_length=16",
+            "baseline.planner.sizes.prefix must be <= task.max_length (16), got 32",
+        ),
+        (
+            "baseline=layerlens baseline.sites=[query,magic]",
+            "baseline.sites: magic is unknown (choose from: query, key, value, attn_out, ffn_in, ffn_out, attn_block, "
+            "ffn_block, attention)",
+        ),
         ("baseline=layerlens baseline.sites=[query,query]", "baseline.sites: query is listed twice"),
-        ("baseline=layerlens baseline.profile.weights={grad_norm:0,fisher:0,sensitivity:0}",
-         "baseline.profile.weights must have one weight > 0, got {'grad_norm': 0, 'fisher': 0, 'sensitivity': 0}"),
-        ("baseline=layerlens baseline.planner.gain_exponent=1.5", "baseline.planner.gain_exponent must be in (0, 1], got 1.5"),
+        (
+            "baseline=layerlens baseline.profile.weights={grad_norm:0,fisher:0,sensitivity:0}",
+            "baseline.profile.weights must have one weight > 0, got {'grad_norm': 0, 'fisher': 0, 'sensitivity': 0}",
+        ),
+        (
+            "baseline=layerlens baseline.planner.gain_exponent=1.5",
+            "baseline.planner.gain_exponent must be in (0, 1], got 1.5",
+        ),
     ],
 )
 def test_bad_config_values_are_one_line_naming_field_and_range(compose_run, tracking_uri, tmp_path, override, message):
@@ -139,23 +162,32 @@ def test_a_prefix_is_only_checked_against_max_length_when_a_site_takes_one(compo
     [
         # The tiny model (hidden 32): LoRA of rank 1 on a 32x32 projection adds 1 * (32 + 32) = 64 parameters and
         # 2 * 64 = 128 FLOPs a token; the L0 sites come first, then by kind, and L0.query is the first LoRA site.
-        ("baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=null budget.params=10",
-         "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 10"),
+        (
+            "baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=null budget.params=10",
+            "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 10",
+        ),
         # The backbone: embeddings (30522 + 512 + 2) x 32 + LayerNorm 64 = 993216; each of the 2 layers 4 x (32 x 32
         # + 32) + 2 x 64 (LayerNorms) + 32 x 64 + 64 + 64 x 32 + 32 = 8544; pooler 1056; classifier 66: 1011426.
         # 100 * 64 / 1011426 = 0.0063278, rounded up to 4 digits.
-        ("baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=0.001",
-         "budget.params_pct must be >= 0.006328 for any plan to fit (the cheapest option adds 64 parameters; "
-         "the backbone has 1011426), got 0.001"),
-        ("baseline=layerlens baseline.profile.num_batches=2 budget.flops=100",
-         "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 100"),
+        (
+            "baseline=layerlens baseline.profile.num_batches=2 budget.params_pct=0.001",
+            "budget.params_pct must be >= 0.006328 for any plan to fit (the cheapest option adds 64 parameters; "
+            "the backbone has 1011426), got 0.001",
+        ),
+        (
+            "baseline=layerlens baseline.profile.num_batches=2 budget.flops=100",
+            "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 100",
+        ),
         # AdaLoRA's rank 1 on a 32x32 module: A (1 x 32), B (32 x 1) and its singular value E (1): 65.
-        ("baseline=adalora budget.params_pct=null budget.params=10",
-         "budget.params must be >= 65 to hold one AdaLoRA rank (the cheapest target module's), got 10"),
+        (
+            "baseline=adalora budget.params_pct=null budget.params=10",
+            "budget.params must be >= 65 to hold one AdaLoRA rank (the cheapest target module's), got 10",
+        ),
     ],
 )
-def test_bad_values_that_need_the_data_mark_the_started_run_failed(compose_run, tracking_uri, tmp_path, override,
-                                                                   message):
+def test_bad_values_that_need_the_data_mark_the_started_run_failed(
+    compose_run, tracking_uri, tmp_path, override, message
+):
     with pytest.raises(LayerLensError) as err:
         run_experiment(compose_run(*override.split()), tmp_path)
     assert str(err.value) == message
@@ -174,21 +206,26 @@ def test_more_profile_batches_than_the_train_split_has_names_how_many_it_has(com
         classes = Counter(row["Quality"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     held = sum(round(cfg.task.selection_fraction * n) for n in classes.values())
     available = math.ceil((sum(classes.values()) - held) / cfg.data.batch_size)
-    assert str(err.value) == (f"baseline.profile.num_batches must be <= {available} (the training batches "
-                              "available), got 100000")
+    assert str(err.value) == (
+        f"baseline.profile.num_batches must be <= {available} (the training batches available), got 100000"
+    )
     (run,) = all_runs(tracking_uri)
     assert run.info.status == "FAILED"
 
 
-def test_a_train_time_budget_under_every_option_names_the_least_that_fits(compose_run, tracking_uri, tmp_path,
-                                                                         monkeypatch):
+def test_a_train_time_budget_under_every_option_names_the_least_that_fits(
+    compose_run, tracking_uri, tmp_path, monkeypatch
+):
     profiles = []
     monkeypatch.setattr(baseline, "profile_sites", lambda *args: profiles.append(profile_sites(*args)) or profiles[-1])
     cfg = compose_run("baseline=layerlens", "baseline.profile.num_batches=2", "budget.train_time_pct=10")
     with pytest.raises(LayerLensError) as err:
         run_experiment(cfg, tmp_path)
-    match = re.fullmatch(r"budget\.train_time_pct must be >= ([0-9.]+) for any plan to fit \(the cheapest option in "
-                         r"training time: (.+)\), got 10", str(err.value))
+    match = re.fullmatch(
+        r"budget\.train_time_pct must be >= ([0-9.]+) for any plan to fit \(the cheapest option in "
+        r"training time: (.+)\), got 10",
+        str(err.value),
+    )
     assert match, str(err.value)
 
     # By the rule: the least training time adapts one site of the top layer only. The backbone then costs
@@ -203,9 +240,11 @@ def test_a_train_time_budget_under_every_option_names_the_least_that_fits(compos
     needed = 100 * ((2 + (layers - 1) / epochs) / (3 * layers) + 4 * hidden / (layers * layer))
     assert needed <= float(match[1]) == pytest.approx(math.ceil(needed * 100) / 100)  # rounded up to 4 digits
     top = layers - 1
-    tied = {f"lora of size 1 at L{top}.{kind}" for kind in ("query", "key", "value", "attn_out")} | {
-        f"adapter of size 1 at L{top}.{kind}" for kind in ("attn_block", "ffn_block")} | {
-        f"prefix of size 1 at L{top}.attention"}
+    tied = (
+        {f"lora of size 1 at L{top}.{kind}" for kind in ("query", "key", "value", "attn_out")}
+        | {f"adapter of size 1 at L{top}.{kind}" for kind in ("attn_block", "ffn_block")}
+        | {f"prefix of size 1 at L{top}.attention"}
+    )
     assert match[2] in tied  # any of them: they tie
     (run,) = all_runs(tracking_uri)
     assert run.info.status == "FAILED" and run.data.tags["layerlens.error"].startswith("budget.train_time_pct")
@@ -244,15 +283,24 @@ def test_bad_data_files_mark_the_started_run_failed(compose_run, tracking_uri, t
 def test_bad_data_file_from_the_command_line(tmp_path, call_module, store_template):
     data_dir = bad_data_dir(tmp_path / "data", "bad_label")
     uri = copy_store(store_template, tmp_path / "mlflow.db")
-    result = call_module("run", "model=tiny", f"task.data_dir={data_dir}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
+    result = call_module(
+        "run", "model=tiny", f"task.data_dir={data_dir}", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri}
+    )
     assert result.returncode != 0
     lines = error_lines(result)
     assert len([line for line in lines if line.startswith("error:")]) == 1
-    assert lines[-1] == f"error: {data_dir}/train.tsv:4: label column 'Quality' holds 'yes', expected one of: integers 0..1"
+    assert (
+        lines[-1]
+        == f"error: {data_dir}/train.tsv:4: label column 'Quality' holds 'yes', expected one of: integers 0..1"
+    )
     assert [r.info.status for r in all_runs(uri)] == ["FAILED"]
 
 
 def test_evaluate_without_run_id_fails_in_one_line(tmp_path):
-    result = run_module("evaluate", "file=x.tsv", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"})
+    result = run_module(
+        "evaluate", "file=x.tsv", cwd=tmp_path, env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/m.db"}
+    )
     assert result.returncode != 0
-    assert error_lines(result) == ["error: run_id is required: python -m layerlens.evaluate run_id=<mlflow run id> file=<tsv>"]
+    assert error_lines(result) == [
+        "error: run_id is required: python -m layerlens.evaluate run_id=<mlflow run id> file=<tsv>"
+    ]

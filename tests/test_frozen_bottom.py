@@ -2,16 +2,29 @@
 
 import pytest
 import torch
-from transformers import (BertConfig, BertForSequenceClassification, DebertaV2Config, DebertaV2ForSequenceClassification,
-                          RobertaConfig, RobertaForSequenceClassification)
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
 
 from layerlens.training.frozen_bottom import MB, FrozenBottomCache, cacheable
 
 
 def tiny_classifier(layers: int = 3):
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=100, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        hidden_dropout_prob=0.3,
+        attention_probs_dropout_prob=0.3,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -25,8 +38,9 @@ def batch(rows: list[list[int]], labels: list[int]) -> dict:
 
 def freeze_below(model, depth: int):
     for name, p in model.named_parameters():
-        below = name.startswith("bert.embeddings.") or any(name.startswith(f"bert.encoder.layer.{i}.")
-                                                           for i in range(depth))
+        below = name.startswith("bert.embeddings.") or any(
+            name.startswith(f"bert.encoder.layer.{i}.") for i in range(depth)
+        )
         p.requires_grad_(not below)
 
 
@@ -46,7 +60,7 @@ def test_cached_outputs_equal_the_frozen_layers_run_without_dropout_in_any_batch
     # Hits, in another order and padding: each row alone, reversed.
     for i in reversed(range(len(ROWS))):
         alone = cached(**batch([ROWS[i]], [0])).logits
-        assert torch.allclose(alone, expected[i:i + 1], atol=1e-5)
+        assert torch.allclose(alone, expected[i : i + 1], atol=1e-5)
 
 
 def test_each_row_is_computed_once_and_later_passes_hit_the_cache():
@@ -96,10 +110,10 @@ def test_a_trainable_parameter_below_the_cache_is_refused():
 
 
 def test_the_fast_budget_plans_above_the_bottom_and_training_runs_from_the_cache(compose_run, tmp_path):
+    from layerlens.lens.sites import encoder_layers
     from layerlens.pipeline import build_classifier, build_datamodule
     from layerlens.planning.choices import Plan
     from layerlens.settings import resolve_settings
-    from layerlens.lens.sites import encoder_layers
 
     cfg = compose_run("baseline=layerlens", "budget=fast", "logger=none", "baseline.profile.num_batches=4")
     s = resolve_settings(cfg)
@@ -133,8 +147,11 @@ def test_a_trainable_embedding_is_refused_and_the_first_trainable_parameter_belo
     freeze_below(model, 2)
     model.bert.embeddings.LayerNorm.weight.requires_grad_(True)
     model.bert.encoder.layer[1].output.dense.bias.requires_grad_(True)
-    with pytest.raises(ValueError, match=r"^the bottom 2 layers must be frozen to be cached, "
-                                         r"but bert\.embeddings\.LayerNorm\.weight is trainable$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^the bottom 2 layers must be frozen to be cached, "
+        r"but bert\.embeddings\.LayerNorm\.weight is trainable$",
+    ):
         FrozenBottomCache(model, 2)
 
 
@@ -158,11 +175,17 @@ def test_the_lowest_and_the_highest_depth_serve_the_frozen_layers_outputs(depth)
 
 def test_an_encoder_of_another_family_is_refused_naming_it():
     torch.manual_seed(0)
-    model = DebertaV2ForSequenceClassification(DebertaV2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100))
+    model = DebertaV2ForSequenceClassification(
+        DebertaV2Config(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100
+        )
+    )
     model.requires_grad_(False)
-    with pytest.raises(ValueError, match="^the frozen-bottom cache supports bert, roberta encoders, not deberta-v2: "
-                                         "its encoder passes relative positions to every layer"):
+    with pytest.raises(
+        ValueError,
+        match="^the frozen-bottom cache supports bert, roberta encoders, not deberta-v2: "
+        "its encoder passes relative positions to every layer",
+    ):
         FrozenBottomCache(model, 1)
 
 
@@ -210,8 +233,11 @@ def test_rows_of_the_same_tokens_with_other_token_types_are_cached_apart():
     reference, cached = tiny_classifier().eval(), frozen_classifier(2).eval()
     cache = FrozenBottomCache(cached, 2)
     ids = torch.tensor([[5, 6, 7, 8, 9]] * 2)
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-              "token_type_ids": torch.tensor([[0, 0, 0, 0, 0], [0, 0, 1, 1, 1]])}
+    inputs = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "token_type_ids": torch.tensor([[0, 0, 0, 0, 0], [0, 0, 1, 1, 1]]),
+    }
     expected = reference(**inputs).logits
     assert not torch.allclose(expected[0], expected[1])  # the token types matter
     for _ in range(2):  # the fill, then from the cache
@@ -229,8 +255,9 @@ def test_the_cache_serves_a_bare_encoder_and_refuses_its_trainable_embeddings():
     cache = FrozenBottomCache(encoder, 2)
     ids = torch.tensor([[5, 6, 7, 8, 9], [11, 12, 13, 14, 15]])
     for _ in range(2):  # the fill, then from the cache
-        torch.testing.assert_close(encoder(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state,
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            encoder(input_ids=ids).last_hidden_state, reference(input_ids=ids).last_hidden_state, atol=1e-5, rtol=1e-5
+        )
     assert (cache.misses, cache.hits) == (2, 2)
 
 

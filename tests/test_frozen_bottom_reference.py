@@ -16,12 +16,20 @@ LABELS = [0, 1, 0, 1, 1, 0]
 
 def tiny_classifier(dropout: float):
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=100, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     model = BertForSequenceClassification(config)
     for name, p in model.named_parameters():
-        below = name.startswith("bert.embeddings.") or any(name.startswith(f"bert.encoder.layer.{i}.")
-                                                           for i in range(DEPTH))
+        below = name.startswith("bert.embeddings.") or any(
+            name.startswith(f"bert.encoder.layer.{i}.") for i in range(DEPTH)
+        )
         p.requires_grad_(not below)
     return model
 
@@ -34,8 +42,9 @@ def batch(indices: list[int]) -> dict:
     return {
         "input_ids": torch.tensor([r + [0] * p for r, p in zip(rows, pad)]),
         "attention_mask": torch.tensor([[1] * len(r) + [0] * p for r, p in zip(rows, pad)]),
-        "token_type_ids": torch.tensor([[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) + [0] * p
-                                        for r, p in zip(rows, pad)]),
+        "token_type_ids": torch.tensor(
+            [[0] * (len(r) // 2) + [1] * (len(r) - len(r) // 2) + [0] * p for r, p in zip(rows, pad)]
+        ),
         "labels": torch.tensor([LABELS[i] for i in indices]),
     }
 
@@ -109,8 +118,11 @@ def count_calls(modules: dict[str, nn.Module]) -> dict[str, int]:
 def computing(model: nn.Module, prefix: str) -> dict[str, nn.Module]:
     """The modules under `prefix` that compute: those holding parameters of their own (the embeddings' tables and
     LayerNorm, the layers' linear maps and LayerNorms), not the containers whose forward the cache replaces."""
-    return {name: m for name, m in model.named_modules()
-            if name.startswith(prefix) and any(True for _ in m.parameters(recurse=False))}
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if name.startswith(prefix) and any(True for _ in m.parameters(recurse=False))
+    }
 
 
 def test_each_frozen_module_runs_once_per_example_over_two_epochs():

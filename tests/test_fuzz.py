@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from layerlens import _rank_alloc
@@ -57,8 +57,23 @@ def within_time_limit(fn, *args):
 # The allocator
 
 MAX_FLOAT, MIN_NORMAL, MIN_SUBNORMAL = 1.7976931348623157e308, 2.2250738585072014e-308, 5e-324
-EDGES = [0.0, -0.0, 1.0, 2.0, 0.5, 0.1, 0.2, 0.3, 1e15, 1e300, 1e-300, MAX_FLOAT, MIN_NORMAL, MIN_SUBNORMAL,
-         MIN_NORMAL / 3]
+EDGES = [
+    0.0,
+    -0.0,
+    1.0,
+    2.0,
+    0.5,
+    0.1,
+    0.2,
+    0.3,
+    1e15,
+    1e300,
+    1e-300,
+    MAX_FLOAT,
+    MIN_NORMAL,
+    MIN_SUBNORMAL,
+    MIN_NORMAL / 3,
+]
 INVALID = [math.nan, math.inf, -math.inf, -1.0, -1e-300, -MIN_SUBNORMAL, -1e300]
 
 valid_numbers = st.one_of(
@@ -68,9 +83,18 @@ valid_numbers = st.one_of(
 )
 any_numbers = st.one_of(valid_numbers, valid_numbers, valid_numbers, st.sampled_from(INVALID), st.floats())
 
-DEFECTS = [None] * 8 + ["no sites", "empty site", "costs short a site", "option short a cost vector",
-                        "cost vector too long", "cost vector too short", "budgets nested", "budgets scalar",
-                        "names mismatch", "value nested"]
+DEFECTS = [None] * 8 + [
+    "no sites",
+    "empty site",
+    "costs short a site",
+    "option short a cost vector",
+    "cost vector too long",
+    "cost vector too short",
+    "budgets nested",
+    "budgets scalar",
+    "names mismatch",
+    "value nested",
+]
 
 
 def budget_for(draw, costs, k, number):
@@ -161,7 +185,7 @@ def check_allocation(values, costs, budgets, names, defect=None, optimal=False):
         if valid:
             assert message.startswith("no plan fit"), message
             if optimal:
-                best, any_fits = brute_force(values, costs, budgets)
+                best, _any_fits = brute_force(values, costs, budgets)
                 assert best is None, f"{message}, but a plan of value {best} fits"
         return None
     assert valid, f"malformed or out-of-range input ({defect}) accepted"
@@ -200,11 +224,17 @@ def test_costs_whose_sums_overflow_do_not_hang_the_solver():
     """Found by the test above: costs near the largest float overflow the subgradient to inf, which
     made NaN slopes in the line search's envelope walk, an endless loop appending breakpoints."""
     values = [[0.0], [0.0, 5e-324], [0.0, 4.0, 1.3764124495061206e308, 1 / 3], [1.0, 0.5]]
-    costs = [[[7.41691286169067e-309, 0.0, 1.1435847054858974e308]],
-             [[7.637341214271213e-100, 0.1, 3.0], [0.0, 1e300, 0.0]],
-             [[1.0, 1.9, 7.452791417744857e307], [1.0265568250372918e308, 7.41691286169067e-309, 2.0],
-              [0.3, 7.41691286169067e-309, 1e300], [2.0, 0.0, 1.347871477419094e308]],
-             [[MIN_NORMAL, MIN_SUBNORMAL, 1.2658452584318915e308], [1e300, 0.0, 0.0]]]
+    costs = [
+        [[7.41691286169067e-309, 0.0, 1.1435847054858974e308]],
+        [[7.637341214271213e-100, 0.1, 3.0], [0.0, 1e300, 0.0]],
+        [
+            [1.0, 1.9, 7.452791417744857e307],
+            [1.0265568250372918e308, 7.41691286169067e-309, 2.0],
+            [0.3, 7.41691286169067e-309, 1e300],
+            [2.0, 0.0, 1.347871477419094e308],
+        ],
+        [[MIN_NORMAL, MIN_SUBNORMAL, 1.2658452584318915e308], [1e300, 0.0, 0.0]],
+    ]
     budgets = [5.15623168600965e307, 5.06055764249093e299, 1.1435847043423127e308]
     with pytest.raises(ValueError, match="no plan fits all budgets together"):
         within_time_limit(allocate, values, costs, budgets)
@@ -232,8 +262,8 @@ def large_problems(draw):
         starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
         values[starts], costs[starts] = 0, 0
     offsets = np.concatenate([[0], np.cumsum(sizes)])
-    site_values = [values[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
-    site_costs = [costs[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+    site_values = [values[a:b].tolist() for a, b in itertools.pairwise(offsets)]
+    site_costs = [costs[a:b].tolist() for a, b in itertools.pairwise(offsets)]
     cheapest = np.minimum.reduceat(costs, offsets[:-1], axis=0).sum(axis=0) if m else np.zeros(0)
     costliest = np.maximum.reduceat(costs, offsets[:-1], axis=0).sum(axis=0) if m else np.zeros(0)
     fraction = draw(st.sampled_from([0.0, 1e-9, 0.01, 0.3, 1.0]))
@@ -241,7 +271,11 @@ def large_problems(draw):
     return site_values, site_costs, budgets
 
 
-@settings(max_examples=examples(1_000), deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=examples(1_000),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 @given(large_problems())
 def test_allocate_on_many_sites_returns_a_fitting_plan(problem):
     values, costs, budgets = problem
@@ -266,8 +300,12 @@ def raw_arrays(draw):
         offsets = [0, *cuts, rows]
     else:
         offsets = draw(st.lists(index_entries, max_size=8))
-    dtypes = [np.int64, np.float64, *([np.uint64] if all(x >= 0 for x in offsets) else []),
-              *([np.int32] if all(abs(x) < 2**31 for x in offsets) else [])]
+    dtypes = [
+        np.int64,
+        np.float64,
+        *([np.uint64] if all(x >= 0 for x in offsets) else []),
+        *([np.int32] if all(abs(x) < 2**31 for x in offsets) else []),
+    ]
     offsets = np.array(offsets, dtype=draw(st.sampled_from(dtypes)))
     budgets = np.array([draw(number) for _ in range(m + draw(st.sampled_from([0, 0, 0, 1])))])
     shape = draw(st.sampled_from(["as is", "as is", "strided", "2-D values", "0-D budgets", "float32"]))
@@ -298,7 +336,7 @@ def test_the_native_solver_on_malformed_arrays_answers_or_raises_value_error(arr
     assert np.all(np.diff(offsets) > 0) and costs.shape[1] == len(budgets)
     assert np.isfinite(values).all() and (values >= 0).all() and np.isfinite(costs).all() and (costs >= 0).all()
     assert choice.dtype == np.int64 and choice.shape == (len(offsets) - 1,)
-    assert ((0 <= choice) & (choice < np.diff(offsets))).all()
+    assert ((choice >= 0) & (choice < np.diff(offsets))).all()
     rows = offsets[:-1] + choice
     totals = costs[rows].astype(float).sum(axis=0)
     assert (totals <= budgets * (1 + BUDGET_TOLERANCE)).all()
@@ -330,14 +368,28 @@ def tsv_setup(tmp_path_factory):
 # spaces, unicode line separators and empty strings included.
 fields = st.one_of(
     st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\t\n"), max_size=20),
-    st.sampled_from(["", " ", "NA", "null", "nan", "#", '"', '"quoted, text"', "a\x00b", "\x85", "\u2028",
-                     "\ufeff", "1", "-", "é"]),
+    st.sampled_from(
+        ["", " ", "NA", "null", "nan", "#", '"', '"quoted, text"', "a\x00b", "\x85", "\u2028", "\ufeff", "1", "-", "é"]
+    ),
 )
-HEADERS = {"mrpc": ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
-           "rte": ["index", "sentence1", "sentence2", "label"]}
+HEADERS = {
+    "mrpc": ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"],
+    "rte": ["index", "sentence1", "sentence2", "label"],
+}
 LABELS = {"mrpc": ["0", "1", " 1", "0 "], "rte": ["entailment", "not_entailment", "0", "1"]}
-CORRUPTIONS = ["truncated line", "extra field", "comma delimiter", "space delimiter", "bad label",
-               "missing column", "random bytes", "invalid utf-8", "nul bytes", "empty", "header only"]
+CORRUPTIONS = [
+    "truncated line",
+    "extra field",
+    "comma delimiter",
+    "space delimiter",
+    "bad label",
+    "missing column",
+    "random bytes",
+    "invalid utf-8",
+    "nul bytes",
+    "empty",
+    "header only",
+]
 
 
 @st.composite
@@ -357,8 +409,14 @@ def tsv_files(draw):
         row[label] = draw(st.sampled_from(LABELS[name]))
         rows.append(row)
     names = task_label_names = ["entailment", "not_entailment"] if name == "rte" else []
-    expected = [(r[texts[0]], r[texts[1]], task_label_names.index(r[label].strip()) if r[label].strip() in names
-                 else int(r[label])) for r in rows]
+    expected = [
+        (
+            r[texts[0]],
+            r[texts[1]],
+            task_label_names.index(r[label].strip()) if r[label].strip() in names else int(r[label]),
+        )
+        for r in rows
+    ]
     if any("\r" in r[c] for r in rows for c in header):
         # A carriage return inside a field: one before the line end reads as CRLF, one elsewhere as a
         # line end to pandas; the reader may refuse such a file but must not load other rows.
@@ -382,7 +440,7 @@ def tsv_files(draw):
         expected = None
     elif corruption == "missing column":
         gone = header.index(draw(st.sampled_from([*texts, label])))
-        lines = [line[:gone] + line[gone + 1:] for line in lines]
+        lines = [line[:gone] + line[gone + 1 :] for line in lines]
         expected = None
     elif corruption == "header only":
         lines = lines[:1]
@@ -397,7 +455,10 @@ def tsv_files(draw):
         data, expected = draw(st.binary(max_size=200)), "either"
     elif corruption == "invalid utf-8":
         at = draw(st.integers(0, len(data)))
-        data, expected = data[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80\x80"])) + data[at:], None
+        data, expected = (
+            data[:at] + draw(st.sampled_from([b"\xff", b"\xc3", b"\xed\xa0\x80", b"\x80\x80"])) + data[at:],
+            None,
+        )
     elif corruption == "nul bytes":
         at = draw(st.integers(0, len(data)))
         data, expected = data[:at] + b"\x00" + data[at:], "either"
@@ -409,8 +470,11 @@ def tsv_files(draw):
 _files = itertools.count()
 
 
-@settings(max_examples=examples(TSV_EXAMPLES), deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=examples(TSV_EXAMPLES),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(tsv_files())
 def test_read_glue_tsv_loads_what_was_written_or_refuses_in_one_line_naming_the_file(tsv_setup, case):
     tasks, folder = tsv_setup

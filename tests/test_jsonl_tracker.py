@@ -18,8 +18,17 @@ from tests.conftest import TINY, compose_config
 def test_a_run_appends_one_finished_line_with_its_final_metrics_tags_and_config(tmp_path):
     path = tmp_path / "runs.jsonl"
     for seed in (0, 1):
-        cfg = compose_config("run", [*TINY, "baseline=layerlens", "logger=jsonl", f"logger.path={path}",
-                                     f"seed={seed}", "baseline.profile.num_batches=4"])
+        cfg = compose_config(
+            "run",
+            [
+                *TINY,
+                "baseline=layerlens",
+                "logger=jsonl",
+                f"logger.path={path}",
+                f"seed={seed}",
+                "baseline.profile.num_batches=4",
+            ],
+        )
         headline = run_experiment(cfg, tmp_path / f"s{seed}", sweep="sw")
     records = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["run_name"] for r in records] == ["layerlens-mrpc-s0", "layerlens-mrpc-s1"]
@@ -42,10 +51,12 @@ def test_a_run_appends_one_finished_line_with_its_final_metrics_tags_and_config(
 def test_a_failed_run_is_recorded_failed_with_its_error_and_the_error_goes_on(tmp_path):
     path = tmp_path / "runs.jsonl"
     tracker = resolve_settings(compose_config("run", ["logger=jsonl", f"logger.path={path}"])).tracker
-    with pytest.raises(LayerLensError, match="broke"):
-        with tracker.start_run("r", {"baseline": "lora"}, compose_config("run")) as run:
-            run.log_metrics({"profile/utility_cv": 0.5})
-            raise LayerLensError("broke\nsecond line")
+    with (
+        pytest.raises(LayerLensError, match="broke"),
+        tracker.start_run("r", {"baseline": "lora"}, compose_config("run")) as run,
+    ):
+        run.log_metrics({"profile/utility_cv": 0.5})
+        raise LayerLensError("broke\nsecond line")
     (record,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert (record["status"], record["error"], record["metrics"]) == ("FAILED", "broke", {"profile/utility_cv": 0.5})
 

@@ -25,12 +25,20 @@ def test_the_group_check_lets_hydra_launcher_plugins_through(launcher):
 def test_the_project_slurm_launcher_config_sets_the_cluster_fields_and_one_task_per_device():
     check_group_choices(["-m", "hydra/launcher=slurm"])
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("run", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.devices=4"],
-                      return_hydra_config=True)
+        cfg = compose(
+            "run",
+            ["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.devices=4"],
+            return_hydra_config=True,
+        )
     launcher = instantiate(cfg.hydra.launcher)  # builds the launcher; nothing is submitted before launch()
     assert type(launcher).__name__ == "SlurmLauncher"
     params = launcher.params
-    assert (params["partition"], params["timeout_min"], params["cpus_per_task"], params["mem_gb"]) == ("gpu", 240, 8, 64)
+    assert (params["partition"], params["timeout_min"], params["cpus_per_task"], params["mem_gb"]) == (
+        "gpu",
+        240,
+        8,
+        64,
+    )
     assert params["gpus_per_node"] == params["tasks_per_node"] == cfg.trainer.devices == 4
     assert params["submitit_folder"].startswith(f"{cfg.hydra.sweep.dir}/.submitit/")
 
@@ -45,9 +53,17 @@ def test_ddp_trainer_composes_with_configurable_devices_and_nodes():
 def test_two_process_cpu_ddp_run_records_once_from_rank_zero(tmp_path, store_template):
     uri = copy_store(store_template, tmp_path / "mlflow.db")
     result = run_module(
-        "run", "model=tiny", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=2",
-        "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=2", "trainer.enable_progress_bar=false",
-        cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri},
+        "run",
+        "model=tiny",
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.max_epochs=2",
+        "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=2",
+        "trainer.enable_progress_bar=false",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]

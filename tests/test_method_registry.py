@@ -49,8 +49,9 @@ def toy():
 
 def tiny_bert():
     torch.manual_seed(0)
-    return BertForSequenceClassification(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                                    intermediate_size=64, vocab_size=100))
+    return BertForSequenceClassification(
+        BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100)
+    )
 
 
 def test_a_registered_method_is_planned_built_plotted_and_reported(toy, tmp_path):
@@ -58,24 +59,39 @@ def test_a_registered_method_is_planned_built_plotted_and_reported(toy, tmp_path
     model = tiny_bert()
     sites = discover_sites(model, ["query", "ffn_block"], offered=["lora", "toy"])
     assert [(s.name, s.method, s.d_in, s.d_out) for s in sites] == [
-        ("L0.query", "lora", 32, 32), ("L0.ffn_block", "toy", 32, 32),
-        ("L1.query", "lora", 32, 32), ("L1.ffn_block", "toy", 32, 32)]
-    specs = [SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, u)
-             for s, u in zip(sites, [1.0, 4.0, 0.5, 2.0])]
+        ("L0.query", "lora", 32, 32),
+        ("L0.ffn_block", "toy", 32, 32),
+        ("L1.query", "lora", 32, 32),
+        ("L1.ffn_block", "toy", 32, 32),
+    ]
+    specs = [
+        SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, u) for s, u in zip(sites, [1.0, 4.0, 0.5, 2.0])
+    ]
     # toy of size 4: 128 parameters; LoRA of rank 2 at 32x32: 128. Room for three of the four, and the toy at L1
     # (utility 2 * 4**0.5 = 4) is worth more than LoRA at either query (at most 1 * 2**0.5).
     plan = make_plan(specs, WORKLOAD, {"params": 400.0}, PlannerSettings(sizes={"lora": [2], "toy": [4]}))
     assert [(c.site, c.method, c.size) for c in plan.choices] == [
-        ("L0.query", "lora", 2), ("L0.ffn_block", "toy", 4), ("L1.query", "none", 0), ("L1.ffn_block", "toy", 4)]
-    assert plan.choices[1].costs.as_dict() == pytest.approx({
-        "params": 128.0, "flops": 256.0, "memory_mb": (128 * 16 + 400 * 4 * 4) / 2**20,
-        "latency_ms": 3 * 256 * 400 / 1e10 * 1e3})
+        ("L0.query", "lora", 2),
+        ("L0.ffn_block", "toy", 4),
+        ("L1.query", "none", 0),
+        ("L1.ffn_block", "toy", 4),
+    ]
+    assert plan.choices[1].costs.as_dict() == pytest.approx(
+        {
+            "params": 128.0,
+            "flops": 256.0,
+            "memory_mb": (128 * 16 + 400 * 4 * 4) / 2**20,
+            "latency_ms": 3 * 256 * 400 / 1e10 * 1e3,
+        }
+    )
     assert plan.metrics()["plan/consistency/toy"] == 1.0 and "plan/consistency/toy" in plan_check_columns()
 
     model = apply_plan(model, sites, plan, 2.0, 0.0)
     trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
     assert {name for name in trainable if name.endswith(".toy")} == {
-        "base_model.model.bert.encoder.layer.0.output.toy", "base_model.model.bert.encoder.layer.1.output.toy"}
+        "base_model.model.bert.encoder.layer.0.output.toy",
+        "base_model.model.bert.encoder.layer.1.output.toy",
+    }
     added = sum(n for name, n in trainable.items() if "lora_" in name or name.endswith(".toy"))
     assert added == plan.totals()["params"]
     assert plot_plan(plan, tmp_path / "plan.png", "toy").stat().st_size > 0
@@ -83,14 +99,17 @@ def test_a_registered_method_is_planned_built_plotted_and_reported(toy, tmp_path
 
 def test_where_two_methods_accept_a_kind_by_default_the_planners_sizes_choose_which_are_offered(toy):
     # docs/architecture.md's command line
-    cfg = compose_config("run", ["baseline=layerlens", "baseline.planner.sizes.adapter=[]",
-                                 "+baseline.planner.sizes.toy=[1,2,4]"])
+    cfg = compose_config(
+        "run", ["baseline=layerlens", "baseline.planner.sizes.adapter=[]", "+baseline.planner.sizes.toy=[1,2,4]"]
+    )
     assert instantiate_node(cfg, "baseline").methods("ffn_block") == ["toy"]
     assert LayerLensBaseline(sites=["ffn_block"], planner={"sizes": {"adapter": [2], "toy": []}}).methods(
-        "ffn_block") == ["adapter"]
+        "ffn_block"
+    ) == ["adapter"]
     # both given sizes: both offered, the allocator chooses
     assert LayerLensBaseline(sites=["ffn_block"], planner={"sizes": {"adapter": [2], "toy": [1]}}).methods(
-        "ffn_block") == ["adapter", "toy"]
+        "ffn_block"
+    ) == ["adapter", "toy"]
 
 
 def test_a_method_is_registered_once(toy):
@@ -107,16 +126,19 @@ def test_a_methods_size_range_bounds_the_planners_sizes():
         unregister(TOY.name)
 
 
-@pytest.mark.parametrize("change,message", [
-    ({"name": "none"}, "method name must be an identifier other than 'none', got 'none'"),
-    ({"kinds": "ffn_block"}, "method 'toy': kinds must be a non-empty list of site kinds, got 'ffn_block'"),
-    ({"colour": ""}, "method 'toy': colour must be a non-empty string, got ''"),
-    ({"costs": None}, "method 'toy': costs must be a function, got None"),
-    ({"attach": None}, "method 'toy': give exactly one of wrap and attach, a function"),
-    ({"wrap": lambda model, chosen, build: model}, "method 'toy': give exactly one of wrap and attach, a function"),
-    ({"sizes": (0, 1)}, r"method 'toy': sizes must be a non-empty list of integers >= 1, got \(0, 1\)"),
-    ({"max_size": 2}, r"method 'toy': sizes must be a non-empty list of integers from 1 to 2, got \(1, 2, 3"),
-])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"name": "none"}, "method name must be an identifier other than 'none', got 'none'"),
+        ({"kinds": "ffn_block"}, "method 'toy': kinds must be a non-empty list of site kinds, got 'ffn_block'"),
+        ({"colour": ""}, "method 'toy': colour must be a non-empty string, got ''"),
+        ({"costs": None}, "method 'toy': costs must be a function, got None"),
+        ({"attach": None}, "method 'toy': give exactly one of wrap and attach, a function"),
+        ({"wrap": lambda model, chosen, build: model}, "method 'toy': give exactly one of wrap and attach, a function"),
+        ({"sizes": (0, 1)}, r"method 'toy': sizes must be a non-empty list of integers >= 1, got \(0, 1\)"),
+        ({"max_size": 2}, r"method 'toy': sizes must be a non-empty list of integers from 1 to 2, got \(1, 2, 3"),
+    ],
+)
 def test_a_method_is_checked_when_declared(change, message):
     with pytest.raises(LayerLensError, match="^" + message):
         replace(TOY, **change)
@@ -124,9 +146,11 @@ def test_a_method_is_checked_when_declared(change, message):
 
 def test_the_registry_and_the_planner_import_without_torch():
     # planning/ is pure numbers: every module of it, and the registry, without torch, Lightning or MLflow.
-    code = ("import sys, pkgutil, importlib, layerlens.methods, layerlens.planning as p; "
-            "[importlib.import_module(f'layerlens.planning.{m.name}') for m in pkgutil.iter_modules(p.__path__)]; "
-            "print(sorted({'torch', 'peft', 'transformers', 'lightning', 'mlflow'} & set(sys.modules)))")
+    code = (
+        "import sys, pkgutil, importlib, layerlens.methods, layerlens.planning as p; "
+        "[importlib.import_module(f'layerlens.planning.{m.name}') for m in pkgutil.iter_modules(p.__path__)]; "
+        "print(sorted({'torch', 'peft', 'transformers', 'lightning', 'mlflow'} & set(sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -135,10 +159,17 @@ def test_each_site_kind_takes_by_default_the_one_method_it_always_has():
     # Last in this file: the toy registered by the tests above is gone again.
     assert list(METHODS) == ["lora", "adapter", "prefix", "dora", "ia3", "loha"]
     assert {kind: [method.name for method in methods_for(kind)] for kind in SITE_KINDS} == {
-        **dict.fromkeys(["query", "key", "value", "attn_out", "ffn_in", "ffn_out"], ["lora"]),
-        "attn_block": ["adapter"], "ffn_block": ["adapter"], "attention": ["prefix"]}
+        **{kind: ["lora"] for kind in ["query", "key", "value", "attn_out", "ffn_in", "ffn_out"]},
+        "attn_block": ["adapter"],
+        "ffn_block": ["adapter"],
+        "attention": ["prefix"],
+    }
     # and accepts more where baseline.planner.menu offers them
     assert {kind: [method.name for method in accepting(kind)] for kind in SITE_KINDS} == {
-        **{kind: ["lora", "dora", "ia3", "loha"] for kind in ["query", "key", "value", "attn_out", "ffn_in", "ffn_out"]},
-        "attn_block": ["adapter"], "ffn_block": ["lora", "adapter", "dora", "loha"],
-        "attention": ["lora", "prefix", "dora", "loha"]}
+        **{
+            kind: ["lora", "dora", "ia3", "loha"] for kind in ["query", "key", "value", "attn_out", "ffn_in", "ffn_out"]
+        },
+        "attn_block": ["adapter"],
+        "ffn_block": ["lora", "adapter", "dora", "loha"],
+        "attention": ["lora", "prefix", "dora", "loha"],
+    }

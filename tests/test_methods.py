@@ -180,8 +180,15 @@ def test_the_prefix_starts_as_bert_initializes_its_weights():
 def attention_with_dropout(p: float):
     """A self-attention whose only randomness is its attention dropout (no hidden dropout in the layer)."""
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                        vocab_size=100, hidden_dropout_prob=0.0, attention_probs_dropout_prob=p)
+    config = BertConfig(
+        hidden_size=HIDDEN,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        vocab_size=100,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=p,
+    )
     return BertForSequenceClassification(config).bert.encoder.layer[0].attention.self
 
 
@@ -236,8 +243,13 @@ def test_a_second_method_on_one_block_and_a_prefix_off_self_attention_are_refuse
         attach_adapter(layer.output, HIDDEN, 2)
     with pytest.raises(LayerLensError, match="^BertSelfAttention already has a prefix$"):
         attach_prefix(layer.attention.self, 2)
-    with pytest.raises(LayerLensError, match=re.escape("BertIntermediate is not a BERT-style self-attention "
-                                                       "(query, key, value and scaling): a prefix cannot be attached")):
+    with pytest.raises(
+        LayerLensError,
+        match=re.escape(
+            "BertIntermediate is not a BERT-style self-attention "
+            "(query, key, value and scaling): a prefix cannot be attached"
+        ),
+    ):
         attach_prefix(layer.intermediate, 2)
 
 
@@ -250,8 +262,10 @@ def test_the_adapter_adds_up_of_gelu_of_down_to_its_blocks_output():
             p.copy_(torch.randn_like(p))
     hidden, residual = torch.randn(2, 3, 64), torch.randn(2, 3, HIDDEN)
     norm = block.LayerNorm
-    plain = F.layer_norm(F.linear(hidden, block.dense.weight, block.dense.bias) + residual, (HIDDEN,),
-                         norm.weight, norm.bias, norm.eps)
-    expected = plain + F.linear(F.gelu(F.linear(plain, adapter.down.weight, adapter.down.bias)),
-                                adapter.up.weight, adapter.up.bias)
+    plain = F.layer_norm(
+        F.linear(hidden, block.dense.weight, block.dense.bias) + residual, (HIDDEN,), norm.weight, norm.bias, norm.eps
+    )
+    expected = plain + F.linear(
+        F.gelu(F.linear(plain, adapter.down.weight, adapter.down.bias)), adapter.up.weight, adapter.up.bias
+    )
     torch.testing.assert_close(block(hidden, residual), expected)

@@ -23,8 +23,11 @@ from tests.conftest import REPO, compose_config, copy_store, run_module
 
 # seed: (a's test/acc, a's test/f1, b's test/acc, b's test/f1)
 SCORES = {
-    0: (0.80, 0.86, 0.78, 0.85), 1: (0.82, 0.87, 0.80, 0.86), 2: (0.79, 0.85, 0.80, 0.86),
-    3: (0.81, 0.86, 0.81, 0.85), 4: (0.83, 0.88, 0.79, 0.84),
+    0: (0.80, 0.86, 0.78, 0.85),
+    1: (0.82, 0.87, 0.80, 0.86),
+    2: (0.79, 0.85, 0.80, 0.86),
+    3: (0.81, 0.86, 0.81, 0.85),
+    4: (0.83, 0.88, 0.79, 0.84),
 }
 # a − b at seeds 0-4, as decimals: a higher at three seeds in accuracy, equal at one, lower at one.
 ACC_DIFFERENCES = [0.02, 0.02, -0.01, 0.0, 0.04]
@@ -34,21 +37,36 @@ C_SEEDS = {0: 0.70, 1: 0.75, 2: 0.72, 7: 0.90}  # c's test/acc (test/f1 0.8): se
 
 def record(baseline: str, seed: int, acc: float, f1: float, status: str = "FINISHED") -> dict:
     """One line as JsonlTracker writes it: utility_seed follows the seed (${seed}), as layerlens.yaml's does."""
-    config = {"seed": seed, "task": {"name": "mrpc", "headline_metric": "val/acc", "test_split": "dev",
-                                     "selection_split": "holdout"},
-              "model": {"name": "tiny"}, "baseline": {"name": baseline, "lr": 0.001, "planner": {"utility_seed": seed}},
-              "logger": {"path": "runs.jsonl"}}
-    return {"run_name": f"{baseline}-mrpc-s{seed}", "status": status, "error": None,
-            "tags": {"baseline": baseline, "seed": str(seed), "task": "mrpc", "model": "tiny"},
-            "metrics": {"val/acc": 0.5, "test/acc": acc, "test/f1": f1, "test/loss": 0.4,
-                        "params/trainable": 100.0, "params/trainable_pct": 1.0, "time/train_s": 10.0 + seed},
-            "config": config}
+    config = {
+        "seed": seed,
+        "task": {"name": "mrpc", "headline_metric": "val/acc", "test_split": "dev", "selection_split": "holdout"},
+        "model": {"name": "tiny"},
+        "baseline": {"name": baseline, "lr": 0.001, "planner": {"utility_seed": seed}},
+        "logger": {"path": "runs.jsonl"},
+    }
+    return {
+        "run_name": f"{baseline}-mrpc-s{seed}",
+        "status": status,
+        "error": None,
+        "tags": {"baseline": baseline, "seed": str(seed), "task": "mrpc", "model": "tiny"},
+        "metrics": {
+            "val/acc": 0.5,
+            "test/acc": acc,
+            "test/f1": f1,
+            "test/loss": 0.4,
+            "params/trainable": 100.0,
+            "params/trainable_pct": 1.0,
+            "time/train_s": 10.0 + seed,
+        },
+        "config": config,
+    }
 
 
 def records() -> list[dict]:
     lines = [record("b", 0, 0.50, 0.50)]  # a first run of b at seed 0, run again below: the later one counts
-    lines += [record(name, seed, *scores[i:i + 2])
-              for seed, scores in SCORES.items() for name, i in (("a", 0), ("b", 2))]
+    lines += [
+        record(name, seed, *scores[i : i + 2]) for seed, scores in SCORES.items() for name, i in (("a", 0), ("b", 2))
+    ]
     lines += [record("c", seed, acc, 0.8) for seed, acc in C_SEEDS.items()]
     return [*lines, record("a", 5, 0.99, 0.99, status="KILLED"), record("a", 6, 0.99, 0.99, status="FAILED")]
 
@@ -67,10 +85,14 @@ def store(tmp_path, store_template):
     client = MlflowClient(uri)
     experiment = client.create_experiment("layerlens-mrpc")
     for i, line in enumerate(records()):
-        run = client.create_run(experiment, start_time=1_800_000_000_000 + 1000 * i, tags=line["tags"],
-                                run_name=line["run_name"])
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in flatten(line["config"]).items()],
-                         metrics=[Metric(k, v, 0, 0) for k, v in line["metrics"].items()])
+        run = client.create_run(
+            experiment, start_time=1_800_000_000_000 + 1000 * i, tags=line["tags"], run_name=line["run_name"]
+        )
+        client.log_batch(
+            run.info.run_id,
+            params=[Param(k, v) for k, v in flatten(line["config"]).items()],
+            metrics=[Metric(k, v, 0, 0) for k, v in line["metrics"].items()],
+        )
         client.set_terminated(run.info.run_id, line["status"])
     return uri
 
@@ -125,8 +147,10 @@ def test_a_pair_with_missing_seeds_is_paired_on_the_common_seeds_only(log):
     assert list(acc.differences) == pytest.approx(differences)
     assert (acc.wins, acc.ties, acc.losses) == (3, 0, 0)
     assert acc.p == pytest.approx(wilcoxon([round(d, 9) for d in differences]).pvalue)
-    assert comparison.markdown()[0] == ("Seed by seed, a against c, task mrpc, model tiny, test split: 3 seeds both "
-                                        "finished (0–2); not paired: a alone at seeds 3–4, c alone at seed 7.")
+    assert comparison.markdown()[0] == (
+        "Seed by seed, a against c, task mrpc, model tiny, test split: 3 seeds both "
+        "finished (0–2); not paired: a alone at seeds 3–4, c alone at seed 7."
+    )
 
 
 def test_one_seed_or_no_difference_gives_no_p_value(log):
@@ -137,10 +161,16 @@ def test_one_seed_or_no_difference_gives_no_p_value(log):
     assert (same.metrics[0].ties, same.metrics[0].mean) == (1, 0.0) and pd.isna(same.metrics[0].p)
 
 
-@pytest.mark.parametrize("value,pairs", [
-    ("a,b", [("a", "b")]), (["a", "b"], [("a", "b")]), (["a,b", "a,c"], [("a", "b"), ("a", "c")]),
-    ([["a", "b"], ["c", "a"]], [("a", "b"), ("c", "a")]), (None, []),
-])
+@pytest.mark.parametrize(
+    "value,pairs",
+    [
+        ("a,b", [("a", "b")]),
+        (["a", "b"], [("a", "b")]),
+        (["a,b", "a,c"], [("a", "b"), ("a", "c")]),
+        ([["a", "b"], ["c", "a"]], [("a", "b"), ("c", "a")]),
+        (None, []),
+    ],
+)
 def test_compare_takes_a_pair_or_a_list_of_pairs(value, pairs):
     assert parse_pairs(value) == pairs
 
@@ -151,27 +181,40 @@ def test_compare_on_the_command_line_is_one_quoted_value_or_a_list():
     assert compare_overrides(["compare=a,b", "compare=[a,c]"]) == ["compare=['a,b',[a,c]]"]
 
 
-@pytest.mark.parametrize("overrides,message", [
-    (["compare=[a,nope]"], "compare: no finished run of baseline 'nope' in JSONL log {log} (baselines: a, b, c)"),
-    (["compare=a"], "compare: each pair is two different baselines, a,b (several: compare=a,b compare=c,d), got 'a'"),
-    (["compare='a,a'"], "compare: each pair is two different baselines"),
-    (["compare=[a,b]", "metrics=[val/acc]"], "metrics: the report quotes the test split, test/*, got 'val/acc'"),
-    (["compare=[a,b]", "metrics=test/mcc"], "metrics: run a-mrpc-s0 in JSONL log {log} logged no test/mcc"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["compare=[a,nope]"], "compare: no finished run of baseline 'nope' in JSONL log {log} (baselines: a, b, c)"),
+        (
+            ["compare=a"],
+            "compare: each pair is two different baselines, a,b (several: compare=a,b compare=c,d), got 'a'",
+        ),
+        (["compare='a,a'"], "compare: each pair is two different baselines"),
+        (["compare=[a,b]", "metrics=[val/acc]"], "metrics: the report quotes the test split, test/*, got 'val/acc'"),
+        (["compare=[a,b]", "metrics=test/mcc"], "metrics: run a-mrpc-s0 in JSONL log {log} logged no test/mcc"),
+    ],
+)
 def test_bad_compare_or_metrics_is_refused_in_one_line_naming_the_field(log, tmp_path, overrides, message):
     with pytest.raises(LayerLensError) as err:
         report(f"source={log}", tmp_path, *overrides)
     assert str(err.value).startswith(message.format(log=log)) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("line,message", [
-    ("{not json", "line 2 is not JSON (Expecting property name enclosed in double quotes, column 2)"),
-    ("[1, 2]", "line 2 is not a JSON object, got list"),
-    ('{"status": "FINISHED", "tags": {}, "metrics": [], "config": {}}',
-     "line 2: metrics must be a JSON object, got []"),
-    ('{"status": "FINISHED", "tags": {}, "metrics": {"test/acc": "high"}, "config": {}}',
-     "line 2: metrics.test/acc must be a number, got 'high'"),
-])
+@pytest.mark.parametrize(
+    "line,message",
+    [
+        ("{not json", "line 2 is not JSON (Expecting property name enclosed in double quotes, column 2)"),
+        ("[1, 2]", "line 2 is not a JSON object, got list"),
+        (
+            '{"status": "FINISHED", "tags": {}, "metrics": [], "config": {}}',
+            "line 2: metrics must be a JSON object, got []",
+        ),
+        (
+            '{"status": "FINISHED", "tags": {}, "metrics": {"test/acc": "high"}, "config": {}}',
+            "line 2: metrics.test/acc must be a number, got 'high'",
+        ),
+    ],
+)
 def test_a_bad_jsonl_line_is_refused_naming_the_file_and_line(tmp_path, line, message):
     path = tmp_path / "runs.jsonl"
     path.write_text(json.dumps(records()[1]) + "\n" + line + "\n")
@@ -184,8 +227,9 @@ def test_a_bad_jsonl_line_is_refused_naming_the_file_and_line(tmp_path, line, me
 
 def test_the_command_line_compares_several_pairs_and_refuses_an_unknown_baseline(log, tmp_path, call_module):
     # The report entry point as a user runs it, in a subprocess; its error exit in this process.
-    result = run_module("report", f"source={log}", "compare=a,b", "compare=a,c", f"out_dir={tmp_path / 'out'}",
-                        cwd=tmp_path)
+    result = run_module(
+        "report", f"source={log}", "compare=a,b", "compare=a,c", f"out_dir={tmp_path / 'out'}", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "a against b, seed by seed" in result.stdout and "a against c, seed by seed" in result.stdout
     assert f"Source: JSONL log {log}" in " ".join(result.stdout.split())  # the captions say where they come from
@@ -194,16 +238,29 @@ def test_the_command_line_compares_several_pairs_and_refuses_an_unknown_baseline
     bad = call_module("report", f"source={log}", "compare=a,nope", f"out_dir={tmp_path / 'out'}", cwd=tmp_path)
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines() == [
-        f"error: compare: no finished run of baseline 'nope' in JSONL log {log} (baselines: a, b, c)"]
+        f"error: compare: no finished run of baseline 'nope' in JSONL log {log} (baselines: a, b, c)"
+    ]
 
 
 def test_configurations_are_told_apart_by_what_every_run_logged_and_not_by_the_seed():
     def run(i, seed, config):
-        return {"run_id": f"r{i}", "run_name": f"a-{seed}", "task": "mrpc", "model": "m", "baseline": "a",
-                "seed": str(seed), "start_time": i, "test/acc": 0.7 + i / 100, "config": config}
+        return {
+            "run_id": f"r{i}",
+            "run_name": f"a-{seed}",
+            "task": "mrpc",
+            "model": "m",
+            "baseline": "a",
+            "seed": str(seed),
+            "start_time": i,
+            "test/acc": 0.7 + i / 100,
+            "config": config,
+        }
 
-    rows = [run(0, 0, {"lr": "0.1", "utility_seed": "0"}), run(1, 1, {"lr": "0.1", "utility_seed": "1"}),
-            run(2, 2, {"lr": "0.1", "utility_seed": "2", "added_later": "x"})]
+    rows = [
+        run(0, 0, {"lr": "0.1", "utility_seed": "0"}),
+        run(1, 1, {"lr": "0.1", "utility_seed": "1"}),
+        run(2, 2, {"lr": "0.1", "utility_seed": "2", "added_later": "x"}),
+    ]
     table = summarise(pd.DataFrame(rows), [])
     assert list(table["variant"]) == [""] and table.loc[0, "n_runs"] == 3
     rerun = run(3, 1, {"lr": "0.1", "utility_seed": "1"})  # seed 1 again: the later run replaces the earlier
@@ -211,18 +268,24 @@ def test_configurations_are_told_apart_by_what_every_run_logged_and_not_by_the_s
     assert table.loc[0, "n_runs"] == 3 and table.loc[0, "acc_mean"] == pytest.approx(mean([0.70, 0.73, 0.72]))
     other = run(4, 1, {"lr": "0.2", "utility_seed": "1"})
     assert sorted(summarise(pd.DataFrame([*rows, other]), [])["variant"]) == ["lr=0.1", "lr=0.2"]
-    with pytest.raises(LayerLensError, match=r"compare: a has 2 configurations on task mrpc, model m in the runs "
-                                             r"\(lr=0.1 \| lr=0.2\)"):
-        compare_pairs(pd.DataFrame([*rows, other, {**run(5, 0, {"lr": "0.1", "utility_seed": "0"}), "baseline": "b"}]),
-                      [("a", "b")])
+    with pytest.raises(
+        LayerLensError,
+        match=r"compare: a has 2 configurations on task mrpc, model m in the runs "
+        r"\(lr=0.1 \| lr=0.2\)",
+    ):
+        compare_pairs(
+            pd.DataFrame([*rows, other, {**run(5, 0, {"lr": "0.1", "utility_seed": "0"}), "baseline": "b"}]),
+            [("a", "b")],
+        )
 
 
 PAIRED_SEEDS = REPO / "experiments" / "paired_seeds.py"
 
 
 def paired_seeds_process(*args: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(PAIRED_SEEDS), *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, str(PAIRED_SEEDS), *args], cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+    )
 
 
 def test_paired_seeds_runs_seed_by_seed_skips_finished_runs_and_writes_the_reports_tables(log, tmp_path, call_module):
@@ -232,33 +295,51 @@ def test_paired_seeds_runs_seed_by_seed_skips_finished_runs_and_writes_the_repor
     help_text = paired_seeds("--help", cwd=tmp_path)
     assert help_text.returncode == 0 and "--analyse DIR" in help_text.stdout
     order = paired_seeds("--dry-run", "--jobs", "lora,layerlens:0-1,5", "--out", str(tmp_path / "new"), cwd=tmp_path)
-    assert order.stdout.split("\n")[:-1] == ["lora s0", "layerlens s0", "lora s1", "layerlens s1", "lora s5",
-                                             "layerlens s5"]
+    assert order.stdout.split("\n")[:-1] == [
+        "lora s0",
+        "layerlens s0",
+        "lora s1",
+        "layerlens s1",
+        "lora s5",
+        "layerlens s5",
+    ]
     assert not (tmp_path / "new").exists()
     # In the log's folder: a's seeds 0-4 and b's 0-4 finished; a's 5 KILLED and 6 FAILED run again.
     resumed = paired_seeds("--dry-run", "--jobs", "a,b:3-6", "--out", str(log.parent), cwd=tmp_path)
     assert resumed.stdout.split("\n")[:-1] == ["a s5", "b s5", "a s6", "b s6"]
     bad = paired_seeds("--dry-run", "--jobs", "lora:x", cwd=tmp_path)
     assert bad.stderr.strip().splitlines() == [
-        "error: --jobs must be BASELINE[,BASELINE...]:SEEDS (e.g. lora,layerlens:0-9,12), got 'lora:x'"]
+        "error: --jobs must be BASELINE[,BASELINE...]:SEEDS (e.g. lora,layerlens:0-9,12), got 'lora:x'"
+    ]
 
     # The script as a user runs it, in a subprocess: what it writes and prints.
     analysed = paired_seeds_process("--analyse", str(log.parent), "--compare", "a,b", "--compare", "a,c", cwd=tmp_path)
     assert analysed.returncode == 0, analysed.stderr[-3000:]
     text = (log.parent / "results.md").read_text()
     assert text == analysed.stdout.rstrip("\n") + "\n"
-    assert text.startswith("Task mrpc, model tiny: test/* on its 'dev' split, read once with the checkpoint chosen by "
-                           "val/acc on the selection split (holdout); mean ± sample std over the seeds each baseline "
-                           "finished. Source: JSONL log runs.jsonl.")
+    assert text.startswith(
+        "Task mrpc, model tiny: test/* on its 'dev' split, read once with the checkpoint chosen by "
+        "val/acc on the selection split (holdout); mean ± sample std over the seeds each baseline "
+        "finished. Source: JSONL log runs.jsonl."
+    )
     assert "| a | 0–4 | 5 | 0.8100 ± 0.0158 | 0.8640 ± 0.0114 | 100 | 12.0 ± 1.6 |" in text
     assert "| c | 0–2, 7 | 4 |" in text
     p = wilcoxon(F1_DIFFERENCES).pvalue
     assert f"| test/f1 | {mean(F1_DIFFERENCES):.4f} ± {stdev(F1_DIFFERENCES):.4f} | 4 / 0 / 1 | {p:.3g} |" in text
     assert "not paired: a alone at seeds 3–4, c alone at seed 7." in text
     csv = pd.read_csv(log.parent / "results.csv")
-    assert list(csv.columns) == ["baseline", "seed", "test/acc", "test/f1", "params/trainable", "time/train_s", "task",
-                                 "model"]
+    assert list(csv.columns) == [
+        "baseline",
+        "seed",
+        "test/acc",
+        "test/f1",
+        "params/trainable",
+        "time/train_s",
+        "task",
+        "model",
+    ]
     assert list(csv["baseline"]) == ["a"] * 5 + ["b"] * 5 + ["c"] * 4  # b's first line was replaced by a later one
     unknown = paired_seeds("--analyse", str(log.parent), "--compare", "a,nope", cwd=tmp_path)
     assert unknown.stderr.strip().splitlines() == [
-        "error: compare: no finished run of baseline 'nope' in JSONL log runs.jsonl (baselines: a, b, c)"]
+        "error: compare: no finished run of baseline 'nope' in JSONL log runs.jsonl (baselines: a, b, c)"
+    ]

@@ -67,8 +67,15 @@ def test_calls_are_retried_while_the_database_is_locked_and_only_then():
 def test_joblib_sweep_records_every_run_with_all_its_metrics(tmp_path, store_template):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"  # does not exist yet: the jobs race to create it
     result = run_module(
-        "run", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "baseline=full_ft,lora", "seed=0,1",
-        cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri},
+        "run",
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        *TINY,
+        "baseline=full_ft,lora",
+        "seed=0,1",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (sweep_dir,) = (tmp_path / "multirun").iterdir()
@@ -81,7 +88,10 @@ def test_joblib_sweep_records_every_run_with_all_its_metrics(tmp_path, store_tem
 
     client, runs = finished_runs(uri)
     assert sorted(r.info.run_name for r in runs) == [
-        "full_ft-mrpc-s0", "full_ft-mrpc-s1", "lora-mrpc-s0", "lora-mrpc-s1",
+        "full_ft-mrpc-s0",
+        "full_ft-mrpc-s1",
+        "lora-mrpc-s0",
+        "lora-mrpc-s1",
     ]
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert {r.data.tags["sweep"] for r in runs} == {sweep_dir.name}

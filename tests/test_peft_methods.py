@@ -27,17 +27,32 @@ SITES = ["query", "value", "ffn_in", "ffn_out", "ffn_block", "attention"]
 
 
 # Every new method at each kind it takes, sizes differing; LoRA and the adapter beside them.
-MIXED = {"L0.query": ("lora", 2), "L1.query": ("dora", 3), "L0.value": ("ia3", 1), "L1.value": ("loha", 2),
-         "L0.ffn_in": ("dora", 1), "L1.ffn_in": ("ia3", 1), "L0.ffn_out": ("ia3", 1), "L1.ffn_out": ("loha", 3),
-         "L0.ffn_block": ("adapter", 1), "L1.ffn_block": ("adapter", 2), "L1.attention": ("prefix", 2)}
+MIXED = {
+    "L0.query": ("lora", 2),
+    "L1.query": ("dora", 3),
+    "L0.value": ("ia3", 1),
+    "L1.value": ("loha", 2),
+    "L0.ffn_in": ("dora", 1),
+    "L1.ffn_in": ("ia3", 1),
+    "L0.ffn_out": ("ia3", 1),
+    "L1.ffn_out": ("loha", 3),
+    "L0.ffn_block": ("adapter", 1),
+    "L1.ffn_block": ("adapter", 2),
+    "L1.attention": ("prefix", 2),
+}
 # Block sites: DoRA and LoHa on their linears, each of the site's size (no LoRA: no head copy).
-BLOCKS = {"L0.ffn_block": ("dora", 2), "L1.ffn_block": ("loha", 1), "L0.attention": ("loha", 3),
-          "L1.attention": ("dora", 3)}
+BLOCKS = {
+    "L0.ffn_block": ("dora", 2),
+    "L1.ffn_block": ("loha", 1),
+    "L0.attention": ("loha", 3),
+    "L1.attention": ("dora", 3),
+}
 BLOCK_MENU = {"ffn_block": ["adapter", "lora", "dora", "loha"], "attention": ["prefix", "lora", "dora", "loha"]}
 
 
-@pytest.mark.parametrize("chosen,kinds,offered", [(MIXED, SITES, MENU), (BLOCKS, ["ffn_block", "attention"],
-                                                                        BLOCK_MENU)])
+@pytest.mark.parametrize(
+    "chosen,kinds,offered", [(MIXED, SITES, MENU), (BLOCKS, ["ffn_block", "attention"], BLOCK_MENU)]
+)
 def test_each_options_parameters_are_the_parameters_it_adds_in_one_mixed_model(chosen, kinds, offered):
     model = tiny_bert()
     sites = discover_sites(model, kinds, menu(offered))
@@ -57,13 +72,29 @@ def test_each_options_parameters_are_the_parameters_it_adds_in_one_mixed_model(c
 def test_on_deberta_each_option_adds_its_parameters_at_the_familys_modules():
     """DeBERTa names its projections query_proj, key_proj, value_proj: the methods find them through the family."""
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_config(DebertaV2Config(
-        hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, vocab_size=100,
-        relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16, num_labels=2))
+    model = AutoModelForSequenceClassification.from_config(
+        DebertaV2Config(
+            hidden_size=16,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=48,
+            vocab_size=100,
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_buckets=16,
+            num_labels=2,
+        )
+    )
     offered = menu({"query": ["lora", "ia3"], "value": ["dora", "loha"], "ffn_block": ["adapter", "loha", "dora"]})
     sites = discover_sites(model, ["query", "value", "ffn_block"], offered)
-    chosen = {"L0.query": ("lora", 2), "L1.query": ("ia3", 1), "L0.value": ("dora", 3), "L1.value": ("loha", 2),
-              "L0.ffn_block": ("loha", 2), "L1.ffn_block": ("dora", 1)}
+    chosen = {
+        "L0.query": ("lora", 2),
+        "L1.query": ("ia3", 1),
+        "L0.value": ("dora", 3),
+        "L1.value": ("loha", 2),
+        "L0.ffn_block": ("loha", 2),
+        "L1.ffn_block": ("dora", 1),
+    }
     plan = plan_of(sites, chosen, offered)
     before = {id(p) for p in model.parameters()}
     model = apply_plan(model, sites, plan, 2.0, 0.0, offered)
@@ -87,8 +118,9 @@ def test_the_costs_of_each_new_method_by_hand():
     assert option_costs(ffn_in, "dora", 2, WORKLOAD).params == 2 * 96 + 64
     assert option_costs(ffn_in, "dora", 2, WORKLOAD).flops == 384 + 4096 + 12288 / 100
     # IA3: a vector of the outputs (64), or of ffn_out's input (64 too: the inner units); never of the hidden 32
-    assert option_costs(ffn_in, "ia3", 1, WORKLOAD) == Costs(64.0, 64.0, (64 * 16 + 6400 * 4) / 2**20,
-                                                             3 * 64 * 100 / 1e9 * 1e3)
+    assert option_costs(ffn_in, "ia3", 1, WORKLOAD) == Costs(
+        64.0, 64.0, (64 * 16 + 6400 * 4) / 2**20, 3 * 64 * 100 / 1e9 * 1e3
+    )
     assert option_costs(ffn_out, "ia3", 1, WORKLOAD).params == 64
     # LoHa rank 3: 2 * 3 * 96 = 576; per token the update applied (2 * 32 * 64), per batch 4 * 3 * 32 * 64 / 100
     assert option_costs(ffn_in, "loha", 3, WORKLOAD).params == 576
@@ -97,7 +129,8 @@ def test_the_costs_of_each_new_method_by_hand():
     for method in ("lora", "dora", "loha"):
         parts = [option_costs(s, method, 2, WORKLOAD).as_dict() for s in (ffn_in, ffn_out)]
         assert option_costs(block, method, 2, WORKLOAD).as_dict() == pytest.approx(
-            {name: parts[0][name] + parts[1][name] for name in parts[0]}, rel=1e-12)
+            {name: parts[0][name] + parts[1][name] for name in parts[0]}, rel=1e-12
+        )
     assert option_costs(block, "lora", 2, WORKLOAD).params == 2 * option_costs(ffn_in, "lora", 2, WORKLOAD).params
 
 
@@ -136,17 +169,28 @@ def test_each_methods_parameters_change_in_a_step_and_the_output_depends_on_them
     one, a block) move in an optimiser step, and perturbing them alone moves the output."""
     model = tiny_bert()
     other = "ia3" if method != "ia3" else "dora"
-    kinds = {"query": list(dict.fromkeys([method, "lora"])), "value": [other, "lora"],
-             "ffn_block": ["adapter"] if method == "ia3" else ["adapter", method]}  # IA3 takes no block
-    chosen = {"L0.query": (method, 2 if method != "ia3" else 1), "L1.query": ("lora", 2),
-              "L0.value": (other, 1), "L1.value": ("lora", 1), "L0.ffn_block": ("adapter", 2),
-              **({"L1.ffn_block": (method, 1)} if method != "ia3" else {})}
+    kinds = {
+        "query": list(dict.fromkeys([method, "lora"])),
+        "value": [other, "lora"],
+        "ffn_block": ["adapter"] if method == "ia3" else ["adapter", method],
+    }  # IA3 takes no block
+    chosen = {
+        "L0.query": (method, 2 if method != "ia3" else 1),
+        "L1.query": ("lora", 2),
+        "L0.value": (other, 1),
+        "L1.value": ("lora", 1),
+        "L0.ffn_block": ("adapter", 2),
+        **({"L1.ffn_block": (method, 1)} if method != "ia3" else {}),
+    }
     offered = menu(kinds)
     sites = discover_sites(model, ["query", "value", "ffn_block"], offered)
     plan = plan_of(sites, chosen, offered)
     model = apply_plan(model, sites, plan, alpha_ratio=2.0, dropout=0.0, offered=offered)
-    own = {n: p for n, p in model.named_parameters()
-           if ADAPTERS[method] in n and chosen.get(owner(n, sites), ("none",))[0] == method}
+    own = {
+        n: p
+        for n, p in model.named_parameters()
+        if ADAPTERS[method] in n and chosen.get(owner(n, sites), ("none",))[0] == method
+    }
     assert own and all(p.requires_grad for p in own.values())
     assert {owner(n, sites) for n in own} == {s for s, (m, _) in chosen.items() if m == method}
 
@@ -188,11 +232,18 @@ def test_the_lora_peft_model_keeps_its_head_and_adapters_active_when_others_join
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils.other import ModulesToSaveWrapper
 
-    active = {name.split("encoder.layer.")[-1]: list(m.active_adapters) for name, m in model.named_modules()
-              if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))}
-    assert active == {"0.attention.self.query": ["default"], "1.attention.self.query": ["ia3"],
-                      "0.attention.self.value": ["dora"], "1.attention.self.value": ["loha"],
-                      "base_model.model.classifier": ["default"]}
+    active = {
+        name.split("encoder.layer.")[-1]: list(m.active_adapters)
+        for name, m in model.named_modules()
+        if isinstance(m, (BaseTunerLayer, ModulesToSaveWrapper))
+    }
+    assert active == {
+        "0.attention.self.query": ["default"],
+        "1.attention.self.query": ["ia3"],
+        "0.attention.self.value": ["dora"],
+        "1.attention.self.value": ["loha"],
+        "base_model.model.classifier": ["default"],
+    }
     assert list(model.peft_config) == ["default"]  # LoRA's peft model, as without the others
 
 
@@ -200,10 +251,18 @@ def test_the_planner_picks_methods_and_sizes_together_and_the_plan_trains(compos
     """The menu offers LoRA or IA3 at the query projections, valued alike (utility=uniform): within 160 parameters
     the best plan is LoRA of rank 2 (128 parameters, worth 2 ** 0.5) at one and IA3 (32, worth 1) at the other. It is
     made, built and trained as any plan: profile -> plan -> build (LoRA's peft model, IA3 beside it) -> train."""
-    cfg = compose_run("baseline=layerlens", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                      "baseline.profile.num_batches=4", "baseline.sites=[query]", "baseline.planner.utility=uniform",
-                      "budget.params_pct=null", "budget.params=160", "baseline.planner.sizes.lora=[1,2,4]",
-                      "+baseline.planner.menu.query=[lora,ia3]")
+    cfg = compose_run(
+        "baseline=layerlens",
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "baseline.profile.num_batches=4",
+        "baseline.sites=[query]",
+        "baseline.planner.utility=uniform",
+        "budget.params_pct=null",
+        "budget.params=160",
+        "baseline.planner.sizes.lora=[1,2,4]",
+        "+baseline.planner.menu.query=[lora,ia3]",
+    )
     run_experiment(cfg, tmp_path / "run")
     plan = json.loads((tmp_path / "run" / "plan.json").read_text())
     assert sorted((site["method"], site["size"]) for site in plan["sites"]) == [("ia3", 1), ("lora", 2)]
@@ -219,15 +278,14 @@ def test_the_allocator_weighs_a_methods_value_and_cost_at_each_size():
     offered = menu({"query": ["lora", "dora", "ia3"]})
     sites = discover_sites(model, ["query"], offered)
     spec = specs(sites, offered, utilities=[4.0, 1.0])
-    settings = PlannerSettings(sizes={"lora": [1, 2, 4], "dora": [1, 2, 4], "ia3": [1]},
-                               menu={"query": ["lora", "dora", "ia3"]})
+    settings = PlannerSettings(
+        sizes={"lora": [1, 2, 4], "dora": [1, 2, 4], "ia3": [1]}, menu={"query": ["lora", "dora", "ia3"]}
+    )
     # room for LoRA of rank 4 (256) at the first and IA3 (32) at the second, not a rank beside it
     plan = make_plan(spec, WORKLOAD, {"params": 300.0}, settings)
     assert [(c.method, c.size) for c in plan.choices] == [("lora", 4), ("ia3", 1)]
     valued = make_plan(spec, WORKLOAD, {"params": 300.0}, replace(settings, method_value={"dora": 1.5}))
     assert [(c.method, c.size) for c in valued.choices] == [("dora", 4), ("none", 0)]  # 4 * 2 * 32 + 32 = 288
-
-
 
 
 def test_ia3_takes_one_size_and_a_plan_giving_it_another_is_refused():

@@ -23,8 +23,10 @@ WORKLOAD = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=60.0, num_head
 
 
 def tiny_bert():
-    return BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                vocab_size=100), add_pooling_layer=False)
+    return BertModel(
+        BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, vocab_size=100),
+        add_pooling_layer=False,
+    )
 
 
 def spec(site, utility=1.0):
@@ -37,22 +39,27 @@ def added_params(model, attach) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-@pytest.mark.parametrize("kind,size", [("query", 3), ("ffn_in", 2), ("ffn_out", 5), ("attn_block", 4),
-                                       ("ffn_block", 7), ("attention", 6)])
+@pytest.mark.parametrize(
+    "kind,size", [("query", 3), ("ffn_in", 2), ("ffn_out", 5), ("attn_block", 4), ("ffn_block", 7), ("attention", 6)]
+)
 def test_option_params_equal_the_trainable_parameters_the_method_adds(kind, size):
     model = tiny_bert()
     site = discover_sites(model, [kind])[0]
     if site.method == "lora":
+
         def attach(m):
             return get_peft_model(m, LoraConfig(r=size, target_modules=[site.path]))
     elif site.method == "adapter":
+
         def attach(m):
             attach_adapter(site.module, site.d_out, size)
             return m
     else:
+
         def attach(m):
             attach_prefix(site.module, size)
             return m
+
     assert option_costs(spec(site), site.method, size, WORKLOAD).params == added_params(model, attach)
 
 
@@ -63,8 +70,9 @@ def test_costs_grow_with_size_and_none_is_free():
     assert option_costs(site, "none", 0, WORKLOAD).as_dict() == dict.fromkeys(small.as_dict(), 0.0)
 
 
-def planned(utilities, budgets, kinds=("query", "key", "value", "attn_out", "attn_block", "ffn_block", "attention"),
-            **settings):
+def planned(
+    utilities, budgets, kinds=("query", "key", "value", "attn_out", "attn_block", "ffn_block", "attention"), **settings
+):
     sites = discover_sites(tiny_bert(), list(kinds))
     specs = [spec(s, u) for s, u in zip(sites, utilities)]
     return make_plan(specs, WORKLOAD, budgets, PlannerSettings(**settings))
@@ -96,15 +104,23 @@ def test_plan_json_round_trips_and_is_deterministic():
     restored = Plan.from_json(plan.to_json())
     assert restored.to_json() == plan.to_json()
     data = json.loads(plan.to_json())
-    assert {"sites", "totals", "utilisation", "method_diversity", "rank_utility_spearman",
-            "rank_utility_consistency"} <= data.keys()
+    assert {
+        "sites",
+        "totals",
+        "utilisation",
+        "method_diversity",
+        "rank_utility_spearman",
+        "rank_utility_consistency",
+    } <= data.keys()
 
 
 def test_consistency_counts_pairs_ordered_against_their_utilities():
     plan = planned([1.0] * 14, {"params": 2500.0})
     choices = [c for c in plan.choices if c.kind == "query"]
-    swapped = [c.__class__(**{**c.__dict__, "method": "lora", "size": size, "utility": u})
-               for c, size, u in zip(choices, (4, 2), (1.0, 2.0))]
+    swapped = [
+        c.__class__(**{**c.__dict__, "method": "lora", "size": size, "utility": u})
+        for c, size, u in zip(choices, (4, 2), (1.0, 2.0))
+    ]
     assert Plan(swapped, {}, 0.0).rank_utility_consistency() == {"lora": 0.0}
 
 
@@ -113,24 +129,37 @@ def test_an_unknown_budget_is_a_one_line_error_naming_it():
         planned([1.0] * 14, {"seconds": 10.0})
 
 
-@pytest.mark.parametrize("settings,field", [({"sizes": {"lora": [0]}}, "sizes.lora"),
-                                            ({"sizes": {"magic": [1]}}, "sizes"),
-                                            ({"sizes": {"lora": 4}}, "sizes.lora"),
-                                            ({"sizes": [1, 2]}, "sizes"),
-                                            ({"gain_exponent": 1.5}, "gain_exponent"),
-                                            ({"gain_exponent": "half"}, "gain_exponent"),
-                                            ({"flops_per_s": 0}, "flops_per_s")])
+@pytest.mark.parametrize(
+    "settings,field",
+    [
+        ({"sizes": {"lora": [0]}}, "sizes.lora"),
+        ({"sizes": {"magic": [1]}}, "sizes"),
+        ({"sizes": {"lora": 4}}, "sizes.lora"),
+        ({"sizes": [1, 2]}, "sizes"),
+        ({"gain_exponent": 1.5}, "gain_exponent"),
+        ({"gain_exponent": "half"}, "gain_exponent"),
+        ({"flops_per_s": 0}, "flops_per_s"),
+    ],
+)
 def test_bad_planner_settings_name_the_field(settings, field):
     with pytest.raises(LayerLensError, match=f"^baseline[.]planner[.]{field.replace('.', '[.]')}[ :]"):
         PlannerSettings(**settings)
 
 
-@pytest.mark.parametrize("budgets,message", [
-    ({"params": 10.0}, "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at "
-                       "L0.query), got 10"),
-    ({"params": 3000.0, "flops": 100.0}, "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora "
-                                         "of size 1 at L0.query), got 100"),
-])
+@pytest.mark.parametrize(
+    "budgets,message",
+    [
+        (
+            {"params": 10.0},
+            "budget.params must be >= 64 for any plan to fit (the cheapest option: lora of size 1 at L0.query), got 10",
+        ),
+        (
+            {"params": 3000.0, "flops": 100.0},
+            "budget.flops must be >= 128 for any plan to fit (the cheapest option: lora "
+            "of size 1 at L0.query), got 100",
+        ),
+    ],
+)
 def test_a_budget_no_plan_meets_names_it_and_its_smallest_feasible_value(budgets, message):
     with pytest.raises(NoPlanFits) as err:
         planned([1.0] * 14, budgets)
@@ -141,13 +170,18 @@ def test_a_budget_no_plan_meets_names_it_and_its_smallest_feasible_value(budgets
 def test_budgets_no_plan_meets_together_name_the_one_to_raise():
     # A prefix adds fewer parameters than an adapter but, with long padded batches, keeps more activations.
     workload = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=1000.0, num_heads=2, flops_per_s=1e10)
-    sites = [SiteSpec("L0.attn_block", 0, "attn_block", "adapter", 32, 32, 1.0),
-             SiteSpec("L0.attention", 0, "attention", "prefix", 32, 32, 1.0)]
+    sites = [
+        SiteSpec("L0.attn_block", 0, "attn_block", "adapter", 32, 32, 1.0),
+        SiteSpec("L0.attention", 0, "attention", "prefix", 32, 32, 1.0),
+    ]
     adapter, prefix = (option_costs(site, site.method, 1, workload) for site in sites)
     assert prefix.params < adapter.params and prefix.memory_mb > adapter.memory_mb
     budgets = {"params": 80.0, "memory_mb": adapter.memory_mb}
-    with pytest.raises(NoPlanFits, match=r"^budget[.]params must be >= 97 for any plan to fit within the other budgets "
-                                         r"\(the cheapest option: adapter of size 1 at L0[.]attn_block\), got 80$"):
+    with pytest.raises(
+        NoPlanFits,
+        match=r"^budget[.]params must be >= 97 for any plan to fit within the other budgets "
+        r"\(the cheapest option: adapter of size 1 at L0[.]attn_block\), got 80$",
+    ):
         make_plan(sites, workload, budgets, PlannerSettings())
     assert make_plan(sites, workload, {**budgets, "params": 97.0}, PlannerSettings()).adapted()
 
@@ -190,8 +224,11 @@ def test_a_training_time_budget_keeps_low_layers_frozen_and_the_plan_within_it()
 
 
 def test_a_training_time_budget_too_small_for_any_plan_names_the_smallest_that_fits():
-    with pytest.raises(NoPlanFits, match=r"budget.train_time_pct must be >= [\d.]+ for any plan to fit "
-                                         r"\(the cheapest option in training time: .* at L1\.\w+\), got 20") as err:
+    with pytest.raises(
+        NoPlanFits,
+        match=r"budget.train_time_pct must be >= [\d.]+ for any plan to fit "
+        r"\(the cheapest option in training time: .* at L1\.\w+\), got 20",
+    ) as err:
         depth_planned({"params": 2000.0, "train_time_pct": 20.0})
     assert depth_planned({"params": 2000.0, "train_time_pct": err.value.needed * 1.0001}).adapted()
 
@@ -212,8 +249,9 @@ def test_a_plan_that_does_not_fit_the_model_is_refused_in_one_line_before_anythi
     edits = {
         f"plan: site {name} (query) takes lora or none, got 'adapter'": replace(plan.choices[lora], method="adapter"),
         f"plan: site {name} must have a size >= 1 for lora, got 0": replace(plan.choices[lora], size=0),
-        "plan: its sites are not the model's ('L9.query' is in one and not the other)":
-            replace(plan.choices[lora], site="L9.query"),
+        "plan: its sites are not the model's ('L9.query' is in one and not the other)": replace(
+            plan.choices[lora], site="L9.query"
+        ),
     }
     before = {n: p.clone() for n, p in model.named_parameters()}
     for message, choice in edits.items():
@@ -230,32 +268,46 @@ def test_a_plan_that_does_not_fit_the_model_is_refused_in_one_line_before_anythi
 
 def hand_choice(site, layer, kind, method, size, utility, params):
     allowed = "adapter" if kind == "attn_block" else "lora"
-    return Choice(site, layer, kind, allowed, method, size, utility,
-                  Costs(params, 2 * params, params / 1000, params / 100))
+    return Choice(
+        site, layer, kind, allowed, method, size, utility, Costs(params, 2 * params, params / 1000, params / 100)
+    )
 
 
 # Two LoRA sites whose sizes follow their utilities, an adapter, and a site left out.
-HAND_PLAN = Plan([hand_choice("L0.query", 0, "query", "lora", 2, 1.0, 100.0),
-                  hand_choice("L1.query", 1, "query", "lora", 4, 3.0, 200.0),
-                  hand_choice("L1.attn_block", 1, "attn_block", "adapter", 2, 2.0, 150.0),
-                  hand_choice("L0.value", 0, "value", "none", 0, 0.5, 0.0)],
-                 {"params": 500.0}, objective=7.5, train_time_pct=80.0)
+HAND_PLAN = Plan(
+    [
+        hand_choice("L0.query", 0, "query", "lora", 2, 1.0, 100.0),
+        hand_choice("L1.query", 1, "query", "lora", 4, 3.0, 200.0),
+        hand_choice("L1.attn_block", 1, "attn_block", "adapter", 2, 2.0, 150.0),
+        hand_choice("L0.value", 0, "value", "none", 0, 0.5, 0.0),
+    ],
+    {"params": 500.0},
+    objective=7.5,
+    train_time_pct=80.0,
+)
 
 
 def test_a_plans_metrics_by_hand():
     # Spearman of utilities [1, 3, 2, 0.5] (ranks 2, 4, 3, 1) and sizes [2, 4, 2, 0] (ranks 2.5, 4, 2.5, 1):
     # the ranks' deviations from 2.5 give 4.5 / sqrt(5 * 4.5) = 3 / sqrt(10).
-    assert HAND_PLAN.metrics() == pytest.approx({
-        "plan/params": 450.0, "plan/flops": 900.0, "plan/memory_mb": 0.45, "plan/latency_ms": 4.5,
-        "plan/train_time_pct": 80.0,
-        "plan/utilisation/params": 0.9,
-        "plan/sites/lora": 2.0, "plan/sites/adapter": 1.0,
-        "plan/consistency/lora": 1.0, "plan/consistency/adapter": 1.0,  # one ordered pair; no pair at all
-        "plan/method_diversity": 2.0,
-        "plan/rank_utility_spearman": 3 / math.sqrt(10),
-        "plan/objective": 7.5,
-        "plan/lowest_adapted_layer": 0.0,
-    })
+    assert HAND_PLAN.metrics() == pytest.approx(
+        {
+            "plan/params": 450.0,
+            "plan/flops": 900.0,
+            "plan/memory_mb": 0.45,
+            "plan/latency_ms": 4.5,
+            "plan/train_time_pct": 80.0,
+            "plan/utilisation/params": 0.9,
+            "plan/sites/lora": 2.0,
+            "plan/sites/adapter": 1.0,
+            "plan/consistency/lora": 1.0,
+            "plan/consistency/adapter": 1.0,  # one ordered pair; no pair at all
+            "plan/method_diversity": 2.0,
+            "plan/rank_utility_spearman": 3 / math.sqrt(10),
+            "plan/objective": 7.5,
+            "plan/lowest_adapted_layer": 0.0,
+        }
+    )
     data = json.loads(HAND_PLAN.to_json())
     assert data["lowest_adapted_layer"] == 0 and data["train_time_pct"] == 80.0
     assert data["method_counts"] == {"lora": 2, "adapter": 1} and data["method_diversity"] == 2
@@ -269,8 +321,14 @@ def test_a_plan_that_adapts_nothing_has_no_lowest_layer_and_no_rank_correlation(
     metrics = plan.metrics()
     assert "plan/lowest_adapted_layer" not in metrics and metrics["plan/method_diversity"] == 0.0
     assert replace(plan, budgets={"params": 0.0}).within_budgets()  # nothing adapted fits even a budget of 0
-    two_sizes = Plan([hand_choice("L0.query", 0, "query", "lora", 2, 1.0, 1.0),
-                      hand_choice("L1.query", 1, "query", "none", 0, 0.5, 0.0)], {}, 0.0)
+    two_sizes = Plan(
+        [
+            hand_choice("L0.query", 0, "query", "lora", 2, 1.0, 1.0),
+            hand_choice("L1.query", 1, "query", "none", 0, 0.5, 0.0),
+        ],
+        {},
+        0.0,
+    )
     assert two_sizes.rank_utility_spearman() == pytest.approx(1.0)  # two sizes are enough to rank
 
 
@@ -290,7 +348,7 @@ def test_an_options_value_is_its_sites_utility_times_its_size_to_the_gain_expone
     for exponent in (0.5, 1.0):
         plan = planned(utilities, {"params": 2500.0}, gain_exponent=exponent)
         assert plan.adapted()
-        assert plan.objective == pytest.approx(sum(c.utility * c.size ** exponent for c in plan.adapted()))
+        assert plan.objective == pytest.approx(sum(c.utility * c.size**exponent for c in plan.adapted()))
 
 
 def test_a_method_missing_from_the_sizes_leaves_its_sites_out():
@@ -299,8 +357,11 @@ def test_a_method_missing_from_the_sizes_leaves_its_sites_out():
 
 
 def test_an_unknown_budget_lists_every_budget_there_is():
-    with pytest.raises(LayerLensError, match=r"^budget: unknown limit 'seconds' \(choose from: params, flops, "
-                                             r"memory_mb, latency_ms, train_time_pct\)$"):
+    with pytest.raises(
+        LayerLensError,
+        match=r"^budget: unknown limit 'seconds' \(choose from: params, flops, "
+        r"memory_mb, latency_ms, train_time_pct\)$",
+    ):
         planned([1.0] * 14, {"seconds": 10.0})
 
 
@@ -318,23 +379,32 @@ def test_no_plan_fits_carries_the_budget_its_limit_the_value_needed_and_whether_
 def options_costing(*costs):
     """One site per (params, flops, memory_mb), its options none and lora of size 1 at that cost (no latency)."""
     sites = [SiteSpec(f"S{i}", i, "query", "lora", 4, 4, 1.0) for i in range(len(costs))]
-    return (sites, [[("none", 0), ("lora", 1)] for _ in costs],
-            [[Costs(0.0, 0.0, 0.0, 0.0), Costs(*map(float, c), 0.0)] for c in costs])
+    return (
+        sites,
+        [[("none", 0), ("lora", 1)] for _ in costs],
+        [[Costs(0.0, 0.0, 0.0, 0.0), Costs(*map(float, c), 0.0)] for c in costs],
+    )
 
 
 def test_the_budget_to_raise_is_found_past_one_that_no_option_can_meet_within_the_others():
     # S0 is too large in params, S1 in memory; flops, checked first, binds neither, and no option meets both others.
     sites, options, costs = options_costing((10, 1, 1), (1, 1, 10))
-    with pytest.raises(NoPlanFits, match=r"^budget\.params must be >= 10 for any plan to fit within the other "
-                                         r"budgets \(the cheapest option: lora of size 1 at S0\), got 5$") as err:
+    with pytest.raises(
+        NoPlanFits,
+        match=r"^budget\.params must be >= 10 for any plan to fit within the other "
+        r"budgets \(the cheapest option: lora of size 1 at S0\), got 5$",
+    ) as err:
         check_feasible(sites, options, costs, {"flops": 100.0, "params": 5.0, "memory_mb": 5.0})
     assert (err.value.name, err.value.limit, err.value.needed, err.value.within_others) == ("params", 5.0, 10.0, True)
 
 
 def test_budgets_each_option_meets_only_one_of_are_refused_together():
     sites, options, costs = options_costing((1, 10, 10), (10, 1, 10), (10, 10, 1))  # each cheap in one budget
-    with pytest.raises(LayerLensError, match=r"^budget: no site option fits budget\.params, budget\.flops, "
-                                             r"budget\.memory_mb together; raise several of them$") as err:
+    with pytest.raises(
+        LayerLensError,
+        match=r"^budget: no site option fits budget\.params, budget\.flops, "
+        r"budget\.memory_mb together; raise several of them$",
+    ) as err:
         check_feasible(sites, options, costs, {"params": 1.0, "flops": 1.0, "memory_mb": 1.0})
     assert not isinstance(err.value, NoPlanFits)  # no single budget to name
     check_feasible(sites, options, costs, {"params": 1.0, "latency_ms": 0.0})  # a cost of 0 meets a budget of 0
@@ -360,8 +430,11 @@ def test_with_a_training_time_budget_another_budget_that_binds_is_the_one_named(
     assert err.value.name == "params"
     # Time enough for backpropagation to layer 1 but not for any option there, and a latency budget too small for
     # any: the latency budget is the one named.
-    cheapest_ms = min(option_costs(spec(s), s.method, 1, WORKLOAD).latency_ms
-                      for s in discover_sites(tiny_bert(), ["query", "value", "ffn_block"]) if s.layer == 1)
+    cheapest_ms = min(
+        option_costs(spec(s), s.method, 1, WORKLOAD).latency_ms
+        for s in discover_sites(tiny_bert(), ["query", "value", "ffn_block"])
+        if s.layer == 1
+    )
     limit = 100 * DEPTH.fraction(1) + spare_pct
     assert limit < 100 * (DEPTH.fraction(1) + cheapest_ms / DEPTH.full_ft_step_ms(WORKLOAD))
     with pytest.raises(NoPlanFits) as err:
@@ -383,18 +456,28 @@ def test_a_plan_that_adapts_nothing_is_priced_as_the_frozen_backbones_forward_pa
     assert plan.train_time_pct == pytest.approx(100 * DEPTH.fraction(DEPTH.layers))
 
 
-@pytest.mark.parametrize("settings,message", [
-    ({"sizes": [1, 2]}, "baseline.planner.sizes must map methods (lora, adapter, prefix, dora, ia3, loha) to lists "
-                        "of sizes, got [1, 2]"),
-    ({"sizes": {"magic": [1]}}, "baseline.planner.sizes: unknown method 'magic' (choose from: lora, adapter, prefix, "
-                                "dora, ia3, loha)"),
-    ({"gain_exponent": 0}, "baseline.planner.gain_exponent must be in (0, 1], got 0"),
-    ({"utility": "magic"}, "baseline.planner.utility must be one of profiled, uniform, depth, random, kind_depth, "
-                           "got 'magic'"),
-    ({"utility_seed": -1}, "baseline.planner.utility_seed must be an integer >= 0, got -1"),
-    ({"kind_prior": [1.0]}, "baseline.planner.kind_prior must map site kinds to constants, got [1.0]"),
-    ({"kind_prior": {"query": 0}}, "baseline.planner.kind_prior.query must be a positive number, got 0"),
-])
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (
+            {"sizes": [1, 2]},
+            "baseline.planner.sizes must map methods (lora, adapter, prefix, dora, ia3, loha) to lists "
+            "of sizes, got [1, 2]",
+        ),
+        (
+            {"sizes": {"magic": [1]}},
+            "baseline.planner.sizes: unknown method 'magic' (choose from: lora, adapter, prefix, dora, ia3, loha)",
+        ),
+        ({"gain_exponent": 0}, "baseline.planner.gain_exponent must be in (0, 1], got 0"),
+        (
+            {"utility": "magic"},
+            "baseline.planner.utility must be one of profiled, uniform, depth, random, kind_depth, got 'magic'",
+        ),
+        ({"utility_seed": -1}, "baseline.planner.utility_seed must be an integer >= 0, got -1"),
+        ({"kind_prior": [1.0]}, "baseline.planner.kind_prior must map site kinds to constants, got [1.0]"),
+        ({"kind_prior": {"query": 0}}, "baseline.planner.kind_prior.query must be a positive number, got 0"),
+    ],
+)
 def test_bad_planner_settings_are_refused_in_one_whole_line(settings, message):
     with pytest.raises(LayerLensError, match=f"^{re.escape(message)}$"):
         PlannerSettings(**settings)
@@ -402,20 +485,29 @@ def test_bad_planner_settings_are_refused_in_one_whole_line(settings, message):
 
 
 def test_sites_of_two_methods_without_sizes_name_both_in_one_line_with_or_without_a_training_time_budget():
-    message = ("^baseline[.]planner[.]sizes must list a size for adapter or lora "
-               "\\(the methods of baseline[.]sites\\), got none$")
+    message = (
+        "^baseline[.]planner[.]sizes must list a size for adapter or lora "
+        "\\(the methods of baseline[.]sites\\), got none$"
+    )
     with pytest.raises(LayerLensError, match=message):
         planned([1.0] * 8, {"params": 1e9}, kinds=("query", "attn_block"), sizes={"lora": [], "adapter": []})
     sites = discover_sites(tiny_bert(), ["query", "attn_block"])
     for train_time_pct in (90.0, 20.0):  # 20: under the frozen backbone's own time, no depth is even tried
         with pytest.raises(LayerLensError, match=message):
-            make_plan([spec(s) for s in sites], WORKLOAD, {"params": 1e9, "train_time_pct": train_time_pct},
-                      PlannerSettings(sizes={"lora": [], "adapter": []}), DEPTH)
+            make_plan(
+                [spec(s) for s in sites],
+                WORKLOAD,
+                {"params": 1e9, "train_time_pct": train_time_pct},
+                PlannerSettings(sizes={"lora": [], "adapter": []}),
+                DEPTH,
+            )
 
 
 def test_by_default_every_method_is_offered_sizes_1_to_16_ia3_its_one_and_a_boolean_size_is_refused():
-    assert PlannerSettings().sizes == {**{method: list(range(1, 17)) for method in ("lora", "adapter", "prefix", "dora",
-                                                                                    "loha")}, "ia3": [1]}
+    assert PlannerSettings().sizes == {
+        **{method: list(range(1, 17)) for method in ("lora", "adapter", "prefix", "dora", "loha")},
+        "ia3": [1],
+    }
     with pytest.raises(LayerLensError, match="^baseline[.]planner[.]sizes[.]lora must be integers >= 1, got True$"):
         PlannerSettings(sizes={"lora": [2, True]})
 

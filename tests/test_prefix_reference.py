@@ -20,12 +20,19 @@ PREFIX_LENGTHS = (3, 2)  # one per layer
 
 def tiny_encoder(family: str, attn: str):
     torch.manual_seed(0)
-    sizes = dict(hidden_size=HIDDEN, num_hidden_layers=len(PREFIX_LENGTHS), num_attention_heads=HEADS,
-                 intermediate_size=64, vocab_size=VOCAB, attn_implementation=attn)
+    sizes = dict(
+        hidden_size=HIDDEN,
+        num_hidden_layers=len(PREFIX_LENGTHS),
+        num_attention_heads=HEADS,
+        intermediate_size=64,
+        vocab_size=VOCAB,
+        attn_implementation=attn,
+    )
     if family == "bert":
         return BertModel(BertConfig(**sizes), add_pooling_layer=False).eval()
-    return RobertaModel(RobertaConfig(**sizes, pad_token_id=1, max_position_embeddings=40),
-                        add_pooling_layer=False).eval()
+    return RobertaModel(
+        RobertaConfig(**sizes, pad_token_id=1, max_position_embeddings=40), add_pooling_layer=False
+    ).eval()
 
 
 def with_random_prefixes(model):
@@ -61,8 +68,9 @@ def reference_attention(attention, hidden, keep, prefix_keys, prefix_values, sca
     d = HIDDEN // HEADS
     q = hidden @ attention.query.weight.T + attention.query.bias
     k = torch.cat([prefix_keys.expand(batch, length, HIDDEN), hidden @ attention.key.weight.T + attention.key.bias], 1)
-    v = torch.cat([prefix_values.expand(batch, length, HIDDEN),
-                   hidden @ attention.value.weight.T + attention.value.bias], 1)
+    v = torch.cat(
+        [prefix_values.expand(batch, length, HIDDEN), hidden @ attention.value.weight.T + attention.value.bias], 1
+    )
     visible = torch.cat([torch.ones(batch, length), keep.float()], dim=1).bool()  # (batch, length + n)
     out = torch.empty(batch, n, HIDDEN)
     for h in range(HEADS):
@@ -80,6 +88,7 @@ def weights(linear):
 
 def reference_encoder(model, ids, keep):
     """The whole encoder by hand (embeddings from the model), each layer's attention from reference_attention."""
+
     def norm(x, ln):
         return F.layer_norm(x, (HIDDEN,), ln.weight, ln.bias, ln.eps)
 
@@ -107,7 +116,8 @@ def test_each_prefixed_self_attention_equals_attention_written_out_by_hand(famil
         if scaling is not None:
             layer.attention.self.scaling = scaling
         layer.attention.self.register_forward_hook(
-            lambda module, args, kwargs, output: seen.append((module, args[0], output[0])), with_kwargs=True)
+            lambda module, args, kwargs, output: seen.append((module, args[0], output[0])), with_kwargs=True
+        )
     with torch.no_grad():
         model(input_ids=ids, attention_mask=keep)
     assert len(seen) == len(PREFIX_LENGTHS)

@@ -3,13 +3,17 @@
 import inspect
 
 import pytest
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from peft.tuners.adalora.layer import RankAllocator
 
 PRIVATE = [
-    (ModelCheckpoint, "_save_topk_checkpoint", ("self", "trainer", "monitor_candidates"),
-     "layerlens.training.callbacks.CheckpointFromStep overrides it"),
+    (
+        ModelCheckpoint,
+        "_save_topk_checkpoint",
+        ("self", "trainer", "monitor_candidates"),
+        "layerlens.training.callbacks.CheckpointFromStep overrides it",
+    ),
     (RankAllocator, "_element_score", ("self", "n"), "layerlens.baselines.adalora reads AdaLoRA's scores with it"),
     (RankAllocator, "_combine_ipt", ("self", "ipt_E", "ipt_AB"), "layerlens.baselines.adalora combines them with it"),
 ]
@@ -27,6 +31,7 @@ def test_lightnings_sigterm_flag_is_where_the_interruption_sets_it():
     # layerlens.training.callbacks.Interruption stops a run at a batch boundary by setting this flag.
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False)
     connector = getattr(trainer, "_signal_connector", None)
-    assert connector is not None and connector.received_sigterm is False, \
-        ("lightning's Trainer._signal_connector.received_sigterm moved (layerlens.training.callbacks sets it): "
-         "pin lightning")
+    assert connector is not None and connector.received_sigterm is False, (
+        "lightning's Trainer._signal_connector.received_sigterm moved (layerlens.training.callbacks sets it): "
+        "pin lightning"
+    )

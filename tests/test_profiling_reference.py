@@ -19,9 +19,16 @@ KINDS = ["query", "key", "value", "attn_out", "ffn_in", "ffn_out", "attn_block",
 
 def tiny_bert(dropout: float = 0.0) -> BertForSequenceClassification:
     torch.manual_seed(0)
-    config = BertConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
-                        vocab_size=50, max_position_embeddings=16, hidden_dropout_prob=dropout,
-                        attention_probs_dropout_prob=dropout)
+    config = BertConfig(
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        vocab_size=50,
+        max_position_embeddings=16,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+    )
     return BertForSequenceClassification(config)
 
 
@@ -123,10 +130,14 @@ def hand_profile(weights: dict[str, float], sensitivity=(SENS_EVEN, SENS_ODD)) -
         even, odd = np.array(even), np.array(odd)
         return np.stack([even - 0.5, odd + 0.25, even + 0.5, odd - 0.25])  # halves' means: even, odd
 
-    per_batch = {"grad_norm": rows(GRAD_EVEN, GRAD_ODD), "fisher": rows(FISHER_EVEN, FISHER_ODD),
-                 "sensitivity": rows(*sensitivity)}
-    return Profile(["a", "b", "c", "d"], per_batch, weights, batch_size=8, tokens_per_batch=50.0, seq_len=9.0,
-                   seconds=1.5)
+    per_batch = {
+        "grad_norm": rows(GRAD_EVEN, GRAD_ODD),
+        "fisher": rows(FISHER_EVEN, FISHER_ODD),
+        "sensitivity": rows(*sensitivity),
+    }
+    return Profile(
+        ["a", "b", "c", "d"], per_batch, weights, batch_size=8, tokens_per_batch=50.0, seq_len=9.0, seconds=1.5
+    )
 
 
 def test_utility_is_each_weighted_statistic_over_its_mean_across_sites():
@@ -136,8 +147,9 @@ def test_utility_is_each_weighted_statistic_over_its_mean_across_sites():
     expected = np.array([1.5, 1.5, 3.5, 3.5]) / 2.5 + 2 * np.array([2.5, 2.0, 1.5, 3.0]) / 2.25
     np.testing.assert_allclose(profile.utility(), expected)
     # even batches alone: grad_norm [1, 2, 3, 4] / 2.5, fisher [1, 1, 1, 5] / 2
-    np.testing.assert_allclose(profile.utility(slice(0, None, 2)),
-                               np.array([0.4, 0.8, 1.2, 1.6]) + 2 * np.array([0.5, 0.5, 0.5, 2.5]))
+    np.testing.assert_allclose(
+        profile.utility(slice(0, None, 2)), np.array([0.4, 0.8, 1.2, 1.6]) + 2 * np.array([0.5, 0.5, 0.5, 2.5])
+    )
     # the statistics themselves: means over the batches asked for
     np.testing.assert_allclose(profile.statistic("fisher", slice(1, None, 2)), FISHER_ODD)
 
@@ -158,15 +170,17 @@ def test_validation_predicts_one_half_of_the_batches_from_the_other():
     assert grad.statistic == pytest.approx(0.6) and fisher.statistic == pytest.approx(-1.0)
     utility = np.array([1.5, 1.5, 3.5, 3.5]) / 2.5 + np.array([2.5, 2.0, 1.5, 3.0]) / 2.25  # all batches
     metrics = profile.validation()
-    assert metrics == pytest.approx({
-        "profile/utility_cv": utility.std() / utility.mean(),
-        "profile/grad_corr": 0.6,
-        "profile/grad_corr_p": grad.pvalue,
-        "profile/fisher_corr": -1.0,
-        "profile/fisher_corr_p": fisher.pvalue,
-        "profile/batches": 4.0,
-        "time/profile_s": 1.5,
-    })
+    assert metrics == pytest.approx(
+        {
+            "profile/utility_cv": utility.std() / utility.mean(),
+            "profile/grad_corr": 0.6,
+            "profile/grad_corr_p": grad.pvalue,
+            "profile/fisher_corr": -1.0,
+            "profile/fisher_corr_p": fisher.pvalue,
+            "profile/batches": 4.0,
+            "time/profile_s": 1.5,
+        }
+    )
 
 
 # Found by mutation testing (experiments/mutation.py): what the tests above left free to change.
@@ -205,16 +219,25 @@ def test_fewer_batches_than_asked_for_are_refused_naming_both_counts():
         profile_sites(model, discover_sites(model, ["query"]), iter(batches(2)), ProfileSettings(num_batches=3))
 
 
-@pytest.mark.parametrize("settings,message", [
-    ({"num_batches": 1}, "baseline.profile.num_batches must be an integer >= 2, got 1"),
-    ({"weights": ["fisher"]},
-     "baseline.profile.weights must map statistics (grad_norm, fisher, sensitivity) to weights, got ['fisher']"),
-    ({"weights": {"fisher": 1.0, "hessian": 1.0, "curvature": 1.0}},
-     "baseline.profile.weights: unknown statistic 'curvature' (choose from: grad_norm, fisher, sensitivity)"),
-    ({"weights": {"fisher": -1.0}}, "baseline.profile.weights.fisher must be a number >= 0, got -1.0"),
-    ({"weights": {"grad_norm": 0, "fisher": 0.0}},
-     "baseline.profile.weights must have one weight > 0, got {'grad_norm': 0, 'fisher': 0.0}"),
-])
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        ({"num_batches": 1}, "baseline.profile.num_batches must be an integer >= 2, got 1"),
+        (
+            {"weights": ["fisher"]},
+            "baseline.profile.weights must map statistics (grad_norm, fisher, sensitivity) to weights, got ['fisher']",
+        ),
+        (
+            {"weights": {"fisher": 1.0, "hessian": 1.0, "curvature": 1.0}},
+            "baseline.profile.weights: unknown statistic 'curvature' (choose from: grad_norm, fisher, sensitivity)",
+        ),
+        ({"weights": {"fisher": -1.0}}, "baseline.profile.weights.fisher must be a number >= 0, got -1.0"),
+        (
+            {"weights": {"grad_norm": 0, "fisher": 0.0}},
+            "baseline.profile.weights must have one weight > 0, got {'grad_norm': 0, 'fisher': 0.0}",
+        ),
+    ],
+)
 def test_bad_profile_settings_are_refused_in_one_line_naming_the_field(settings, message):
     with pytest.raises(LayerLensError, match=f"^{re.escape(message)}$"):
         ProfileSettings(**settings)
@@ -238,8 +261,15 @@ def test_profiling_draws_its_progress_on_stderr_and_leaves_nothing_behind(capsys
 def test_validation_holds_the_even_batches_against_the_mean_of_all_the_odd_ones():
     """Six batches; the odd ones rank the sites three different ways, so only their mean gives this answer."""
     grad = np.array([[1, 2, 3, 4], [4, 1, 2, 3], [1, 2, 3, 4], [1, 4, 3, 2], [1, 2, 3, 4], [2, 3, 1, 4]], float)
-    profile = Profile(["a", "b", "c", "d"], {name: grad.copy() for name in ("grad_norm", "fisher", "sensitivity")},
-                      {"grad_norm": 1.0}, batch_size=8, tokens_per_batch=50.0, seq_len=9.0, seconds=1.0)
+    profile = Profile(
+        ["a", "b", "c", "d"],
+        {name: grad.copy() for name in ("grad_norm", "fisher", "sensitivity")},
+        {"grad_norm": 1.0},
+        batch_size=8,
+        tokens_per_batch=50.0,
+        seq_len=9.0,
+        seconds=1.0,
+    )
     held_out = grad[[1, 3, 5]].mean(axis=0)  # [7, 8, 6, 9] / 3
     expected = spearmanr(grad[[0, 2, 4]].mean(axis=0), held_out).statistic
     assert expected == pytest.approx(0.4)

@@ -12,10 +12,11 @@ def only_run(tracking_uri):
     return client, client.search_runs([e.experiment_id for e in client.search_experiments()])[0]
 
 
-def test_without_a_selection_split_the_last_epoch_is_tested_and_nothing_is_selected(compose_run, tracking_uri,
-                                                                                     tmp_path):
+def test_without_a_selection_split_the_last_epoch_is_tested_and_nothing_is_selected(
+    compose_run, tracking_uri, tmp_path
+):
     headline = run_experiment(compose_run("task.selection_split=none"), tmp_path)
-    client, run = only_run(tracking_uri)
+    _client, run = only_run(tracking_uri)
     assert not any(name.startswith("val/") for name in run.data.metrics)
     assert run.data.metrics["test/acc"] == headline
     assert run.data.tags["checkpoint"].endswith("last-epoch=1-step=6.ckpt")  # trainer=debug: 2 epochs of 3 batches
@@ -31,7 +32,16 @@ def test_the_chosen_checkpoint_is_the_best_epoch_on_the_selection_split(compose_
 
 
 def test_a_search_without_a_selection_split_is_refused_by_name(tmp_path, call_module):
-    result = call_module("run", "-m", "hparams_search=lr_budget", *TINY, "hydra.sweeper.n_trials=1", "logger=none",
-                        "task.selection_split=none", f"hydra.sweep.dir={tmp_path}", cwd=tmp_path)
+    result = call_module(
+        "run",
+        "-m",
+        "hparams_search=lr_budget",
+        *TINY,
+        "hydra.sweeper.n_trials=1",
+        "logger=none",
+        "task.selection_split=none",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
+    )
     assert result.returncode != 0
     assert "task.selection_split: a search chooses on the selection split" in result.stderr

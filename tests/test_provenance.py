@@ -10,11 +10,22 @@ from layerlens.provenance import machine
 def test_the_machine_description_names_date_cpu_memory_load_gpu_versions_build_and_commit():
     lines = machine()
     keys = [line.split(":", 1)[0] for line in lines]
-    assert keys == ["date (UTC)", "cpu", "memory", "load average (1, 5, 15 min)", "gpu",
-                    keys[5], "native build", "commit"]
+    assert keys == [
+        "date (UTC)",
+        "cpu",
+        "memory",
+        "load average (1, 5, 15 min)",
+        "gpu",
+        keys[5],
+        "native build",
+        "commit",
+    ]
     assert re.fullmatch(r"cpu: .+ x \d+ logical cores \(.+\)", lines[1])
-    assert re.fullmatch(r"python \d+\.\d+\.\d+ \| torch \S+ \| transformers \S+ \| peft \S+ \| lightning \S+ \| "
-                        r"numpy \S+ \| scipy \S+", lines[5])
+    assert re.fullmatch(
+        r"python \d+\.\d+\.\d+ \| torch \S+ \| transformers \S+ \| peft \S+ \| lightning \S+ \| "
+        r"numpy \S+ \| scipy \S+",
+        lines[5],
+    )
     assert lines[6].startswith("native build: layerlens._rank_alloc")
     without_load = machine(packages=("numpy", "not-a-package"), load=False)
     assert not any(line.startswith("load average") for line in without_load)
@@ -23,6 +34,7 @@ def test_the_machine_description_names_date_cpu_memory_load_gpu_versions_build_a
 
 
 def test_the_module_prints_it_for_shell_scripts():
-    out = subprocess.run([sys.executable, "-m", "layerlens.provenance"], capture_output=True, text=True, check=True,
-                         timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "layerlens.provenance"], capture_output=True, text=True, check=True, timeout=120
+    ).stdout
     assert [line.split(":", 1)[0] for line in out.splitlines()][:3] == ["date (UTC)", "cpu", "memory"]

@@ -28,8 +28,11 @@ def store(tmp_path_factory, store_template):
     experiment = client.create_experiment("layerlens-cola")
     for baseline, (pct, scores, train, profile) in RUNS.items():
         for seed, score in enumerate(scores):
-            run = client.create_run(experiment, run_name=f"{baseline}-cola-s{seed}", tags={
-                "baseline": baseline, "task": "cola", "model": "tiny", "seed": str(seed), "sweep": "p1"})
+            run = client.create_run(
+                experiment,
+                run_name=f"{baseline}-cola-s{seed}",
+                tags={"baseline": baseline, "task": "cola", "model": "tiny", "seed": str(seed), "sweep": "p1"},
+            )
             run_id = run.info.run_id
             client.log_param(run_id, "task.headline_metric", "val/mcc")
             metrics = {"test/mcc": score, "test/acc": 0.5, "params/trainable_pct": pct, "time/train_s": train[seed]}
@@ -66,10 +69,21 @@ def test_pareto_front_keeps_the_points_nothing_beats():
 
 def table_of_store():
     rows = [
-        {"run_id": f"{b}{s}", "run_name": f"{b}-cola-s{s}", "task": "cola", "model": "tiny", "baseline": b,
-         "seed": str(s), "headline": "val/mcc", "test/mcc": score, "params/trainable_pct": pct,
-         "time/train_s": train[s], **({"time/profile_s": profile[s]} if profile else {})}
-        for b, (pct, scores, train, profile) in RUNS.items() for s, score in enumerate(scores)
+        {
+            "run_id": f"{b}{s}",
+            "run_name": f"{b}-cola-s{s}",
+            "task": "cola",
+            "model": "tiny",
+            "baseline": b,
+            "seed": str(s),
+            "headline": "val/mcc",
+            "test/mcc": score,
+            "params/trainable_pct": pct,
+            "time/train_s": train[s],
+            **({"time/profile_s": profile[s]} if profile else {}),
+        }
+        for b, (pct, scores, train, profile) in RUNS.items()
+        for s, score in enumerate(scores)
     ]
     return summarise(pd.DataFrame(rows), [])
 
@@ -101,9 +115,21 @@ def test_time_plot_stacks_profiling_on_layerlens_only():
 
 
 def test_one_seed_and_several_panels_still_plot(tmp_path):
-    rows = [{"run_id": f"r{i}", "run_name": f"lora-{t}", "task": t, "model": "tiny", "baseline": "lora", "seed": "0",
-             "headline": h, h.replace("val/", "test/"): 0.5, "params/trainable_pct": 1.0, "time/train_s": 3.0}
-            for i, (t, h) in enumerate([("stsb", "val/pearson"), ("mrpc", "val/acc")])]
+    rows = [
+        {
+            "run_id": f"r{i}",
+            "run_name": f"lora-{t}",
+            "task": t,
+            "model": "tiny",
+            "baseline": "lora",
+            "seed": "0",
+            "headline": h,
+            h.replace("val/", "test/"): 0.5,
+            "params/trainable_pct": 1.0,
+            "time/train_s": 3.0,
+        }
+        for i, (t, h) in enumerate([("stsb", "val/pearson"), ("mrpc", "val/acc")])
+    ]
     fig = pareto_figure(summarise(pd.DataFrame(rows), []), "title", "caption")
     assert [ax.get_title() for ax in fig.axes] == ["task mrpc · model tiny", "task stsb · model tiny"]
     fig.savefig(tmp_path / "x.png")

@@ -18,20 +18,26 @@ import torch
 from mlflow.tracking import MlflowClient
 from torch import nn
 
-from tests.conftest import REPO, TINY, run_module
 from layerlens.data.selection import TRAIN
 from layerlens.errors import LayerLensError
 from layerlens.pipeline import run_experiment
 from layerlens.training.callbacks import Interruption
 from layerlens.training.resume import EpochShuffle, Interrupted, rng_states, set_rng_states, shuffled_train_loader
+from tests.conftest import REPO, TINY, run_module
 
 # Three epochs of 8 steps; the signal lands mid-epoch 0.
 ARGS = [*TINY, "trainer.max_epochs=3", "trainer.limit_train_batches=8"]
 
 
 def start(out: Path, args: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "layerlens.run", *args, f"hydra.run.dir={out}"], cwd=REPO,
-                            env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "layerlens.run", *args, f"hydra.run.dir={out}"],
+        cwd=REPO,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def interrupt(out: Path, signum: int, args: list[str] = ARGS, after_steps: int = 5) -> tuple[subprocess.Popen, str]:
@@ -72,8 +78,9 @@ def history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]
 # The run to be cut is a subprocess (it takes the signal); the uninterrupted run, and the resumed one but for lora's
 # (a new process, as a user resumes), run in this process.
 @pytest.mark.parametrize("baseline", ["lora", "layerlens", "adalora"])
-def test_sigterm_saves_kills_and_resumes_to_the_uninterrupted_result(tracking_uri, compose_run, tmp_path, baseline,
-                                                                     call_module):
+def test_sigterm_saves_kills_and_resumes_to_the_uninterrupted_result(
+    tracking_uri, compose_run, tmp_path, baseline, call_module
+):
     args = [*ARGS, f"baseline={baseline}"]
     full = call_module("run", *args, f"hydra.run.dir={tmp_path / 'full'}", cwd=REPO)
     assert full.returncode == 0, full.stderr[-3000:]
@@ -95,8 +102,10 @@ def test_sigterm_saves_kills_and_resumes_to_the_uninterrupted_result(tracking_ur
 
     # A resume with another config is refused, naming the field, before anything runs.
     with pytest.raises(LayerLensError, match=r"resume: the config differs .* at .*baseline"):
-        run_experiment(compose_run("trainer.max_epochs=3", "trainer.limit_train_batches=8", "baseline=full_ft",
-                                   f"resume={out}"), tmp_path / "unused")
+        run_experiment(
+            compose_run("trainer.max_epochs=3", "trainer.limit_train_batches=8", "baseline=full_ft", f"resume={out}"),
+            tmp_path / "unused",
+        )
 
     resumed = (run_module if baseline == "lora" else call_module)("run", *args, f"resume={out}", cwd=REPO)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -113,8 +122,12 @@ def test_sigterm_saves_kills_and_resumes_to_the_uninterrupted_result(tracking_ur
 
     # Finished: nothing left to resume.
     with pytest.raises(LayerLensError, match="resume: no checkpoint .*last.ckpt"):
-        run_experiment(compose_run("trainer.max_epochs=3", "trainer.limit_train_batches=8", f"baseline={baseline}",
-                                   f"resume={out}"), tmp_path / "unused")
+        run_experiment(
+            compose_run(
+                "trainer.max_epochs=3", "trainer.limit_train_batches=8", f"baseline={baseline}", f"resume={out}"
+            ),
+            tmp_path / "unused",
+        )
 
 
 def test_sigint_saves_a_checkpoint_and_marks_the_run_killed(tracking_uri, tmp_path):
@@ -135,6 +148,7 @@ def test_resume_of_a_missing_folder_fails_in_one_line(compose_run, tmp_path):
 
 
 # EpochShuffle and the RNG states: what a resume relies on to replay the batches and random numbers it missed.
+
 
 def test_an_epochs_order_is_a_permutation_drawn_from_seed_and_epoch_alone():
     orders = []
@@ -168,8 +182,10 @@ def test_a_skip_continues_the_epochs_order_exactly_where_it_stopped(done):
 
 
 def rows_loader(count: int, batch_size: int, seed: int):
-    rows = [torch.tensor([float(i), *torch.randn(3, generator=torch.Generator().manual_seed(i)).tolist()])
-            for i in range(count)]  # column 0: the row's index
+    rows = [
+        torch.tensor([float(i), *torch.randn(3, generator=torch.Generator().manual_seed(i)).tolist()])
+        for i in range(count)
+    ]  # column 0: the row's index
     data = SimpleNamespace(tokenised={TRAIN: rows}, batch_size=batch_size, collate=torch.stack, num_workers=0)
     return shuffled_train_loader(data, seed)
 
@@ -233,13 +249,21 @@ def fit(folder: Path, signal_at: int | None = None, resume: bool = False) -> tup
     module, interruption = Recorder(), Interruption(folder)
     interruption.loader = rows_loader(24, 4, seed=5)
     callbacks = [] if signal_at is None else [SignalAt(interruption, signal_at)]
-    trainer = L.Trainer(max_epochs=2, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[*callbacks, interruption])
+    trainer = L.Trainer(
+        max_epochs=2,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[*callbacks, interruption],
+    )
     L.seed_everything(1)
     with interruption.handling_signals():
-        trainer.fit(module, train_dataloaders=interruption.loader,
-                    ckpt_path=interruption.checkpoint if resume else None)
+        trainer.fit(
+            module, train_dataloaders=interruption.loader, ckpt_path=interruption.checkpoint if resume else None
+        )
     return module, interruption
 
 

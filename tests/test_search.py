@@ -17,21 +17,30 @@ def test_search_maximises_over_a_log_scale_lr_and_the_budget():
         sweeper = compose("run", ["hparams_search=lr_budget"], return_hydra_config=True).hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     parser = OverridesParser.create()
-    space = {key: create_optuna_distribution_from_override(parser.parse_override(f"{key}={value}"))
-             for key, value in sweeper.params.items()}
+    space = {
+        key: create_optuna_distribution_from_override(parser.parse_override(f"{key}={value}"))
+        for key, value in sweeper.params.items()
+    }
     assert set(space) == {"baseline.lr", "budget.params_pct"}
     assert isinstance(space["baseline.lr"], LogUniformDistribution)
-    assert isinstance(space["budget.params_pct"], UniformDistribution) and 0 < space["budget.params_pct"].low
+    assert isinstance(space["budget.params_pct"], UniformDistribution) and space["budget.params_pct"].low > 0
 
 
-def test_search_runs_trials_with_different_lrs_past_a_failing_one_and_names_the_best(tmp_path, call_module,
-                                                                                     store_template):
+def test_search_runs_trials_with_different_lrs_past_a_failing_one_and_names_the_best(
+    tmp_path, call_module, store_template
+):
     uri = copy_store(store_template, tmp_path / "mlflow.db")
     result = call_module(
-        "run", "-m", "hparams_search=lr_budget", *TINY, "hydra.sweeper.n_trials=3",
+        "run",
+        "-m",
+        "hparams_search=lr_budget",
+        *TINY,
+        "hydra.sweeper.n_trials=3",
         # budget.params_pct=200 fails validation; with seed 3, TPE's random start draws 0.5, 200, 0.5.
-        "budget.params_pct=choice(0.5,200)", "seed=3",
-        cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri},
+        "budget.params_pct=choice(0.5,200)",
+        "seed=3",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": uri},
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]

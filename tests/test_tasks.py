@@ -18,23 +18,52 @@ from layerlens.training.classifier import SequenceClassifier, task_metrics
 from tests.conftest import compose_config, copy_store
 from tests.test_data import task, write_tsv
 
-STSB_HEADER = ["index", "genre", "filename", "year", "old_index", "source1", "source2", "sentence1", "sentence2",
-               "score"]
+STSB_HEADER = [
+    "index",
+    "genre",
+    "filename",
+    "year",
+    "old_index",
+    "source1",
+    "source2",
+    "sentence1",
+    "sentence2",
+    "score",
+]
 WORDS = "cat dog sun rain tree book road lamp door cup bird fish"
 
 
 def stsb_rows(n: int) -> list[list[str]]:
     words = WORDS.split()
-    return [[str(i), "main-captions", "MSRvid", "2012test", str(i), "none", "none",
-             f"A {words[i % 12]} is near the {words[(i + 3) % 12]}.", f"The {words[(i * 5) % 12]} sleeps.",
-             f"{(i * 0.37) % 5:.3f}"] for i in range(n)]
+    return [
+        [
+            str(i),
+            "main-captions",
+            "MSRvid",
+            "2012test",
+            str(i),
+            "none",
+            "none",
+            f"A {words[i % 12]} is near the {words[(i + 3) % 12]}.",
+            f"The {words[(i * 5) % 12]} sleeps.",
+            f"{(i * 0.37) % 5:.3f}",
+        ]
+        for i in range(n)
+    ]
 
 
 def cola_rows(n: int) -> list[list[str]]:
     words = WORDS.split()
     # GLUE's columns: source, label, original label ("*" where unacceptable), sentence
-    return [["gj04", str(i % 2), "*" if i % 2 == 0 else "",
-             f"The {words[i % 12]} {'ran' if i % 2 else 'very'} {words[(i + 1) % 12]}."] for i in range(n)]
+    return [
+        [
+            "gj04",
+            str(i % 2),
+            "*" if i % 2 == 0 else "",
+            f"The {words[i % 12]} {'ran' if i % 2 else 'very'} {words[(i + 1) % 12]}.",
+        ]
+        for i in range(n)
+    ]
 
 
 def write_headerless(path, rows):
@@ -96,30 +125,44 @@ def test_hub_stsb_and_cola_map_their_columns(monkeypatch):
         "stsb": {"sentence1": ["a", "b"], "sentence2": ["c", "d"], "label": [4.2, 0.5], "idx": [0, 1]},
         "cola": {"sentence": ["a b.", "b a."], "label": [1, 0], "idx": [0, 1]},
     }
-    monkeypatch.setattr(datasets, "load_dataset", lambda path, name: datasets.DatasetDict(
-        {split: datasets.Dataset.from_dict(hub[name]) for split in ("train", "validation")}))
+    monkeypatch.setattr(
+        datasets,
+        "load_dataset",
+        lambda path, name: datasets.DatasetDict(
+            {split: datasets.Dataset.from_dict(hub[name]) for split in ("train", "validation")}
+        ),
+    )
     stsb = load_task_splits(task("stsb"))
     assert stsb["dev"]["label"] == pytest.approx([4.2, 0.5]) and stsb["dev"]["text_b"] == ["c", "d"]
     cola = load_task_splits(task("cola"))
     assert cola["train"].column_names == ["text_a", "label"] and cola["train"]["label"] == [1, 0]
 
 
-@pytest.mark.parametrize("name,kind,metrics,headline", [
-    ("stsb", "regression", ["val/pearson", "val/spearman"], "val/pearson"),
-    ("cola", "classification", ["val/acc", "val/f1", "val/mcc"], "val/mcc"),
-    ("mrpc", "classification", ["val/acc", "val/f1", "val/mcc"], "val/acc"),
-])
+@pytest.mark.parametrize(
+    "name,kind,metrics,headline",
+    [
+        ("stsb", "regression", ["val/pearson", "val/spearman"], "val/pearson"),
+        ("cola", "classification", ["val/acc", "val/f1", "val/mcc"], "val/mcc"),
+        ("mrpc", "classification", ["val/acc", "val/f1", "val/mcc"], "val/acc"),
+    ],
+)
 def test_task_kind_metrics_and_headline(name, kind, metrics, headline):
     spec = task(name)
     assert (spec.kind, spec.metric_names, spec.headline_metric) == (kind, metrics, headline)
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"headline_metric": "val/acc"}, r"task.headline_metric must be one of val/pearson, val/spearman, got 'val/acc'"),
-    ({"label_names": "[low]"}, r"task.label_names must be null for a regression task"),
-    ({"num_labels": 0}, r"task.num_labels must be an integer >= 1, got 0"),
-    ({"source": "embedded"}, r"task.data_dir: LayerLens ships no copy of STS-B"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            {"headline_metric": "val/acc"},
+            r"task.headline_metric must be one of val/pearson, val/spearman, got 'val/acc'",
+        ),
+        ({"label_names": "[low]"}, r"task.label_names must be null for a regression task"),
+        ({"num_labels": 0}, r"task.num_labels must be an integer >= 1, got 0"),
+        ({"source": "embedded"}, r"task.data_dir: LayerLens ships no copy of STS-B"),
+    ],
+)
 def test_stsb_config_errors_name_the_field(overrides, message):
     with pytest.raises(LayerLensError, match=message):
         task("stsb", **overrides)
@@ -154,8 +197,9 @@ def test_mcc_matches_the_confusion_matrix_formula():
 
 
 def test_regression_predictions_are_the_single_output_and_the_loss_is_mse(glue_dirs, compose_run, tmp_path):
-    cfg = compose_run("task=stsb", "task.source=embedded", f"task.data_dir={glue_dirs / 'STS-B'}", "baseline=full_ft",
-                      "logger=none")
+    cfg = compose_run(
+        "task=stsb", "task.source=embedded", f"task.data_dir={glue_dirs / 'STS-B'}", "baseline=full_ft", "logger=none"
+    )
     s = resolve_settings(cfg)
     data = build_datamodule(s, s.backbone.tokenizer())
     adapted, _ = build_classifier(s, cfg, data, tmp_path)
@@ -176,9 +220,18 @@ def runs(glue_dirs, tmp_path_factory, store_template):
     uri = copy_store(store_template, root / "mlflow.db")
     results = {}
     for name, data_dir, baseline in [("stsb", "STS-B", "full_ft"), ("stsb", "STS-B", "lora"), ("cola", "CoLA", "lora")]:
-        cfg = compose_config("run", ["model=tiny", "trainer=debug", f"logger.tracking_uri={uri}", f"task={name}",
-                                     "task.source=embedded", f"task.data_dir={glue_dirs / data_dir}",
-                                     f"baseline={baseline}"])
+        cfg = compose_config(
+            "run",
+            [
+                "model=tiny",
+                "trainer=debug",
+                f"logger.tracking_uri={uri}",
+                f"task={name}",
+                "task.source=embedded",
+                f"task.data_dir={glue_dirs / data_dir}",
+                f"baseline={baseline}",
+            ],
+        )
         results[(name, baseline)] = run_experiment(cfg, root / f"{name}-{baseline}", sweep="g1")
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -227,10 +280,16 @@ def test_the_mean_pooling_head_regresses_with_mse_when_there_is_one_label():
     from layerlens.models.heads import MeanPoolingClassifier
 
     torch.manual_seed(0)
-    encoder = BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                                   vocab_size=50), add_pooling_layer=False)
+    encoder = BertModel(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50),
+        add_pooling_layer=False,
+    )
     model = MeanPoolingClassifier(encoder, num_labels=1).eval()
-    ids, mask, scores = torch.tensor([[1, 2, 3], [4, 5, 0]]), torch.tensor([[1, 1, 1], [1, 1, 0]]), torch.tensor([0.5, 4.0])
+    ids, mask, scores = (
+        torch.tensor([[1, 2, 3], [4, 5, 0]]),
+        torch.tensor([[1, 1, 1], [1, 1, 0]]),
+        torch.tensor([0.5, 4.0]),
+    )
     out = model(input_ids=ids, attention_mask=mask, labels=scores)
     assert out.logits.shape == (2, 1)
     assert torch.allclose(out.loss, torch.nn.functional.mse_loss(out.logits.squeeze(-1), scores))

@@ -15,8 +15,18 @@ from layerlens.training.checkpoint_eval import evaluate_run
 from tests.conftest import compose_config, copy_store
 
 METRICS = {
-    "val/acc", "val/f1", "val/mcc", "test/acc", "test/f1", "test/mcc", "params/trainable", "params/trainable_pct", "time/train_s", "time/eval_s",
-    "mem/peak_rss_mb", "throughput/train_samples_per_s",
+    "val/acc",
+    "val/f1",
+    "val/mcc",
+    "test/acc",
+    "test/f1",
+    "test/mcc",
+    "params/trainable",
+    "params/trainable_pct",
+    "time/train_s",
+    "time/eval_s",
+    "mem/peak_rss_mb",
+    "throughput/train_samples_per_s",
 }
 
 
@@ -33,7 +43,13 @@ def store(tmp_path_factory, store_template):
     uri = copy_store(store_template, root / "mlflow.db")
     overrides = ["model=tiny", "trainer=debug", f"logger.tracking_uri={uri}"]
     values = {}
-    for baseline, seed, sweep in [("full_ft", 0, "s1"), ("full_ft", 1, "s1"), ("lora", 0, "s1"), ("lora", 1, "s1"), ("lora", 2, None)]:
+    for baseline, seed, sweep in [
+        ("full_ft", 0, "s1"),
+        ("full_ft", 1, "s1"),
+        ("lora", 0, "s1"),
+        ("lora", 1, "s1"),
+        ("lora", 2, None),
+    ]:
         cfg = compose_config("run", [*overrides, f"baseline={baseline}", f"seed={seed}"])
         values[(baseline, seed)] = run_experiment(cfg, root / f"{baseline}-{seed}", sweep=sweep)
     return uri, values, root
@@ -45,9 +61,15 @@ def test_each_run_records_its_metrics_tags_config_and_checkpoint(store):
     assert [r.info.status for r in runs] == ["FINISHED"] * 5
     run = runs[2]
     assert run.info.run_name == "lora-mrpc-s0"
-    assert METRICS <= set(run.data.metrics)
+    assert set(run.data.metrics) >= METRICS
     tags = run.data.tags
-    assert (tags["baseline"], tags["task"], tags["model"], tags["seed"], tags["sweep"]) == ("lora", "mrpc", "tiny", "0", "s1")
+    assert (tags["baseline"], tags["task"], tags["model"], tags["seed"], tags["sweep"]) == (
+        "lora",
+        "mrpc",
+        "tiny",
+        "0",
+        "s1",
+    )
     assert tags["mlflow.source.git.commit"] and tags["native_build"].startswith("layerlens._rank_alloc")
     assert run.data.params["baseline.r"] == "8" and run.data.params["trainer.max_epochs"] == "2"
     assert "config.yaml" in [a.path for a in client.list_artifacts(run.info.run_id)]
@@ -81,8 +103,11 @@ def test_report_for_a_sweep_names_runs_seeds_ratios_and_targets(store, tmp_path)
     assert list(table["seeds"]) == ["0,1", "0,1"]
     assert list(table["headline"]) == ["val/acc", "val/acc"]  # MRPC's: the ratios follow accuracy, as before
     _, runs = runs_of(uri)
-    swept_lora = [r.data.metrics["test/acc"] for r in runs if r.data.tags.get("sweep") == "s1"
-                  and r.data.tags["baseline"] == "lora"]
+    swept_lora = [
+        r.data.metrics["test/acc"]
+        for r in runs
+        if r.data.tags.get("sweep") == "s1" and r.data.tags["baseline"] == "lora"
+    ]
     assert table.loc[1, "acc_mean"] == pytest.approx(sum(swept_lora) / 2)  # the test split's, not the selection's
     assert table.loc[0, "headline_ratio"] == pytest.approx(1.0)
     lora = table.iloc[1]
@@ -114,7 +139,9 @@ def test_report_latest_sweep_and_unknown_sweep(store, tmp_path):
     uri, _, _ = store
     _, csv, *_ = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=latest", f"out_dir={tmp_path}"]))
     assert csv.name == "comparison-s1.csv"
-    _, csv, *_ = make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=[s1,nope]", f"out_dir={tmp_path}"]))
+    _, csv, *_ = make_report(
+        compose_config("report", [f"tracking_uri={uri}", "sweep=[s1,nope]", f"out_dir={tmp_path}"])
+    )
     assert csv.name == "comparison-s1.csv" and list(pd.read_csv(csv)["n_runs"]) == [2, 2]
     with pytest.raises(LayerLensError, match="no finished LayerLens runs match"):
         make_report(compose_config("report", [f"tracking_uri={uri}", "sweep=nope", f"out_dir={tmp_path}"]))
@@ -144,11 +171,25 @@ def summary_of(rows, targets):
 
 def test_summary_statistics_and_targets_are_exact():
     rows = [
-        {"run_id": f"r{i}", "run_name": f"{b}-{s}", "task": "mrpc", "model": "m", "baseline": b, "seed": str(s),
-         "test/acc": acc, "test/f1": 0.9, "params/trainable_pct": pct, "time/train_s": t}
+        {
+            "run_id": f"r{i}",
+            "run_name": f"{b}-{s}",
+            "task": "mrpc",
+            "model": "m",
+            "baseline": b,
+            "seed": str(s),
+            "test/acc": acc,
+            "test/f1": 0.9,
+            "params/trainable_pct": pct,
+            "time/train_s": t,
+        }
         for i, (b, s, acc, pct, t) in enumerate(
-            [("full_ft", 0, 0.80, 100.0, 100.0), ("full_ft", 1, 0.84, 100.0, 120.0),
-             ("lora", 0, 0.78, 1.0, 40.0), ("lora", 1, 0.76, 1.0, 80.0)]
+            [
+                ("full_ft", 0, 0.80, 100.0, 100.0),
+                ("full_ft", 1, 0.84, 100.0, 120.0),
+                ("lora", 0, 0.78, 1.0, 40.0),
+                ("lora", 1, 0.76, 1.0, 80.0),
+            ]
         )
     ]
     targets = [Target("acc", "test/acc", "ratio", ">=", 0.95), Target("time", "time/train_s", "ratio", "<=", 0.5)]
@@ -165,8 +206,16 @@ def test_summary_statistics_and_targets_are_exact():
 
 def test_headline_follows_each_tasks_own_metric_and_its_ratio_needs_the_same_headline():
     def run(i, task, baseline, headline, **metrics):
-        return {"run_id": f"r{i}", "run_name": f"{baseline}-{task}", "task": task, "model": "m", "baseline": baseline,
-                "seed": "0", "headline": headline, **metrics}
+        return {
+            "run_id": f"r{i}",
+            "run_name": f"{baseline}-{task}",
+            "task": task,
+            "model": "m",
+            "baseline": baseline,
+            "seed": "0",
+            "headline": headline,
+            **metrics,
+        }
 
     rows = [
         run(0, "mrpc", "full_ft", "val/acc", **{"test/acc": 0.80, "test/mcc": 0.50}),
@@ -176,28 +225,57 @@ def test_headline_follows_each_tasks_own_metric_and_its_ratio_needs_the_same_hea
         run(4, "cola", "full_ft", "val/acc", **{"test/acc": 0.70, "test/mcc": 0.40}),
         run(5, "cola", "lora", "val/mcc", **{"test/acc": 0.69, "test/mcc": 0.39}),
     ]
-    targets = [Target("headline 95%", "headline", "ratio", ">=", 0.95), Target("mcc", "test/mcc", "absolute", ">=", 0.35)]
+    targets = [
+        Target("headline 95%", "headline", "ratio", ">=", 0.95),
+        Target("mcc", "test/mcc", "absolute", ">=", 0.35),
+    ]
     table = summarise(pd.DataFrame(rows), targets).set_index(["task", "baseline"])
     assert table.loc[("mrpc", "lora"), "headline_mean"] == pytest.approx(0.76)
     assert table.loc[("mrpc", "lora"), "headline_ratio"] == pytest.approx(0.76 / 0.80)
     assert table.loc[("stsb", "lora"), "headline_ratio"] == pytest.approx(0.60 / 0.80)
-    assert table.loc[("mrpc", "lora"), "headline 95%"] == "met" and table.loc[("stsb", "lora"), "headline 95%"] == "not met"
+    assert (
+        table.loc[("mrpc", "lora"), "headline 95%"] == "met"
+        and table.loc[("stsb", "lora"), "headline 95%"] == "not met"
+    )
     assert table.loc[("cola", "lora"), "mcc"] == "met" and table.loc[("mrpc", "lora"), "mcc"] == "not met"
     # A reference scored by another headline metric gives no headline ratio (and no verdict).
-    assert pd.isna(table.loc[("cola", "lora"), "headline_ratio"]) and table.loc[("cola", "lora"), "headline 95%"] == "n/a"
+    assert (
+        pd.isna(table.loc[("cola", "lora"), "headline_ratio"]) and table.loc[("cola", "lora"), "headline 95%"] == "n/a"
+    )
     no_headline_logged = summarise(pd.DataFrame(rows[:2]).drop(columns="headline"), [])
     assert list(no_headline_logged["headline"]) == ["val/acc", "val/acc"]
 
 
 def test_a_ratio_target_can_divide_by_another_metric_of_the_reference():
     rows = [
-        {"run_id": "r0", "run_name": "full_ft-0", "task": "mrpc", "model": "m", "baseline": "full_ft", "seed": "0",
-         "test/acc": 0.8, "time/train_s": 200.0, "time/total_s": 200.0},
-        {"run_id": "r1", "run_name": "layerlens-0", "task": "mrpc", "model": "m", "baseline": "layerlens", "seed": "0",
-         "test/acc": 0.8, "time/train_s": 80.0, "time/profile_s": 12.0, "time/total_s": 93.0},
+        {
+            "run_id": "r0",
+            "run_name": "full_ft-0",
+            "task": "mrpc",
+            "model": "m",
+            "baseline": "full_ft",
+            "seed": "0",
+            "test/acc": 0.8,
+            "time/train_s": 200.0,
+            "time/total_s": 200.0,
+        },
+        {
+            "run_id": "r1",
+            "run_name": "layerlens-0",
+            "task": "mrpc",
+            "model": "m",
+            "baseline": "layerlens",
+            "seed": "0",
+            "test/acc": 0.8,
+            "time/train_s": 80.0,
+            "time/profile_s": 12.0,
+            "time/total_s": 93.0,
+        },
     ]
-    targets = [Target("profiling", "time/profile_s", "ratio", "<=", 0.05, of="time/train_s"),
-               Target("total", "time/total_s", "ratio", "<=", 0.5)]
+    targets = [
+        Target("profiling", "time/profile_s", "ratio", "<=", 0.05, of="time/train_s"),
+        Target("total", "time/total_s", "ratio", "<=", 0.5),
+    ]
     table = summary_of(rows, targets)
     assert table.loc["layerlens", "profile_s_per_ref_train_s"] == pytest.approx(12 / 200)
     assert table.loc["layerlens", "total_s_ratio"] == pytest.approx(93 / 200)
@@ -218,11 +296,23 @@ def test_target_config_errors_name_the_field():
 def test_runs_of_different_configs_are_separate_rows_named_by_what_differs():
     def run(i, baseline, seed, lr, acc):
         config = {"baseline.lr": lr, "trainer.max_epochs": "4"}
-        return {"run_id": f"r{i}", "run_name": f"{baseline}-{seed}", "task": "mrpc", "model": "m",
-                "baseline": baseline, "seed": str(seed), "config": config, "test/acc": acc}
+        return {
+            "run_id": f"r{i}",
+            "run_name": f"{baseline}-{seed}",
+            "task": "mrpc",
+            "model": "m",
+            "baseline": baseline,
+            "seed": str(seed),
+            "config": config,
+            "test/acc": acc,
+        }
 
-    rows = [run(0, "full_ft", 0, "5e-05", 0.80), run(1, "lora", 0, "0.002", 0.70), run(2, "lora", 1, "0.002", 0.72),
-            run(3, "lora", 0, "0.003", 0.78)]
+    rows = [
+        run(0, "full_ft", 0, "5e-05", 0.80),
+        run(1, "lora", 0, "0.002", 0.70),
+        run(2, "lora", 1, "0.002", 0.72),
+        run(3, "lora", 0, "0.003", 0.78),
+    ]
     targets = [Target("acc", "test/acc", "ratio", ">=", 0.95)]
     table = summarise(pd.DataFrame(rows), targets).set_index(["baseline", "variant"])
     assert table.loc[("lora", "baseline.lr=0.002"), "n_runs"] == 2
@@ -235,20 +325,40 @@ def test_runs_of_different_configs_are_separate_rows_named_by_what_differs():
 
 
 def test_seed_column_orders_numbers_numerically_and_other_tags_after():
-    rows = [{"run_id": f"r{i}", "run_name": f"lora-{s}", "task": "mrpc", "model": "m", "baseline": "lora", "seed": s,
-             "test/acc": 0.8} for i, s in enumerate(["10", "2", "²", "x"])]
+    rows = [
+        {
+            "run_id": f"r{i}",
+            "run_name": f"lora-{s}",
+            "task": "mrpc",
+            "model": "m",
+            "baseline": "lora",
+            "seed": s,
+            "test/acc": 0.8,
+        }
+        for i, s in enumerate(["10", "2", "²", "x"])
+    ]
     assert summarise(pd.DataFrame(rows), []).loc[0, "seeds"] == "2,10,x,²"
 
 
 def test_plan_checks_list_each_planned_run_and_skip_the_others():
     from layerlens.analysis.comparison import plan_checks
 
-    runs = pd.DataFrame([
-        {"task": "mrpc", "model": "m", "run_name": "lora-mrpc-s0", "sweep": "a", "start_time": 1, "test/acc": 0.8},
-        {"task": "mrpc", "model": "m", "run_name": "layerlens-mrpc-s1", "sweep": "a", "start_time": 2,
-         "profile/grad_corr": 0.97,
-         "profile/fisher_corr": 0.98, "plan/utilisation/params": 0.99, "plan/consistency/lora": 1.0},
-    ])
+    runs = pd.DataFrame(
+        [
+            {"task": "mrpc", "model": "m", "run_name": "lora-mrpc-s0", "sweep": "a", "start_time": 1, "test/acc": 0.8},
+            {
+                "task": "mrpc",
+                "model": "m",
+                "run_name": "layerlens-mrpc-s1",
+                "sweep": "a",
+                "start_time": 2,
+                "profile/grad_corr": 0.97,
+                "profile/fisher_corr": 0.98,
+                "plan/utilisation/params": 0.99,
+                "plan/consistency/lora": 1.0,
+            },
+        ]
+    )
     checks = plan_checks(runs)
     assert list(checks["run_name"]) == ["layerlens-mrpc-s1"]
     assert checks.loc[0, "grad corr"] == 0.97 and checks.loc[0, "params budget used"] == 0.99

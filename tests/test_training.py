@@ -19,8 +19,15 @@ def fit(compose_run, tmp_path, baseline: str, *overrides: str):
     model = adapted.model
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
-    trainer = L.Trainer(max_steps=3, limit_val_batches=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, callbacks=adapted.callbacks)
+    trainer = L.Trainer(
+        max_steps=3,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=adapted.callbacks,
+    )
     trainer.fit(module, datamodule=data)
     changed = {name: not torch.equal(before[name], p.detach()) for name, p in model.named_parameters()}
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
@@ -37,7 +44,9 @@ def test_full_ft_trains_every_weight(compose_run, tmp_path, pooling):
 
 @pytest.mark.parametrize("pooling", ["cls", "mean"])
 def test_lora_trains_only_adapters_and_head(compose_run, tmp_path, pooling):
-    model, backbone_params, changed, trainable = fit(compose_run, tmp_path, "lora", "baseline.r=4", f"model.pooling={pooling}")
+    model, backbone_params, changed, trainable = fit(
+        compose_run, tmp_path, "lora", "baseline.r=4", f"model.pooling={pooling}"
+    )
     assert trainable and all(("lora_" in name) or ("classifier" in name) for name in trainable)
     assert any("lora_A" in name for name in trainable) and any("lora_B" in name for name in trainable)
     assert all(changed[name] for name in trainable), [name for name in trainable if not changed[name]]
@@ -72,14 +81,15 @@ def test_metrics_accuracy_f1_and_mcc(num_labels):
     if num_labels == 2:  # F1 of the positive class: precision 1/2, recall 1/1
         assert scores["val/f1"] == pytest.approx(2 / 3)
     # TP 1, TN 2, FP 1, FN 0: (1*2 - 1*0) / sqrt(2 * 1 * 3 * 2); with 3 classes the unused one changes nothing
-    assert scores["val/mcc"] == pytest.approx(2 / 12 ** 0.5)
+    assert scores["val/mcc"] == pytest.approx(2 / 12**0.5)
 
 
 def test_a_pretrained_model_trains_with_dropout_on():
     from transformers import BertConfig, BertForSequenceClassification
 
-    model = BertForSequenceClassification(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1,
-                                                     intermediate_size=8, vocab_size=10)).eval()
+    model = BertForSequenceClassification(
+        BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8, vocab_size=10)
+    ).eval()
     module = SequenceClassifier(model, 2, 1e-3, 0.0, 0.0)
     assert all(m.training for m in module.model.modules())
 

@@ -10,8 +10,9 @@ from layerlens.planning.validity import measured_gains, utility_validity
 
 
 def write_gains(path, reference, losses):
-    rows = [{"site": None, "selection_loss": reference}] + [{"site": s, "selection_loss": v, "trainable": 10}
-                                                             for s, v in losses.items()]
+    rows = [{"site": None, "selection_loss": reference}] + [
+        {"site": s, "selection_loss": v, "trainable": 10} for s, v in losses.items()
+    ]
     path.write_text("".join(json.dumps(row) + "\n" for row in rows))
     return path
 
@@ -38,12 +39,15 @@ def test_a_utility_ordered_against_the_gains_scores_minus_one():
     assert utility_validity(utilities, gains)["plan/utility_validity"] == pytest.approx(-1.0)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    (None, "baseline.validity_gains: no file"),
-    ('{"site": "L0.query", "selection_loss": 0.5}\n', "has no reference line"),
-    ('{"site": null, "selection_loss": 0.5}\nnot json\n', "line 2 is not a measured gain"),
-    ('{"site": null}\n', "line 1 is not a measured gain"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (None, "baseline.validity_gains: no file"),
+        ('{"site": "L0.query", "selection_loss": 0.5}\n', "has no reference line"),
+        ('{"site": null, "selection_loss": 0.5}\nnot json\n', "line 2 is not a measured gain"),
+        ('{"site": null}\n', "line 1 is not a measured gain"),
+    ],
+)
 def test_a_bad_gains_file_is_refused_in_one_line_naming_the_field(tmp_path, text, message):
     path = tmp_path / "gains.jsonl"
     if text is not None:

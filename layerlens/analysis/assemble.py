@@ -54,12 +54,25 @@ def write_paired(comparisons: list[PairedComparison], out_dir: Path, stem: str) 
         return ()
     stats, seeds = out_dir / f"{stem}-paired.csv", out_dir / f"{stem}-paired-seeds.csv"
     pd.DataFrame([row for c in comparisons for row in c.stats_rows()]).to_csv(stats, index=False)
-    seeds_frame = pd.DataFrame([
-        {"task": c.task, "model": c.model, "a": c.a, "b": c.b, "seed": seed, "metric": m.metric,
-         "a_value": c.values.loc[seed, (c.a, m.metric)], "b_value": c.values.loc[seed, (c.b, m.metric)],
-         "difference": difference}
-        for c in comparisons for m in c.metrics for seed, difference in zip(c.seeds, m.differences)
-    ], columns=["task", "model", "a", "b", "seed", "metric", "a_value", "b_value", "difference"])
+    seeds_frame = pd.DataFrame(
+        [
+            {
+                "task": c.task,
+                "model": c.model,
+                "a": c.a,
+                "b": c.b,
+                "seed": seed,
+                "metric": m.metric,
+                "a_value": c.values.loc[seed, (c.a, m.metric)],
+                "b_value": c.values.loc[seed, (c.b, m.metric)],
+                "difference": difference,
+            }
+            for c in comparisons
+            for m in c.metrics
+            for seed, difference in zip(c.seeds, m.differences)
+        ],
+        columns=["task", "model", "a", "b", "seed", "metric", "a_value", "b_value", "difference"],
+    )
     seeds_frame.to_csv(seeds, index=False)
     return stats, seeds
 

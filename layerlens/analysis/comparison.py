@@ -41,15 +41,17 @@ class Target:
 
     def __post_init__(self):
         if self.metric not in (*SUMMARISED, HEADLINE):
-            raise LayerLensError(f"target {self.name!r}: metric must be one of {HEADLINE}, {', '.join(SUMMARISED)}, "
-                                 f"got {self.metric!r}")
+            raise LayerLensError(
+                f"target {self.name!r}: metric must be one of {HEADLINE}, {', '.join(SUMMARISED)}, got {self.metric!r}"
+            )
         if self.compare not in ("ratio", "absolute"):
             raise LayerLensError(f"target {self.name!r}: compare must be 'ratio' or 'absolute', got {self.compare!r}")
         if self.op not in OPS:
             raise LayerLensError(f"target {self.name!r}: op must be one of {', '.join(OPS)}, got {self.op!r}")
         if self.of is not None and (self.compare != "ratio" or self.of not in SUMMARISED):
-            raise LayerLensError(f"target {self.name!r}: of must be one of {', '.join(SUMMARISED)}, with compare: "
-                                 f"ratio, got {self.of!r}")
+            raise LayerLensError(
+                f"target {self.name!r}: of must be one of {', '.join(SUMMARISED)}, with compare: ratio, got {self.of!r}"
+            )
 
     def column(self) -> str:
         short = HEADLINE if self.metric == HEADLINE else SUMMARISED[self.metric]
@@ -149,8 +151,12 @@ def label_variants(runs: pd.DataFrame) -> pd.DataFrame:
     for _, group in runs.groupby(GROUP):
         configs, seeds = list(group["config"]), [str(seed) for seed in group["seed"]]
         keys = sorted(set.intersection(*(set(config) for config in configs)))
-        varying = [key for key in keys if len({config[key] for config in configs}) > 1
-                   and any(config[key] != seed for config, seed in zip(configs, seeds))]
+        varying = [
+            key
+            for key in keys
+            if len({config[key] for config in configs}) > 1
+            and any(config[key] != seed for config, seed in zip(configs, seeds))
+        ]
         labels[group.index] = [", ".join(f"{key}={config[key]}" for key in varying) for config in configs]
     return runs.assign(variant=labels)
 

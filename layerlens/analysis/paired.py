@@ -34,8 +34,9 @@ def parse_pairs(value) -> list[tuple[str, str]]:
     for item in items:
         names = item.split(",") if isinstance(item, str) else list(item)
         if len(names) != 2 or not all(isinstance(n, str) and n.strip() for n in names) or names[0] == names[1]:
-            raise LayerLensError(f"compare: each pair is two different baselines, a,b (several: compare=a,b "
-                                 f"compare=c,d), got {item!r}")
+            raise LayerLensError(
+                f"compare: each pair is two different baselines, a,b (several: compare=a,b compare=c,d), got {item!r}"
+            )
         pairs.append((names[0].strip(), names[1].strip()))
     return pairs
 
@@ -94,31 +95,46 @@ class PairedComparison:
     @property
     def at_or_above(self) -> int:
         """Seeds at which a is at or above b (within TIE) in every metric."""
-        return sum(all(self.values.loc[s, (self.a, m.metric)] >= self.values.loc[s, (self.b, m.metric)] - TIE
-                       for m in self.metrics) for s in self.seeds)
+        return sum(
+            all(
+                self.values.loc[s, (self.a, m.metric)] >= self.values.loc[s, (self.b, m.metric)] - TIE
+                for m in self.metrics
+            )
+            for s in self.seeds
+        )
 
     def scope(self) -> str:
         """Task, model, split and seeds: what every number of the comparison is over."""
-        left_out = [f"{name} alone at seed{'s' if len(seeds) > 1 else ''} {seed_ranges(seeds)}"
-                    for name, seeds in ((self.a, self.only_a), (self.b, self.only_b)) if seeds]
-        return (f"task {self.task}, model {self.model}, test split: {len(self.seeds)} seeds both finished"
-                + (f" ({seed_ranges(self.seeds)})" if self.seeds else "")
-                + (f"; not paired: {', '.join(left_out)}" if left_out else ""))
+        left_out = [
+            f"{name} alone at seed{'s' if len(seeds) > 1 else ''} {seed_ranges(seeds)}"
+            for name, seeds in ((self.a, self.only_a), (self.b, self.only_b))
+            if seeds
+        ]
+        return (
+            f"task {self.task}, model {self.model}, test split: {len(self.seeds)} seeds both finished"
+            + (f" ({seed_ranges(self.seeds)})" if self.seeds else "")
+            + (f"; not paired: {', '.join(left_out)}" if left_out else "")
+        )
 
     def seed_frame(self) -> pd.DataFrame:
         """Per seed, each metric of a and b side by side (text, 4 decimals)."""
-        columns = {f"{name} {m.metric}": [f"{self.values.loc[s, (name, m.metric)]:.4f}" for s in self.seeds]
-                   for m in self.metrics for name in (self.a, self.b)}
+        columns = {
+            f"{name} {m.metric}": [f"{self.values.loc[s, (name, m.metric)]:.4f}" for s in self.seeds]
+            for m in self.metrics
+            for name in (self.a, self.b)
+        }
         return pd.DataFrame({"seed": list(self.seeds), **columns})
 
     def stats_frame(self) -> pd.DataFrame:
         """Per metric: mean ± sample std of a − b, win / tie / loss, Wilcoxon p (text)."""
-        return pd.DataFrame({
-            "metric": [m.metric for m in self.metrics],
-            f"mean ± sample std of {self.a} − {self.b}": [mean_std(m.differences) for m in self.metrics],
-            f"{self.a} higher / tie / lower": [f"{m.wins} / {m.ties} / {m.losses}" for m in self.metrics],
-            "Wilcoxon signed-rank p (two-sided)": ["–" if math.isnan(m.p) else f"{m.p:.3g}" for m in self.metrics],
-        })
+        return pd.DataFrame(
+            {
+                "metric": [m.metric for m in self.metrics],
+                f"mean ± sample std of {self.a} − {self.b}": [mean_std(m.differences) for m in self.metrics],
+                f"{self.a} higher / tie / lower": [f"{m.wins} / {m.ties} / {m.losses}" for m in self.metrics],
+                "Wilcoxon signed-rank p (two-sided)": ["–" if math.isnan(m.p) else f"{m.p:.3g}" for m in self.metrics],
+            }
+        )
 
     def markdown(self) -> list[str]:
         lines = [f"Seed by seed, {self.a} against {self.b}, {self.scope()}.", ""]
@@ -129,21 +145,38 @@ class PairedComparison:
         return [*lines, above]
 
     def stats_rows(self) -> list[dict]:
-        return [{"task": self.task, "model": self.model, "a": self.a, "b": self.b, "metric": m.metric,
-                 "n_seeds": len(self.seeds), "seeds": ",".join(self.seeds), "mean_difference": m.mean,
-                 "std_difference": m.std, "wins": m.wins, "ties": m.ties, "losses": m.losses, "wilcoxon_p": m.p}
-                for m in self.metrics]
+        return [
+            {
+                "task": self.task,
+                "model": self.model,
+                "a": self.a,
+                "b": self.b,
+                "metric": m.metric,
+                "n_seeds": len(self.seeds),
+                "seeds": ",".join(self.seeds),
+                "mean_difference": m.mean,
+                "std_difference": m.std,
+                "wins": m.wins,
+                "ties": m.ties,
+                "losses": m.losses,
+                "wilcoxon_p": m.p,
+            }
+            for m in self.metrics
+        ]
 
 
 def check_metrics(metrics: list[str] | None) -> None:
     for metric in metrics or []:
         if not str(metric).startswith(TEST):
-            raise LayerLensError(f"metrics: the report quotes the test split, test/*, got {metric!r} (each run chose "
-                                 "its checkpoint on val/*)")
+            raise LayerLensError(
+                f"metrics: the report quotes the test split, test/*, got {metric!r} (each run chose "
+                "its checkpoint on val/*)"
+            )
 
 
-def compare_pairs(runs: pd.DataFrame, pairs: list[tuple[str, str]], metrics: list[str] | None = None,
-                  source: str = "the runs") -> list[PairedComparison]:
+def compare_pairs(
+    runs: pd.DataFrame, pairs: list[tuple[str, str]], metrics: list[str] | None = None, source: str = "the runs"
+) -> list[PairedComparison]:
     """Each pair within each task and model where both baselines finished runs: one run per seed (the latest),
     paired by seed. A baseline with no finished run, a pair that never ran the same task and model, one with several
     configurations there, or a metric that is not test/* (or not logged) is refused in one line."""
@@ -153,35 +186,42 @@ def compare_pairs(runs: pd.DataFrame, pairs: list[tuple[str, str]], metrics: lis
     known = sorted(set(runs["baseline"]))
     for name in dict.fromkeys(n for pair in pairs for n in pair):
         if name not in known:
-            raise LayerLensError(f"compare: no finished run of baseline {name!r} in {source} "
-                                 f"(baselines: {', '.join(known) or 'none'})")
+            raise LayerLensError(
+                f"compare: no finished run of baseline {name!r} in {source} (baselines: {', '.join(known) or 'none'})"
+            )
     check_metrics(metrics)
     comparisons = []
     for a, b in pairs:
-        found = [_compare(group, task, model, a, b, metrics, source)
-                 for (task, model), group in runs.groupby(["task", "model"], sort=True, dropna=False)
-                 if {a, b} <= set(group["baseline"])]
+        found = [
+            _compare(group, task, model, a, b, metrics, source)
+            for (task, model), group in runs.groupby(["task", "model"], sort=True, dropna=False)
+            if {a, b} <= set(group["baseline"])
+        ]
         if not found:
             raise LayerLensError(f"compare: {a} and {b} never ran the same task and model in {source}")
         comparisons += found
     return comparisons
 
 
-def _compare(group: pd.DataFrame, task, model, a: str, b: str, metrics: list[str] | None,
-             source: str) -> PairedComparison:
+def _compare(
+    group: pd.DataFrame, task, model, a: str, b: str, metrics: list[str] | None, source: str
+) -> PairedComparison:
     by_baseline = {}
     for name in (a, b):
         rows = group[group["baseline"] == name]
         variants = sorted(set(rows["variant"]))
         if len(variants) > 1:
-            raise LayerLensError(f"compare: {name} has {len(variants)} configurations on task {task}, model {model} "
-                                 f"in {source} ({' | '.join(variants)}): report one sweep (sweep=...) or log")
+            raise LayerLensError(
+                f"compare: {name} has {len(variants)} configurations on task {task}, model {model} "
+                f"in {source} ({' | '.join(variants)}): report one sweep (sweep=...) or log"
+            )
         by_baseline[name] = rows.set_index(rows["seed"].astype(str))
     seeds = sorted(set(by_baseline[a].index) & set(by_baseline[b].index), key=seed_order)
     paired = {name: by_baseline[name].loc[seeds] for name in (a, b)}
     if metrics is None:  # every task metric (not the loss) that each paired run logged on the test split
-        metrics = [m for m in TASK_METRICS
-                   if all(m in paired[name] and paired[name][m].notna().all() for name in (a, b))]
+        metrics = [
+            m for m in TASK_METRICS if all(m in paired[name] and paired[name][m].notna().all() for name in (a, b))
+        ]
     for name in (a, b):
         for metric in metrics:
             missing = paired[name][metric].isna() if metric in paired[name] else pd.Series(True, index=seeds)
@@ -215,8 +255,11 @@ def seed_ranges(seeds) -> str:
 
 def markdown_table(frame: pd.DataFrame) -> list[str]:
     """A compact Markdown table of text cells."""
-    return ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns),
-            *("| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False))]
+    return [
+        "| " + " | ".join(map(str, frame.columns)) + " |",
+        "|" + "---|" * len(frame.columns),
+        *("| " + " | ".join(map(str, row)) + " |" for row in frame.itertuples(index=False)),
+    ]
 
 
 def baseline_frame(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
@@ -226,13 +269,18 @@ def baseline_frame(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     for _, group in runs.groupby(["baseline", "variant"], sort=False):
         group = group.sort_values("seed", key=lambda s: s.map(seed_order))
         params = sorted({int(p) for p in group.get("params/trainable", pd.Series(dtype=float)).dropna()})
-        rows.append({
-            "baseline": label(group.iloc[0]), "seeds": seed_ranges(list(group["seed"].astype(str))),
-            "n": len(group),
-            **{m: mean_std(group.get(m, [])) for m in metrics},
-            "trainable params": (f"{params[0]:,}" + (f"–{params[-1]:,}" if len(params) > 1 else "")) if params else "–",
-            "train s": mean_std(group.get("time/train_s", []), digits=1),
-        })
+        rows.append(
+            {
+                "baseline": label(group.iloc[0]),
+                "seeds": seed_ranges(list(group["seed"].astype(str))),
+                "n": len(group),
+                **{m: mean_std(group.get(m, [])) for m in metrics},
+                "trainable params": (f"{params[0]:,}" + (f"–{params[-1]:,}" if len(params) > 1 else ""))
+                if params
+                else "–",
+                "train s": mean_std(group.get("time/train_s", []), digits=1),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -245,20 +293,36 @@ def per_run_csv(runs: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     seed, the metrics (6 decimals), trainable parameters, train s, task, model."""
     first = {key: i for i, key in enumerate(dict.fromkeys(zip(runs["task"], runs["model"])))}
     first_run = {key: i for i, key in enumerate(dict.fromkeys(zip(runs["baseline"], runs["variant"])))}
-    rows = runs.loc[sorted(runs.index, key=lambda i: (first[(runs.at[i, "task"], runs.at[i, "model"])],
-                                                      first_run[(runs.at[i, "baseline"], runs.at[i, "variant"])],
-                                                      seed_order(runs.at[i, "seed"])))]
+    rows = runs.loc[
+        sorted(
+            runs.index,
+            key=lambda i: (
+                first[(runs.at[i, "task"], runs.at[i, "model"])],
+                first_run[(runs.at[i, "baseline"], runs.at[i, "variant"])],
+                seed_order(runs.at[i, "seed"]),
+            ),
+        )
+    ]
 
     def text(column: str, form: str) -> pd.Series | str:
         return rows[column].map(lambda v: "" if pd.isna(v) else format(v, form)) if column in rows else ""
 
-    return pd.DataFrame({"baseline": [label(run) for _, run in rows.iterrows()], "seed": rows["seed"].astype(str),
-                         **{m: text(m, ".6f") for m in metrics}, "params/trainable": text("params/trainable", ".0f"),
-                         "time/train_s": text("time/train_s", ".1f"), "task": rows["task"], "model": rows["model"]})
+    return pd.DataFrame(
+        {
+            "baseline": [label(run) for _, run in rows.iterrows()],
+            "seed": rows["seed"].astype(str),
+            **{m: text(m, ".6f") for m in metrics},
+            "params/trainable": text("params/trainable", ".0f"),
+            "time/train_s": text("time/train_s", ".1f"),
+            "task": rows["task"],
+            "model": rows["model"],
+        }
+    )
 
 
-def write_results(runs: pd.DataFrame, out_dir: Path, pairs: list[tuple[str, str]], metrics: list[str],
-                  source: str) -> str:
+def write_results(
+    runs: pd.DataFrame, out_dir: Path, pairs: list[tuple[str, str]], metrics: list[str], source: str
+) -> str:
     """A results folder's results.md (per task and model: the per-baseline table, then each pair seed by seed)
     and results.csv (one row per run); returns the Markdown."""
     if runs.empty:
@@ -269,12 +333,16 @@ def write_results(runs: pd.DataFrame, out_dir: Path, pairs: list[tuple[str, str]
     lines: list[str] = []
     for (task, model), group in runs.groupby(["task", "model"], sort=False, dropna=False):
         config = group.iloc[0]["config"] if "config" in group else {}
-        setting = {key: config.get(f"task.{key}", getattr(TaskSpec, key))
-                   for key in ("test_split", "headline_metric", "selection_split")}
-        heading = (f"Task {task}, model {model}: test/* on its {setting['test_split']!r} split, read once with the "
-                   f"checkpoint chosen by {setting['headline_metric']} on the selection split "
-                   f"({setting['selection_split']}); mean ± sample std over the seeds each baseline finished. Source: "
-                   f"{source}.")
+        setting = {
+            key: config.get(f"task.{key}", getattr(TaskSpec, key))
+            for key in ("test_split", "headline_metric", "selection_split")
+        }
+        heading = (
+            f"Task {task}, model {model}: test/* on its {setting['test_split']!r} split, read once with the "
+            f"checkpoint chosen by {setting['headline_metric']} on the selection split "
+            f"({setting['selection_split']}); mean ± sample std over the seeds each baseline finished. Source: "
+            f"{source}."
+        )
         lines += [*([""] if lines else []), heading, "", *markdown_table(baseline_frame(group, metrics))]
         for comparison in comparisons:
             if (comparison.task, comparison.model) == (str(task), str(model)):

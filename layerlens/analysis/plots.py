@@ -36,8 +36,11 @@ def write_plots(table: pd.DataFrame, out_dir: Path, stem: str, scope: str, sourc
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     seeds = table["n_runs"]
-    seeds_text = f"{seeds.min()} seed{'s' if seeds.max() > 1 else ''}" if seeds.min() == seeds.max() \
+    seeds_text = (
+        f"{seeds.min()} seed{'s' if seeds.max() > 1 else ''}"
+        if seeds.min() == seeds.max()
         else f"{seeds.min()}-{seeds.max()} seeds"
+    )
     setting = f"{scope}; {seeds_text} per point; mean ± sample std over seeds (no bar with one seed)"
     pareto = Plot(
         out_dir / f"{stem}-pareto.png",
@@ -91,11 +94,24 @@ def _pareto_panel(ax, rows: pd.DataFrame) -> None:
         ax.text(0.5, 0.5, "no row with both a headline metric and a trainable %", ha="center", transform=ax.transAxes)
         return
     for _, row in rows.iterrows():
-        ax.errorbar(row["trainable_pct_mean"], row["headline_mean"], xerr=row["trainable_pct_std"],
-                    yerr=row["headline_std"], fmt="o", capsize=3, label=_label(row))
+        ax.errorbar(
+            row["trainable_pct_mean"],
+            row["headline_mean"],
+            xerr=row["trainable_pct_std"],
+            yerr=row["headline_std"],
+            fmt="o",
+            capsize=3,
+            label=_label(row),
+        )
     front = rows[pareto_front(rows["trainable_pct_mean"], rows["headline_mean"])].sort_values("trainable_pct_mean")
-    ax.step(front["trainable_pct_mean"], front["headline_mean"], where="post", linestyle="--", color="grey",
-            label="Pareto front")
+    ax.step(
+        front["trainable_pct_mean"],
+        front["headline_mean"],
+        where="post",
+        linestyle="--",
+        color="grey",
+        label="Pareto front",
+    )
     ax.scatter(front["trainable_pct_mean"], front["headline_mean"], s=220, facecolors="none", edgecolors="black")
     ax.set_xscale("log")
     ax.set_xlabel("trainable % of the backbone (params/trainable_pct, log scale)")
@@ -113,9 +129,15 @@ def _time_panel(ax, rows: pd.DataFrame) -> None:
     ax.bar(x, train, yerr=rows["train_s_std"], capsize=3, color="tab:blue", label="training (time/train_s)")
     profiled = rows["profile_s_mean"].notna().to_numpy()
     if profiled.any():
-        ax.bar(x[profiled], rows["profile_s_mean"][profiled], bottom=train[profiled],
-               yerr=rows["profile_s_std"][profiled], capsize=3, color="tab:orange",
-               label="profiling (time/profile_s)")
+        ax.bar(
+            x[profiled],
+            rows["profile_s_mean"][profiled],
+            bottom=train[profiled],
+            yerr=rows["profile_s_std"][profiled],
+            capsize=3,
+            color="tab:orange",
+            label="profiling (time/profile_s)",
+        )
     ax.set_xticks(x, [_label(row) for _, row in rows.iterrows()], rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("seconds (mean ± std over seeds)")
     ax.legend(fontsize=7)

@@ -1,7 +1,7 @@
 """The comparison table as Markdown, CSV and a terminal table, each saying where its numbers come from."""
 
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -13,9 +13,18 @@ from layerlens.analysis.paired import PairedComparison
 from layerlens.analysis.plots import Plot
 from layerlens.analysis.runs import describe_source
 
-LABELS = {"acc": "acc", "f1": "F1", "mcc": "MCC", "pearson": "Pearson", "spearman": "Spearman",
-          "trainable_pct": "trainable %", "train_s": "train s", "profile_s": "profile s", "total_s": "total s",
-          HEADLINE: "headline"}
+LABELS = {
+    "acc": "acc",
+    "f1": "F1",
+    "mcc": "MCC",
+    "pearson": "Pearson",
+    "spearman": "Spearman",
+    "trainable_pct": "trainable %",
+    "train_s": "train s",
+    "profile_s": "profile s",
+    "total_s": "total s",
+    HEADLINE: "headline",
+}
 DIGITS = {"trainable_pct": 3, "train_s": 1, "profile_s": 1, "total_s": 1}  # others: 4
 ALWAYS_SHOWN = ("trainable_pct", "train_s")  # other metric columns only where some run logged them
 SHOWN_RATIOS = (HEADLINE, "trainable_pct", "train_s", "total_s")
@@ -29,7 +38,7 @@ def provenance(source: str, sweep: str | None, reference: str) -> str:
         f"headline metric on its selection split (task.selection_split: a held-out share of train unless set "
         f"otherwise); mean ± sample std over the n seeds of each row. Ratios: row mean / "
         f"{reference} mean for the same task and model, left empty where that is not one configuration (filter by "
-        f"sweep). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
+        f"sweep). Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
     )
 
 
@@ -71,9 +80,16 @@ PAIRED_NOTE = (
 )
 
 
-def write_report(table: pd.DataFrame, targets: list[Target], header: str, out_dir: Path, stem: str,
-                 checks: pd.DataFrame | None = None, plots: list[Plot] | None = None,
-                 comparisons: Sequence[PairedComparison] = ()) -> tuple[Path, Path]:
+def write_report(
+    table: pd.DataFrame,
+    targets: list[Target],
+    header: str,
+    out_dir: Path,
+    stem: str,
+    checks: pd.DataFrame | None = None,
+    plots: list[Plot] | None = None,
+    comparisons: Sequence[PairedComparison] = (),
+) -> tuple[Path, Path]:
     """The Markdown (linking `plots`, written beside it; then each compared pair seed by seed) and the CSV of the
     table, in out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -83,12 +99,14 @@ def write_report(table: pd.DataFrame, targets: list[Target], header: str, out_di
     if plots:
         text += "\n## Plots\n" + "".join(f"\n![{p.title}]({p.path.name})\n\n{p.caption}\n" for p in plots)
     if checks is not None and not checks.empty:
-        text += (f"\n## Profiling and plan checks\n\n{CHECKS_NOTE}\n\n"
-                 f"{checks.to_markdown(index=False, floatfmt='.4g')}\n")
+        text += (
+            f"\n## Profiling and plan checks\n\n{CHECKS_NOTE}\n\n{checks.to_markdown(index=False, floatfmt='.4g')}\n"
+        )
         checks.to_csv(out_dir / f"{stem}-plan-checks.csv", index=False)
     if comparisons:
-        text += f"\n## Seed by seed\n\n{PAIRED_NOTE}\n" + "".join("\n" + "\n".join(c.markdown()) + "\n"
-                                                                 for c in comparisons)
+        text += f"\n## Seed by seed\n\n{PAIRED_NOTE}\n" + "".join(
+            "\n" + "\n".join(c.markdown()) + "\n" for c in comparisons
+        )
     markdown.write_text(text)
     table.to_csv(csv, index=False)
     return markdown, csv
@@ -103,9 +121,15 @@ def _rich_table(frame: pd.DataFrame, title: str, caption: str) -> Table:
     return table
 
 
-def print_report(table: pd.DataFrame, targets: list[Target], header: str, console: Console | None = None,
-                 checks: pd.DataFrame | None = None, comparisons: Sequence[PairedComparison] = (),
-                 source: str = "") -> None:
+def print_report(
+    table: pd.DataFrame,
+    targets: list[Target],
+    header: str,
+    console: Console | None = None,
+    checks: pd.DataFrame | None = None,
+    comparisons: Sequence[PairedComparison] = (),
+    source: str = "",
+) -> None:
     console = console or Console(width=250)
     console.print(_rich_table(display_frame(table, targets), "LayerLens comparison", header))
     if checks is not None and not checks.empty:
@@ -116,5 +140,11 @@ def print_report(table: pd.DataFrame, targets: list[Target], header: str, consol
             console.print(f"{c.a} against {c.b}: no seed paired ({caption})")
             continue
         console.print(_rich_table(c.seed_frame(), f"{c.a} against {c.b}, seed by seed", caption))
-        console.print(_rich_table(c.stats_frame(), f"{c.a} − {c.b}, paired", f"{caption} {PAIRED_NOTE} {c.a} at "
-                                  f"or above {c.b} in every metric at {c.at_or_above} of {len(c.seeds)} seeds."))
+        console.print(
+            _rich_table(
+                c.stats_frame(),
+                f"{c.a} − {c.b}, paired",
+                f"{caption} {PAIRED_NOTE} {c.a} at "
+                f"or above {c.b} in every metric at {c.at_or_above} of {len(c.seeds)} seeds.",
+            )
+        )

@@ -14,8 +14,15 @@ from layerlens.errors import LayerLensError
 
 IDENTITY_TAGS = ("task", "model", "baseline", "seed", "sweep")
 # Logged params that do not change what a run computes, so runs differing only in them are the same variant.
-NOT_CONFIG = ("seed", "logger.", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-              "trainer.log_every_n_steps", "data.num_workers", "data.eval_batch_size")
+NOT_CONFIG = (
+    "seed",
+    "logger.",
+    "trainer.enable_progress_bar",
+    "trainer.enable_model_summary",
+    "trainer.log_every_n_steps",
+    "data.num_workers",
+    "data.eval_batch_size",
+)
 COLUMNS = ["run_id", "run_name", "start_time", *IDENTITY_TAGS, "headline", "config"]
 JSONL_SUFFIX = ".jsonl"
 
@@ -96,8 +103,10 @@ def jsonl_rows(path: Path) -> list[dict]:
             raise LayerLensError(f"{where} is not a JSON object, got {type(record).__name__}")
         for field, kind in (("status", str), ("tags", dict), ("metrics", dict), ("config", dict)):
             if not isinstance(record.get(field), kind):
-                raise LayerLensError(f"{where}: {field} must be a JSON {'string' if kind is str else 'object'}, "
-                                     f"got {record.get(field)!r:.60}")
+                raise LayerLensError(
+                    f"{where}: {field} must be a JSON {'string' if kind is str else 'object'}, "
+                    f"got {record.get(field)!r:.60}"
+                )
         tags, metrics = record["tags"], record["metrics"]
         for name, value in metrics.items():
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -110,14 +119,18 @@ def jsonl_rows(path: Path) -> list[dict]:
         identity["task"] = identity["task"] or config.get("task.name")
         identity["model"] = identity["model"] or config.get("model.name")
         end_time = record.get("end_time")
-        rows.append({
-            "run_id": f"{path.name}:{number}",
-            "run_name": record.get("run_name") or f"{tags['baseline']}-{identity['task']}-s{tags.get('seed')}",
-            # A JSONL line keeps only when the run ended: runs are ordered by that (or by line, without it).
-            "start_time": end_time * 1000 if isinstance(end_time, (int, float)) and math.isfinite(end_time) else number,
-            **identity,
-            "headline": config.get("task.headline_metric"),
-            "config": run_config(config),
-            **{name: float(value) for name, value in metrics.items()},
-        })
+        rows.append(
+            {
+                "run_id": f"{path.name}:{number}",
+                "run_name": record.get("run_name") or f"{tags['baseline']}-{identity['task']}-s{tags.get('seed')}",
+                # A JSONL line keeps only when the run ended: runs are ordered by that (or by line, without it).
+                "start_time": end_time * 1000
+                if isinstance(end_time, (int, float)) and math.isfinite(end_time)
+                else number,
+                **identity,
+                "headline": config.get("task.headline_metric"),
+                "config": run_config(config),
+                **{name: float(value) for name, value in metrics.items()},
+            }
+        )
     return rows

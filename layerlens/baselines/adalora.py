@@ -36,20 +36,26 @@ from layerlens.validation import (
 
 log = logging.getLogger(__name__)
 
+
 def rank_costs(model: nn.Module, adapter: str = "default") -> dict[str, int]:
     """Parameters per rank of each adapted module (d_in + d_out + 1), keyed by its lora_E parameter's name."""
     params = dict(model.named_parameters())
-    return {name.replace("lora_A", "lora_E"): p.shape[1] + params[name.replace("lora_A", "lora_B")].shape[0] + 1
-            for name, p in params.items() if f"lora_A.{adapter}" in name}
+    return {
+        name.replace("lora_A", "lora_E"): p.shape[1] + params[name.replace("lora_A", "lora_B")].shape[0] + 1
+        for name, p in params.items()
+        if f"lora_A.{adapter}" in name
+    }
 
 
 def predicted_rank_costs(model: nn.Module, config: AdaLoraConfig, adapter: str = "default") -> dict[str, int]:
     """`rank_costs` of the model peft would build from `config`, read before wrapping it (to choose init_r)."""
     config = copy.copy(config)
     config.modules_to_save = ["classifier", "score"]  # what peft's SEQ_CLS model adds, and never adapts
-    return {f"{name}.lora_E.{adapter}": module.in_features + module.out_features + 1
-            for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) and check_target_module_exists(config, name)}
+    return {
+        f"{name}.lora_E.{adapter}": module.in_features + module.out_features + 1
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and check_target_module_exists(config, name)
+    }
 
 
 class ParamBudgetAllocator(RankAllocator):
@@ -77,8 +83,9 @@ class ParamBudgetAllocator(RankAllocator):
         for name_m in self.name_set:
             ipt_a = self._element_score(name_m % "lora_A").mean(dim=1, keepdim=True)
             ipt_b = self._element_score(name_m % "lora_B").mean(dim=0).view(-1, 1)
-            scores[name_m % "lora_E"] = self._combine_ipt(self._element_score(name_m % "lora_E"),
-                                                          torch.cat([ipt_a, ipt_b], dim=1))
+            scores[name_m % "lora_E"] = self._combine_ipt(
+                self._element_score(name_m % "lora_E"), torch.cat([ipt_a, ipt_b], dim=1)
+            )
         return scores
 
     def mask_to_budget(self, model, budget):
@@ -132,8 +139,10 @@ class AdaLoraBaseline:
         require_fraction("baseline.tinit", self.tinit, low_open=False)
         require_fraction("baseline.tfinal", self.tfinal, low_open=False)
         if not self.tinit + self.tfinal < 1:
-            raise LayerLensError(f"baseline.tinit + baseline.tfinal must be < 1 to leave steps for budgeting, "
-                                 f"got {self.tinit} + {self.tfinal}")
+            raise LayerLensError(
+                f"baseline.tinit + baseline.tfinal must be < 1 to leave steps for budgeting, "
+                f"got {self.tinit} + {self.tfinal}"
+            )
         require_int("baseline.deltaT", self.deltaT, 1)
         require_fraction("baseline.beta1", self.beta1, low_open=True)
         require_fraction("baseline.beta2", self.beta2, low_open=True)
@@ -180,10 +189,15 @@ class AdaLoraBaseline:
             if limit < min(costs.values()):
                 needed, limit_field = min(costs.values()), ctx.budget.params_field(ctx.backbone_params)
                 if limit_field == "budget.params_pct":
-                    raise LayerLensError(params_pct_too_small(ctx.budget, needed, ctx.backbone_params,
-                                                              "to hold one AdaLoRA rank", "target module's rank"))
-                raise LayerLensError(f"budget.params must be >= {needed} to hold one AdaLoRA rank (the cheapest "
-                                     f"target module's), got {limit}")
+                    raise LayerLensError(
+                        params_pct_too_small(
+                            ctx.budget, needed, ctx.backbone_params, "to hold one AdaLoRA rank", "target module's rank"
+                        )
+                    )
+                raise LayerLensError(
+                    f"budget.params must be >= {needed} to hold one AdaLoRA rank (the cheapest "
+                    f"target module's), got {limit}"
+                )
             avg_rank = limit / cost_per_rank
             target_rank = max(1, math.floor(avg_rank * modules))
         init_r = max(self.init_r, math.ceil(self.init_ratio * avg_rank))
@@ -191,11 +205,13 @@ class AdaLoraBaseline:
         peft_model = self.wrap(model, config)
         tuner = cast(AdaLoraModel, peft_model.base_model)
         if rank_costs(tuner.model) != costs:
-            raise RuntimeError("peft adapted other modules than predicted: "
-                               f"{sorted(set(rank_costs(tuner.model)) ^ set(costs))}")
+            raise RuntimeError(
+                f"peft adapted other modules than predicted: {sorted(set(rank_costs(tuner.model)) ^ set(costs))}"
+            )
         if limit is not None:
-            tuner.rankallocator = ParamBudgetAllocator(tuner.model, config, tuner.trainable_adapter_name, costs,
-                                                       target_rank, limit)
+            tuner.rankallocator = ParamBudgetAllocator(
+                tuner.model, config, tuner.trainable_adapter_name, costs, target_rank, limit
+            )
         else:
             tuner.rankallocator.target_bgt = target_rank
         final_step = cast(int, config.total_step) - config.tfinal  # total_step: set to ctx.total_steps above
@@ -211,8 +227,21 @@ class AdaLoraBaseline:
         }
         if limit is not None:
             metrics["adalora/params_limit"] = float(limit)
-        log.info("AdaLoRA: %d modules, init rank %d, final total rank %d (avg %.2f), params limit %s, "
-                 "budgeting steps %d..%d of %d", modules, init_r, target_rank, avg_rank, limit, config.tinit,
-                 final_step, config.total_step)
-        return Adapted(peft_model, metrics=metrics, callbacks=[AdaLoraSchedule(peft_model, costs)],
-                       first_checkpoint_step=final_step)
+        log.info(
+            "AdaLoRA: %d modules, init rank %d, final total rank %d (avg %.2f), params limit %s, "
+            "budgeting steps %d..%d of %d",
+            modules,
+            init_r,
+            target_rank,
+            avg_rank,
+            limit,
+            config.tinit,
+            final_step,
+            config.total_step,
+        )
+        return Adapted(
+            peft_model,
+            metrics=metrics,
+            callbacks=[AdaLoraSchedule(peft_model, costs)],
+            first_checkpoint_step=final_step,
+        )

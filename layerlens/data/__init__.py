@@ -3,5 +3,13 @@ from layerlens.data.glue_files import load_task_splits, read_glue_tsv
 from layerlens.data.selection import SELECTION, TEST, TRAIN, protocol_splits
 from layerlens.data.tasks import TaskSpec
 
-__all__ = ["GlueDataModule", "SELECTION", "TEST", "TRAIN", "TaskSpec", "load_task_splits", "protocol_splits",
-           "read_glue_tsv"]
+__all__ = [
+    "SELECTION",
+    "TEST",
+    "TRAIN",
+    "GlueDataModule",
+    "TaskSpec",
+    "load_task_splits",
+    "protocol_splits",
+    "read_glue_tsv",
+]

@@ -70,7 +70,7 @@ def _checked_columns(path: Path, column_names: list[str] | None) -> tuple[list[s
     else:
         columns, source = lines[0].split("\t"), "the header"
     last = max((i for i, line in enumerate(lines) if line), default=0)
-    for number, line in enumerate(lines[first:last + 1], start=first + 1):
+    for number, line in enumerate(lines[first : last + 1], start=first + 1):
         if not line:  # pandas would skip it: a row lost without a word
             raise LayerLensError(f"{path}:{number}: an empty line among the rows (a truncated row?)")
         fields = line.count("\t") + 1

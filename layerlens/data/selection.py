@@ -15,7 +15,9 @@ def holdout_rows(labels: list, fraction: float, seed: int, stratified: bool) -> 
     rows or more), or of all rows when not stratified, drawn with `seed` alone."""
     rng = np.random.default_rng(seed)
     values = np.asarray(labels)
-    groups = [np.flatnonzero(values == value) for value in np.unique(values)] if stratified else [np.arange(len(values))]
+    groups = (
+        [np.flatnonzero(values == value) for value in np.unique(values)] if stratified else [np.arange(len(values))]
+    )
     held = []
     for rows in groups:
         count = min(len(rows) - 1, max(1, round(fraction * len(rows)))) if len(rows) > 1 else 0
@@ -32,7 +34,9 @@ def protocol_splits(task: TaskSpec, splits: datasets.DatasetDict) -> datasets.Da
         return datasets.DatasetDict({TRAIN: train, SELECTION: splits[task.selection_split], TEST: test})
     held = holdout_rows(train[LABEL], task.selection_fraction, task.selection_seed, task.kind == "classification")
     if len(held) == 0:
-        raise LayerLensError(f"task.selection_fraction: {task.selection_fraction} of {len(train)} train rows holds "
-                             "out none: raise it, or set task.selection_split=none")
+        raise LayerLensError(
+            f"task.selection_fraction: {task.selection_fraction} of {len(train)} train rows holds "
+            "out none: raise it, or set task.selection_split=none"
+        )
     kept = np.setdiff1d(np.arange(len(train)), held)
     return datasets.DatasetDict({TRAIN: train.select(kept), SELECTION: train.select(held), TEST: test})

@@ -48,11 +48,15 @@ class TaskSpec:
         if self.source not in SOURCES:
             raise LayerLensError(f"task.source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.source == "hub" and self.data_dir is not None:
-            raise LayerLensError("task.data_dir and task.source=hub exclude each other: set only one "
-                                 "(task.source=embedded reads task.data_dir)")
+            raise LayerLensError(
+                "task.data_dir and task.source=hub exclude each other: set only one "
+                "(task.source=embedded reads task.data_dir)"
+            )
         if self.source == "embedded" and self.data_dir is None and not (EMBEDDED_GLUE_DIR / self.glue_dir).is_dir():
-            raise LayerLensError(f"task.data_dir: LayerLens ships no copy of {self.glue_dir}: set task.data_dir to a "
-                                 f"folder with its GLUE-format TSVs, or task.source=hub")
+            raise LayerLensError(
+                f"task.data_dir: LayerLens ships no copy of {self.glue_dir}: set task.data_dir to a "
+                f"folder with its GLUE-format TSVs, or task.source=hub"
+            )
         if not 1 <= len(self.text_columns) <= 2:
             raise LayerLensError(f"task.text_columns must name 1 or 2 columns, got {list(self.text_columns)}")
         require_int("task.num_labels", self.num_labels, 1)
@@ -70,8 +74,10 @@ class TaskSpec:
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise LayerLensError(f"task.{name} must be a non-empty name, got {getattr(self, name)!r}")
         if self.selection_split in (self.train_split, self.test_split):
-            raise LayerLensError(f"task.selection_split must differ from the train and test splits (use "
-                                 f"{HOLDOUT!r} to hold out part of {self.train_split!r}), got {self.selection_split!r}")
+            raise LayerLensError(
+                f"task.selection_split must differ from the train and test splits (use "
+                f"{HOLDOUT!r} to hold out part of {self.train_split!r}), got {self.selection_split!r}"
+            )
         if self.train_split == self.test_split:
             raise LayerLensError(f"task.test_split must differ from task.train_split, got {self.test_split!r} for both")
         require_fraction("task.selection_fraction", self.selection_fraction, low_open=True)
@@ -81,13 +87,19 @@ class TaskSpec:
 
     def _check_column_names(self) -> None:
         names = self.column_names
-        if (not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names)
-                or len(set(names)) != len(names)):
+        if (
+            not isinstance(names, list)
+            or not names
+            or not all(isinstance(n, str) and n for n in names)
+            or len(set(names)) != len(names)
+        ):
             raise LayerLensError(f"task.column_names must be a list of distinct non-empty names, got {names}")
         missing = [c for c in [*self.text_columns, self.label_column] if c not in names]
         if missing:
-            raise LayerLensError(f"task.column_names must include {', '.join(map(repr, missing))} (named by "
-                                 f"task.text_columns or task.label_column), got {names}")
+            raise LayerLensError(
+                f"task.column_names must include {', '.join(map(repr, missing))} (named by "
+                f"task.text_columns or task.label_column), got {names}"
+            )
 
     @property
     def kind(self) -> str:

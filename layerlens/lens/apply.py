@@ -14,8 +14,7 @@ def task_head(model: nn.Module) -> list[str]:
     """The model's top-level modules with parameters outside the encoder: "classifier", and with DeBERTa also
     "pooler" (its checkpoints have none: a new layer that must train, as RoBERTa's classifier.dense does)."""
     encoder = encoder_layers(model)[0].split(".")[0]
-    return [name for name, child in model.named_children()
-            if name != encoder and any(True for _ in child.parameters())]
+    return [name for name, child in model.named_children() if name != encoder and any(True for _ in child.parameters())]
 
 
 def train_only(model: nn.Module, names: list[str]) -> nn.Module:
@@ -45,16 +44,22 @@ def check_plan_fits(plan: Plan, sites: list[Site], offered: Collection[str] | No
         site = by_name[c.site]
         names = list(dict.fromkeys([site.method, *(m.name for m in methods_for(site.kind, offered))]))
         if c.method not in names:
-            raise LayerLensError(f"plan: site {c.site} ({c.kind}) takes {' or '.join(names)} or none, "
-                                 f"got {c.method!r}")
+            raise LayerLensError(f"plan: site {c.site} ({c.kind}) takes {' or '.join(names)} or none, got {c.method!r}")
         method = get_method(c.method)
         if not method.allows(c.size):
-            raise LayerLensError(f"plan: site {c.site} must have a size {method.size_range} for {c.method}, "
-                                 f"got {c.size!r}")
+            raise LayerLensError(
+                f"plan: site {c.site} must have a size {method.size_range} for {c.method}, got {c.size!r}"
+            )
 
 
-def apply_plan(model: nn.Module, sites: list[Site], plan: Plan, alpha_ratio: float, dropout: float,
-               offered: Collection[str] | None = None) -> nn.Module:
+def apply_plan(
+    model: nn.Module,
+    sites: list[Site],
+    plan: Plan,
+    alpha_ratio: float,
+    dropout: float,
+    offered: Collection[str] | None = None,
+) -> nn.Module:
     """Exactly the plan's modules trainable, plus the task head; everything else frozen.
 
     The methods that wrap the model (peft's) are applied first, each at all its sites at once, in the order

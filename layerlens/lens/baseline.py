@@ -2,9 +2,9 @@
 plan; plan.json and its plot are written to the run's output folder."""
 
 import time
+from collections.abc import Sized
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from collections.abc import Sized
 from typing import Any, NamedTuple, cast
 
 from peft.utils import CONFIG_NAME
@@ -58,12 +58,16 @@ class LayerLensBaseline:
         require_positive("baseline.lora_alpha_ratio", self.lora_alpha_ratio)
         require_fraction("baseline.lora_dropout", self.lora_dropout)
         if not isinstance(self.sites, (list, tuple)):
-            raise LayerLensError(f"baseline.sites must be a list of site kinds (choose from: {', '.join(SITE_KINDS)}), "
-                                 f"got {self.sites!r}")
+            raise LayerLensError(
+                f"baseline.sites must be a list of site kinds (choose from: {', '.join(SITE_KINDS)}), "
+                f"got {self.sites!r}"
+            )
         unknown = [kind for kind in self.sites if kind not in SITE_KINDS]
         if unknown or not self.sites:
-            raise LayerLensError(f"baseline.sites: {str(unknown[0]) + ' is unknown' if unknown else 'none given'} "
-                                 f"(choose from: {', '.join(SITE_KINDS)})")
+            raise LayerLensError(
+                f"baseline.sites: {str(unknown[0]) + ' is unknown' if unknown else 'none given'} "
+                f"(choose from: {', '.join(SITE_KINDS)})"
+            )
         repeated = [kind for i, kind in enumerate(self.sites) if kind in self.sites[:i]]
         if repeated:
             raise LayerLensError(f"baseline.sites: {repeated[0]} is listed twice")
@@ -73,7 +77,9 @@ class LayerLensBaseline:
                 known = [f.name for f in fields(settings)]
                 unknown = [name for name in value if name not in known]
                 if unknown:
-                    raise LayerLensError(f"baseline.{key}: unknown setting {unknown[0]!r} (choose from: {', '.join(known)})")
+                    raise LayerLensError(
+                        f"baseline.{key}: unknown setting {unknown[0]!r} (choose from: {', '.join(known)})"
+                    )
                 setattr(self, key, settings(**value))
             elif not isinstance(value, settings):
                 raise LayerLensError(f"baseline.{key} must be a mapping of settings, got {value!r}")
@@ -82,12 +88,16 @@ class LayerLensBaseline:
         if self.planner.utility == "kind_depth":
             missing = [kind for kind in self.sites if kind not in self.planner.kind_prior]
             if missing:
-                raise LayerLensError(f"baseline.planner.kind_prior has no constant for site kind {missing[0]!r} "
-                                     "(utility kind_depth needs one for every kind in baseline.sites)")
+                raise LayerLensError(
+                    f"baseline.planner.kind_prior has no constant for site kind {missing[0]!r} "
+                    "(utility kind_depth needs one for every kind in baseline.sites)"
+                )
         unused = [kind for kind in self.planner.menu if kind not in self.sites]
         if unused:
-            raise LayerLensError(f"baseline.planner.menu.{unused[0]}: site kind {unused[0]} is not in baseline.sites "
-                                 f"({', '.join(self.sites)})")
+            raise LayerLensError(
+                f"baseline.planner.menu.{unused[0]}: site kind {unused[0]} is not in baseline.sites "
+                f"({', '.join(self.sites)})"
+            )
         for kind in self.sites:
             for method in methods_for(kind, self.offered()):
                 both = [k for k in method.covers.get(kind, ()) if k in self.sites]
@@ -95,11 +105,14 @@ class LayerLensBaseline:
                     raise LayerLensError(
                         f"baseline.planner.menu.{kind}: {method.name} on {kind} sites adapts their layer's "
                         f"{', '.join(method.covers[kind])}, which baseline.sites also lists ({both[0]}): leave "
-                        f"{' and '.join(both)} out of baseline.sites or {method.name} off the menu")
+                        f"{' and '.join(both)} out of baseline.sites or {method.name} off the menu"
+                    )
         methods = sorted({method for kind in self.sites for method in self.methods(kind)})
         if not any(self.planner.sizes.get(method) for method in methods):
-            raise LayerLensError(f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
-                                 "(the methods of baseline.sites), got none")
+            raise LayerLensError(
+                f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
+                "(the methods of baseline.sites), got none"
+            )
 
     # __post_init__ turns a mapping given for profile or planner (a Hydra config's) into its settings: the methods
     # read them through these.
@@ -113,8 +126,10 @@ class LayerLensBaseline:
 
     def offered(self) -> Menu:
         """The methods offered: those the planner is given sizes for, and per site kind baseline.planner.menu's."""
-        return Menu(tuple(method for method, sizes in self.planner_settings.sizes.items() if sizes),
-                    {kind: tuple(methods) for kind, methods in self.planner_settings.menu.items()})
+        return Menu(
+            tuple(method for method, sizes in self.planner_settings.sizes.items() if sizes),
+            {kind: tuple(methods) for kind, methods in self.planner_settings.menu.items()},
+        )
 
     def methods(self, kind: str) -> list[str]:
         """The methods offered at sites of `kind`, the first the one the site takes with no choice."""
@@ -126,8 +141,10 @@ class LayerLensBaseline:
         for method in dict.fromkeys(method for kind in self.sites for method in methods_for(kind, self.offered())):
             sizes = self.planner_settings.sizes.get(method.name, [])
             if method.bounded_by is not None and sizes and max(sizes) > getattr(task, method.bounded_by):
-                raise LayerLensError(f"baseline.planner.sizes.{method.name} must be <= task.{method.bounded_by} "
-                                     f"({getattr(task, method.bounded_by)}), got {max(sizes)}")
+                raise LayerLensError(
+                    f"baseline.planner.sizes.{method.name} must be <= task.{method.bounded_by} "
+                    f"({getattr(task, method.bounded_by)}), got {max(sizes)}"
+                )
 
     def plan(self, model: nn.Module, ctx: AdaptContext) -> Planned:
         sites = discover_sites(model, self.sites, self.offered())
@@ -136,12 +153,25 @@ class LayerLensBaseline:
         if isinstance(batches, Sized) and len(batches) < settings.num_batches:
             raise LayerLensError(too_many_batches(settings.num_batches, len(batches)))
         profile = profile_sites(model, sites, batches, settings)
-        utilities = planning_utilities(planner.utility, profile.utility(), [s.layer for s in sites],
-                                       [s.kind for s in sites], planner.utility_seed, planner.kind_prior)
-        specs = [SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, float(u), self.others(s))
-                 for s, u in zip(sites, utilities)]
-        workload = Workload(profile.batch_size, profile.tokens_per_batch, profile.seq_len,
-                            cast(Any, model.config).num_attention_heads, planner.flops_per_s)
+        utilities = planning_utilities(
+            planner.utility,
+            profile.utility(),
+            [s.layer for s in sites],
+            [s.kind for s in sites],
+            planner.utility_seed,
+            planner.kind_prior,
+        )
+        specs = [
+            SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, float(u), self.others(s))
+            for s, u in zip(sites, utilities)
+        ]
+        workload = Workload(
+            profile.batch_size,
+            profile.tokens_per_batch,
+            profile.seq_len,
+            cast(Any, model.config).num_attention_heads,
+            planner.flops_per_s,
+        )
         _, layers = encoder_layers(model)
         depth = Depth(len(layers), layer_flops(layers[0], profile.seq_len), ctx.epochs, self.caches(model))
         start = time.perf_counter()
@@ -150,15 +180,19 @@ class LayerLensBaseline:
         except NoPlanFits as err:
             if err.name == "params" and ctx.budget.params_field(ctx.backbone_params) == "budget.params_pct":
                 purpose = "for any plan to fit" + (" within the other budgets" if err.within_others else "")
-                raise LayerLensError(params_pct_too_small(ctx.budget, err.needed, ctx.backbone_params, purpose,
-                                                          "option")) from None
+                raise LayerLensError(
+                    params_pct_too_small(ctx.budget, err.needed, ctx.backbone_params, purpose, "option")
+                ) from None
             raise
         return Planned(sites, profile, plan, time.perf_counter() - start)
 
     def others(self, site: Site) -> tuple[tuple[str, int, int], ...]:
         """The methods offered at `site` besides its own, each with the site's (d_in, d_out) as it sees it."""
-        return tuple((name, *get_method(name).dims(site.module, site.profiled))
-                     for name in self.methods(site.kind) if name != site.method)
+        return tuple(
+            (name, *get_method(name).dims(site.module, site.profiled))
+            for name in self.methods(site.kind)
+            if name != site.method
+        )
 
     def caches(self, model: nn.Module) -> bool:
         """Whether the frozen layers below the lowest adapted one are computed once (where the encoder allows it)."""

@@ -27,12 +27,16 @@ class ProfileSettings:
     def __post_init__(self):
         require_int("baseline.profile.num_batches", self.num_batches, 2)  # two halves for the validation
         if not isinstance(self.weights, dict):
-            raise LayerLensError(f"baseline.profile.weights must map statistics ({', '.join(STATISTICS)}) to weights, "
-                                 f"got {self.weights!r}")
+            raise LayerLensError(
+                f"baseline.profile.weights must map statistics ({', '.join(STATISTICS)}) to weights, "
+                f"got {self.weights!r}"
+            )
         unknown = set(self.weights) - set(STATISTICS)
         if unknown:
-            raise LayerLensError(f"baseline.profile.weights: unknown statistic {sorted(unknown)[0]!r} "
-                                 f"(choose from: {', '.join(STATISTICS)})")
+            raise LayerLensError(
+                f"baseline.profile.weights: unknown statistic {sorted(unknown)[0]!r} "
+                f"(choose from: {', '.join(STATISTICS)})"
+            )
         for name, weight in self.weights.items():
             require_nonnegative(f"baseline.profile.weights.{name}", weight)
         if not any(w > 0 for w in self.weights.values()):
@@ -40,8 +44,7 @@ class ProfileSettings:
 
 
 def too_many_batches(num_batches: int, available: int) -> str:
-    return (f"baseline.profile.num_batches must be <= {available} (the training batches available), "
-            f"got {num_batches}")
+    return f"baseline.profile.num_batches must be <= {available} (the training batches available), got {num_batches}"
 
 
 @dataclass

@@ -40,8 +40,9 @@ def encoder_layers(model: nn.Module) -> tuple[str, nn.ModuleList]:
     raise LayerLensError(f"model: no encoder layer list (`{family.layers}`) found in {type(model).__name__}")
 
 
-def discover_sites(model: nn.Module, kinds: list[str] | None = None,
-                   offered: Collection[str] | None = None) -> list[Site]:
+def discover_sites(
+    model: nn.Module, kinds: list[str] | None = None, offered: Collection[str] | None = None
+) -> list[Site]:
     """Every candidate site of every encoder layer, in layer order, limited to `kinds` when given; each takes the
     method its kind accepts (where several methods accept it, the one of them in `offered`: see method_for).
 
@@ -54,8 +55,10 @@ def discover_sites(model: nn.Module, kinds: list[str] | None = None,
     refused = [k for k in kinds or [] if k in family.refused]
     if refused:
         kind = refused[0]
-        raise LayerLensError(f"site kind {kind!r} ({method_for(kind, offered).name}) does not work on {family.name} "
-                             f"models: {family.refused[kind]} (leave {kind} out of baseline.sites)")
+        raise LayerLensError(
+            f"site kind {kind!r} ({method_for(kind, offered).name}) does not work on {family.name} "
+            f"models: {family.refused[kind]} (leave {kind} out of baseline.sites)"
+        )
     wanted = list(family.kinds) if kinds is None else kinds
     methods = {kind: method_for(kind, offered) for kind in wanted}
     prefix, layers = encoder_layers(model)
@@ -66,8 +69,20 @@ def discover_sites(model: nn.Module, kinds: list[str] | None = None,
             module = layer.get_submodule(path)
             profiled = tuple(layer.get_submodule(family.paths[k]) for k in PROFILED_KINDS.get(kind, (kind,)))
             d_in, d_out = method.dims(module, profiled)
-            sites.append(Site(f"L{i}.{kind}", i, kind, method.name, f"{prefix}.{i}.{path}",
-                              family.target(i, kind), d_in, d_out, module, profiled))
+            sites.append(
+                Site(
+                    f"L{i}.{kind}",
+                    i,
+                    kind,
+                    method.name,
+                    f"{prefix}.{i}.{path}",
+                    family.target(i, kind),
+                    d_in,
+                    d_out,
+                    module,
+                    profiled,
+                )
+            )
     return sites
 
 
@@ -78,14 +93,18 @@ def layer_targets(model: nn.Module, kinds: list[str], field_name: str) -> list[s
     family = model_family(model)
     refused = [kind for kind in kinds if kind in family.refused]
     if refused:
-        raise LayerLensError(f"{field_name}: site kind {refused[0]!r} does not work on {family.name} models: "
-                             f"{family.refused[refused[0]]}")
+        raise LayerLensError(
+            f"{field_name}: site kind {refused[0]!r} does not work on {family.name} models: "
+            f"{family.refused[refused[0]]}"
+        )
     _, layers = encoder_layers(model)
     for kind in kinds:
         module = layers[0].get_submodule(family.paths[kind])
         if not isinstance(module, nn.Linear):
-            raise LayerLensError(f"{field_name}: site kind {kind!r} is not a linear layer on {family.name} models "
-                                 f"({family.paths[kind]} is a {type(module).__name__})")
+            raise LayerLensError(
+                f"{field_name}: site kind {kind!r} is not a linear layer on {family.name} models "
+                f"({family.paths[kind]} is a {type(module).__name__})"
+            )
     return [family.target(i, kind) for i in range(len(layers)) for kind in kinds]
 
 

@@ -9,8 +9,8 @@ from layerlens.methods.registry import Method, register
 if TYPE_CHECKING:
     from torch import nn
 
-    from layerlens.planning.costs import SiteSpec, Workload
     from layerlens.lens.sites import Site
+    from layerlens.planning.costs import SiteSpec, Workload
 
 
 def adapter_params(hidden: int, width: int) -> int:
@@ -33,12 +33,14 @@ def attach(site: Site, width: int) -> nn.Module:
     return attach_adapter(site.module, site.d_out, width)
 
 
-ADAPTER = register(Method(
-    name="adapter",
-    kinds=("attn_block", "ffn_block"),
-    size_name="width",
-    colour="tab:orange",
-    dims=dims,
-    costs=costs,
-    attach=attach,
-))
+ADAPTER = register(
+    Method(
+        name="adapter",
+        kinds=("attn_block", "ffn_block"),
+        size_name="width",
+        colour="tab:orange",
+        dims=dims,
+        costs=costs,
+        attach=attach,
+    )
+)

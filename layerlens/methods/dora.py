@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING
 from layerlens.methods import linears
 from layerlens.methods.lora import lora_config
 from layerlens.methods.registry import Build, Method, register
+from layerlens.models.families import LINEAR_KINDS
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from layerlens.planning.costs import Workload
     from layerlens.lens.sites import Site
+    from layerlens.planning.costs import Workload
 
 ADAPTER = "dora"
 
@@ -39,14 +40,16 @@ def wrap(model: nn.Module, chosen: list[tuple[Site, int]], build: Build) -> nn.M
     return linears.inject(model, lora_config(ranks, build, use_dora=True), ADAPTER, build)
 
 
-DORA = register(Method(
-    name="dora",
-    kinds=(*linears.LINEAR_KINDS, *linears.BLOCK_LINEARS),
-    default_kinds=(),  # offered where baseline.planner.menu names it
-    covers=linears.BLOCK_LINEARS,
-    size_name="rank",
-    colour="tab:cyan",
-    dims=linears.dims,
-    costs=linears.summed(linear_costs),
-    wrap=wrap,
-))
+DORA = register(
+    Method(
+        name="dora",
+        kinds=(*LINEAR_KINDS, *linears.BLOCK_LINEARS),
+        default_kinds=(),  # offered where baseline.planner.menu names it
+        covers=linears.BLOCK_LINEARS,
+        size_name="rank",
+        colour="tab:cyan",
+        dims=linears.dims,
+        costs=linears.summed(linear_costs),
+        wrap=wrap,
+    )
+)

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 from layerlens.methods import linears
 from layerlens.methods.registry import Build, Method, register
+from layerlens.models.families import LINEAR_KINDS
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from layerlens.planning.costs import SiteSpec, Workload
     from layerlens.lens.sites import Site
+    from layerlens.planning.costs import SiteSpec, Workload
 
 ADAPTER = "ia3"
 FEEDFORWARD = ("ffn_out",)  # scaled on their input
@@ -33,20 +34,24 @@ def wrap(model: nn.Module, chosen: list[tuple[Site, int]], build: Build) -> nn.M
     from peft import IA3Config
 
     targets = linears.targets(model, chosen)
-    config = IA3Config(target_modules=sorted(t for t, _, _ in targets),
-                       feedforward_modules=sorted(t for t, kind, _ in targets if kind in FEEDFORWARD))
+    config = IA3Config(
+        target_modules=sorted(t for t, _, _ in targets),
+        feedforward_modules=sorted(t for t, kind, _ in targets if kind in FEEDFORWARD),
+    )
     return linears.inject(model, config, ADAPTER, build)
 
 
-IA3 = register(Method(
-    name="ia3",
-    kinds=linears.LINEAR_KINDS,
-    default_kinds=(),  # offered where baseline.planner.menu names it
-    size_name="vector",
-    colour="tab:olive",
-    dims=linears.dims,
-    costs=costs,
-    wrap=wrap,
-    sizes=(1,),
-    max_size=1,
-))
+IA3 = register(
+    Method(
+        name="ia3",
+        kinds=LINEAR_KINDS,
+        default_kinds=(),  # offered where baseline.planner.menu names it
+        size_name="vector",
+        colour="tab:olive",
+        dims=linears.dims,
+        costs=costs,
+        wrap=wrap,
+        sizes=(1,),
+        max_size=1,
+    )
+)

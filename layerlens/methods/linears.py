@@ -15,15 +15,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from layerlens.models.families import LINEAR_KINDS, model_family
+from layerlens.models.families import model_family
 
 if TYPE_CHECKING:
     from peft import PeftConfig
     from torch import nn
 
+    from layerlens.lens.sites import Site
     from layerlens.methods.registry import Build
     from layerlens.planning.costs import SiteSpec, Workload
-    from layerlens.lens.sites import Site
 
     Costs = tuple[float, float, float]
 
@@ -92,8 +92,11 @@ def inject(model: nn.Module, config: PeftConfig, adapter: str, build: Build) -> 
     if not any(isinstance(m, BaseTunerLayer) for m in inner.modules()):
         train_only(model, list(build.head))  # the first method to adapt this model
     trains = {id(p): p.requires_grad for p in model.parameters()}
-    active = [(m, list(m.active_adapters)) for m in model.modules()
-              if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+    active = [
+        (m, list(m.active_adapters))
+        for m in model.modules()
+        if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))
+    ]
     configs = inner.__dict__.pop("peft_config", None)
     try:
         inject_adapter_in_model(config, inner, adapter_name=adapter)

@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING
 
 from layerlens.methods import linears
 from layerlens.methods.registry import Build, Method, register
+from layerlens.models.families import LINEAR_KINDS
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from layerlens.planning.costs import Workload
     from layerlens.lens.sites import Site
+    from layerlens.planning.costs import Workload
 
 ADAPTER = "loha"
 
@@ -45,14 +46,16 @@ def wrap(model: nn.Module, chosen: list[tuple[Site, int]], build: Build) -> nn.M
     return linears.inject(model, config, ADAPTER, build)
 
 
-LOHA = register(Method(
-    name="loha",
-    kinds=(*linears.LINEAR_KINDS, *linears.BLOCK_LINEARS),
-    default_kinds=(),  # offered where baseline.planner.menu names it
-    covers=linears.BLOCK_LINEARS,
-    size_name="rank",
-    colour="tab:pink",
-    dims=linears.dims,
-    costs=linears.summed(linear_costs),
-    wrap=wrap,
-))
+LOHA = register(
+    Method(
+        name="loha",
+        kinds=(*LINEAR_KINDS, *linears.BLOCK_LINEARS),
+        default_kinds=(),  # offered where baseline.planner.menu names it
+        covers=linears.BLOCK_LINEARS,
+        size_name="rank",
+        colour="tab:pink",
+        dims=linears.dims,
+        costs=linears.summed(linear_costs),
+        wrap=wrap,
+    )
+)

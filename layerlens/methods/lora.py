@@ -11,13 +11,14 @@ from typing import TYPE_CHECKING, cast
 
 from layerlens.methods import linears
 from layerlens.methods.registry import Build, Method, register
+from layerlens.models.families import LINEAR_KINDS
 
 if TYPE_CHECKING:
     from peft import LoraConfig
     from torch import nn
 
-    from layerlens.planning.costs import Workload
     from layerlens.lens.sites import Site
+    from layerlens.planning.costs import Workload
 
 
 def linear_costs(d_in: int, d_out: int, rank: int, w: Workload) -> tuple[float, float, float]:
@@ -54,8 +55,9 @@ def peft_config(chosen: list[tuple[Site, int]], build: Build, model: nn.Module |
         ranks = {target: rank for target, _, rank in linears.targets(cast("nn.Module", model), chosen)}
     else:
         ranks = {site.target: rank for site, rank in chosen}
-    return lora_config(ranks, build, task_type=TaskType.SEQ_CLS,
-                       modules_to_save=list(build.head) if build.head else None)
+    return lora_config(
+        ranks, build, task_type=TaskType.SEQ_CLS, modules_to_save=list(build.head) if build.head else None
+    )
 
 
 def wrap(model: nn.Module, chosen: list[tuple[Site, int]], build: Build) -> nn.Module:
@@ -64,14 +66,16 @@ def wrap(model: nn.Module, chosen: list[tuple[Site, int]], build: Build) -> nn.M
     return get_peft_model(model, peft_config(chosen, build, model))  # freezes all but LoRA and the head
 
 
-LORA = register(Method(
-    name="lora",
-    kinds=(*linears.LINEAR_KINDS, *linears.BLOCK_LINEARS),
-    default_kinds=linears.LINEAR_KINDS,
-    covers=linears.BLOCK_LINEARS,
-    size_name="rank",
-    colour="tab:blue",
-    dims=linears.dims,
-    costs=linears.summed(linear_costs),
-    wrap=wrap,
-))
+LORA = register(
+    Method(
+        name="lora",
+        kinds=(*LINEAR_KINDS, *linears.BLOCK_LINEARS),
+        default_kinds=LINEAR_KINDS,
+        covers=linears.BLOCK_LINEARS,
+        size_name="rank",
+        colour="tab:blue",
+        dims=linears.dims,
+        costs=linears.summed(linear_costs),
+        wrap=wrap,
+    )
+)

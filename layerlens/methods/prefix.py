@@ -9,8 +9,8 @@ from layerlens.methods.registry import Method, register
 if TYPE_CHECKING:
     from torch import nn
 
-    from layerlens.planning.costs import SiteSpec, Workload
     from layerlens.lens.sites import Site
+    from layerlens.planning.costs import SiteSpec, Workload
 
 
 def prefix_params(hidden: int, length: int) -> int:
@@ -34,13 +34,15 @@ def attach(site: Site, length: int) -> nn.Module:
     return attach_prefix(site.module, length)
 
 
-PREFIX = register(Method(
-    name="prefix",
-    kinds=("attention",),
-    size_name="prefix length",
-    colour="tab:green",
-    dims=dims,
-    costs=costs,
-    attach=attach,
-    bounded_by="max_length",  # no longer than the task's longest sequence
-))
+PREFIX = register(
+    Method(
+        name="prefix",
+        kinds=("attention",),
+        size_name="prefix length",
+        colour="tab:green",
+        dims=dims,
+        costs=costs,
+        attach=attach,
+        bounded_by="max_length",  # no longer than the task's longest sequence
+    )
+)

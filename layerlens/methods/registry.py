@@ -18,8 +18,8 @@ from layerlens.registry import Registry
 if TYPE_CHECKING:
     from torch import nn
 
-    from layerlens.planning.costs import SiteSpec, Workload
     from layerlens.lens.sites import Site
+    from layerlens.planning.costs import SiteSpec, Workload
 
 NONE = "none"  # the option that adapts nothing: not a method, never registered
 NONE_COLOUR = "lightgrey"
@@ -68,39 +68,57 @@ class Method:
         where = f"method {self.name!r}"
         if not isinstance(self.name, str) or not self.name.isidentifier() or self.name == NONE:
             raise LayerLensError(f"method name must be an identifier other than {NONE!r}, got {self.name!r}")
-        if isinstance(self.kinds, str) or not isinstance(self.kinds, (tuple, list)) or not self.kinds \
-                or not all(isinstance(kind, str) and kind for kind in self.kinds):
+        if (
+            isinstance(self.kinds, str)
+            or not isinstance(self.kinds, (tuple, list))
+            or not self.kinds
+            or not all(isinstance(kind, str) and kind for kind in self.kinds)
+        ):
             raise LayerLensError(f"{where}: kinds must be a non-empty list of site kinds, got {self.kinds!r}")
         object.__setattr__(self, "kinds", tuple(self.kinds))
         for attribute in ("size_name", "colour"):
             if not isinstance(getattr(self, attribute), str) or not getattr(self, attribute):
-                raise LayerLensError(f"{where}: {attribute} must be a non-empty string, got {getattr(self, attribute)!r}")
+                raise LayerLensError(
+                    f"{where}: {attribute} must be a non-empty string, got {getattr(self, attribute)!r}"
+                )
         for attribute in ("dims", "costs"):
             if not callable(getattr(self, attribute)):
                 raise LayerLensError(f"{where}: {attribute} must be a function, got {getattr(self, attribute)!r}")
         if (self.wrap is None) == (self.attach is None) or not callable(self.wrap or self.attach):
             raise LayerLensError(f"{where}: give exactly one of wrap and attach, a function")
-        if self.max_size is not None and (isinstance(self.max_size, bool) or not isinstance(self.max_size, int)
-                                          or self.max_size < 1):
+        if self.max_size is not None and (
+            isinstance(self.max_size, bool) or not isinstance(self.max_size, int) or self.max_size < 1
+        ):
             raise LayerLensError(f"{where}: max_size must be an integer >= 1 or None, got {self.max_size!r}")
         if not isinstance(self.sizes, (tuple, list)) or not self.sizes or not all(map(self.allows, self.sizes)):
-            raise LayerLensError(f"{where}: sizes must be a non-empty list of integers {self.size_range}, "
-                                 f"got {self.sizes!r}")
+            raise LayerLensError(
+                f"{where}: sizes must be a non-empty list of integers {self.size_range}, got {self.sizes!r}"
+            )
         object.__setattr__(self, "sizes", tuple(self.sizes))
         if self.bounded_by is not None and not (isinstance(self.bounded_by, str) and self.bounded_by):
             raise LayerLensError(f"{where}: bounded_by must name a task setting or be None, got {self.bounded_by!r}")
         defaults = self.kinds if self.default_kinds is None else self.default_kinds
-        if isinstance(defaults, str) or not isinstance(defaults, (tuple, list)) \
-                or not all(kind in self.kinds for kind in defaults):
-            raise LayerLensError(f"{where}: default_kinds must be a list of its kinds ({', '.join(self.kinds)}) "
-                                 f"or None, got {self.default_kinds!r}")
+        if (
+            isinstance(defaults, str)
+            or not isinstance(defaults, (tuple, list))
+            or not all(kind in self.kinds for kind in defaults)
+        ):
+            raise LayerLensError(
+                f"{where}: default_kinds must be a list of its kinds ({', '.join(self.kinds)}) "
+                f"or None, got {self.default_kinds!r}"
+            )
         object.__setattr__(self, "default_kinds", tuple(defaults))
         if not isinstance(self.covers, Mapping) or not all(
-                kind in self.kinds and isinstance(covered, (tuple, list)) and covered
-                and all(isinstance(k, str) and k and k != kind for k in covered)
-                for kind, covered in self.covers.items()):
-            raise LayerLensError(f"{where}: covers must map some of its kinds to the other site kinds their option "
-                                 f"adapts, got {self.covers!r}")
+            kind in self.kinds
+            and isinstance(covered, (tuple, list))
+            and covered
+            and all(isinstance(k, str) and k and k != kind for k in covered)
+            for kind, covered in self.covers.items()
+        ):
+            raise LayerLensError(
+                f"{where}: covers must map some of its kinds to the other site kinds their option "
+                f"adapts, got {self.covers!r}"
+            )
         object.__setattr__(self, "covers", {kind: tuple(covered) for kind, covered in self.covers.items()})
 
     @property
@@ -108,8 +126,12 @@ class Method:
         return ">= 1" if self.max_size is None else f"from 1 to {self.max_size}"
 
     def allows(self, size) -> bool:
-        return (not isinstance(size, bool) and isinstance(size, int) and size >= 1
-                and (self.max_size is None or size <= self.max_size))
+        return (
+            not isinstance(size, bool)
+            and isinstance(size, int)
+            and size >= 1
+            and (self.max_size is None or size <= self.max_size)
+        )
 
 
 METHODS: Registry[Method] = Registry("method", Method)  # name -> method, in the order registered
@@ -159,8 +181,7 @@ def methods_for(kind: str, offered: Collection[str] | None = None) -> list[Metho
         others = " or ".join(method.name for method in accepting(kind))
         if not others:
             raise LayerLensError(f"site kind {kind!r}: no registered method accepts it")
-        raise LayerLensError(f"site kind {kind!r} has no default method: name {others} in "
-                             f"baseline.planner.menu.{kind}")
+        raise LayerLensError(f"site kind {kind!r} has no default method: name {others} in baseline.planner.menu.{kind}")
     sized = defaults if offered is None else [method for method in defaults if method.name in offered]
     return sized or defaults[:1]
 

@@ -98,8 +98,10 @@ class RandomBertBackbone:
         for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
             require_int(f"model.{name}", getattr(self, name), 1)
         if self.hidden_size % self.num_attention_heads:
-            raise LayerLensError(f"model.hidden_size must be a multiple of model.num_attention_heads "
-                                 f"({self.num_attention_heads}), got {self.hidden_size}")
+            raise LayerLensError(
+                f"model.hidden_size must be a multiple of model.num_attention_heads "
+                f"({self.num_attention_heads}), got {self.hidden_size}"
+            )
 
     def tokenizer(self):
         return InstalledPackageBackbone(self.name, self.tokenizer_package).tokenizer()

@@ -42,8 +42,12 @@ class Family:
         where = f"family {self.name!r}"
         if not isinstance(self.name, str) or not self.name:
             raise LayerLensError(f"family name must be a non-empty string, got {self.name!r}")
-        if isinstance(self.model_types, str) or not isinstance(self.model_types, (tuple, list)) \
-                or not self.model_types or not all(isinstance(t, str) and t for t in self.model_types):
+        if (
+            isinstance(self.model_types, str)
+            or not isinstance(self.model_types, (tuple, list))
+            or not self.model_types
+            or not all(isinstance(t, str) and t for t in self.model_types)
+        ):
             raise LayerLensError(f"{where}: model_types must be a non-empty list of strings, got {self.model_types!r}")
         object.__setattr__(self, "model_types", tuple(self.model_types))
         for name in ("layers", "embeddings"):
@@ -55,12 +59,15 @@ class Family:
         both = [kind for kind in self.paths if kind in self.refused]
         neither = [kind for kind in SITE_KINDS if kind not in self.paths and kind not in self.refused]
         if both or neither:
-            raise LayerLensError(f"{where}: site kind {(both or neither)[0]!r} must have either a path or a reason "
-                                 f"it is refused, {'not both' if both else 'got neither'}")
+            raise LayerLensError(
+                f"{where}: site kind {(both or neither)[0]!r} must have either a path or a reason "
+                f"it is refused, {'not both' if both else 'got neither'}"
+            )
         bad = [kind for kind, path in self.paths.items() if not isinstance(path, str) or not path]
         if bad:
-            raise LayerLensError(f"{where}: the path of site kind {bad[0]!r} must be a module path, "
-                                 f"got {self.paths[bad[0]]!r}")
+            raise LayerLensError(
+                f"{where}: the path of site kind {bad[0]!r} must be a module path, got {self.paths[bad[0]]!r}"
+            )
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -72,29 +79,44 @@ class Family:
         return f"{self.layers}.{layer}.{self.paths[kind]}"
 
 
-BERT = Family("bert", ("bert",), layers="encoder.layer", embeddings="embeddings", paths={
-    "query": "attention.self.query",
-    "key": "attention.self.key",
-    "value": "attention.self.value",
-    "attn_out": "attention.output.dense",
-    "ffn_in": "intermediate.dense",
-    "ffn_out": "output.dense",
-    "attn_block": "attention.output",
-    "ffn_block": "output",
-    "attention": "attention.self",
-})
+BERT = Family(
+    "bert",
+    ("bert",),
+    layers="encoder.layer",
+    embeddings="embeddings",
+    paths={
+        "query": "attention.self.query",
+        "key": "attention.self.key",
+        "value": "attention.self.value",
+        "attn_out": "attention.output.dense",
+        "ffn_in": "intermediate.dense",
+        "ffn_out": "output.dense",
+        "attn_block": "attention.output",
+        "ffn_block": "output",
+        "attention": "attention.self",
+    },
+)
 ROBERTA = replace(BERT, name="roberta", model_types=("roberta",))
 # DeBERTa-v3 checkpoints are model type deberta-v2.
-DEBERTA_V2 = Family("deberta-v2", ("deberta-v2",), layers="encoder.layer", embeddings="embeddings", paths={
-    **{kind: path for kind, path in BERT.paths.items() if kind != "attention"},
-    "query": "attention.self.query_proj",
-    "key": "attention.self.key_proj",
-    "value": "attention.self.value_proj",
-}, refused={
-    # DisentangledSelfAttention adds content-to-position and position-to-content scores, gathered by the
-    # relative distance between each query and key token (modeling_deberta_v2.disentangled_attention_bias).
-    "attention": "its disentangled attention adds relative-position scores that prefix keys, having no position, lack",
-}, cache_refused="its encoder passes relative positions to every layer and convolves after the first")
+DEBERTA_V2 = Family(
+    "deberta-v2",
+    ("deberta-v2",),
+    layers="encoder.layer",
+    embeddings="embeddings",
+    paths={
+        **{kind: path for kind, path in BERT.paths.items() if kind != "attention"},
+        "query": "attention.self.query_proj",
+        "key": "attention.self.key_proj",
+        "value": "attention.self.value_proj",
+    },
+    refused={
+        # DisentangledSelfAttention adds content-to-position and position-to-content scores, gathered by the
+        # relative distance between each query and key token (modeling_deberta_v2.disentangled_attention_bias).
+        "attention": "its disentangled attention adds relative-position scores that prefix keys, having no position, "
+        "lack",
+    },
+    cache_refused="its encoder passes relative positions to every layer and convolves after the first",
+)
 
 FAMILIES: Registry[Family] = Registry("family", Family)  # name -> family, in the order registered
 unregister_family = FAMILIES.unregister
@@ -117,16 +139,19 @@ def model_family(model) -> Family:
     model_type = getattr(getattr(model, "config", None), "model_type", None)
     families = model_types()
     if model_type not in families:
-        raise LayerLensError(f"model: config.model_type {model_type!r} has no family in layerlens/models/families.py "
-                             f"(supported: {', '.join(families)})")
+        raise LayerLensError(
+            f"model: config.model_type {model_type!r} has no family in layerlens/models/families.py "
+            f"(supported: {', '.join(families)})"
+        )
     return families[model_type]
 
 
 def check_kinds(field_name: str, kinds: Iterable[str], allowed: tuple[str, ...] = SITE_KINDS) -> None:
     """Raise, naming `field_name`, unless `kinds` is a non-empty list of distinct kinds out of `allowed`."""
     if isinstance(kinds, str) or not isinstance(kinds, (list, tuple)) or not kinds:
-        raise LayerLensError(f"{field_name} must be a non-empty list of site kinds (choose from: "
-                             f"{', '.join(allowed)}), got {kinds!r}")
+        raise LayerLensError(
+            f"{field_name} must be a non-empty list of site kinds (choose from: {', '.join(allowed)}), got {kinds!r}"
+        )
     unknown = [kind for kind in kinds if kind not in allowed]
     if unknown:
         raise LayerLensError(f"{field_name}: site kind {unknown[0]!r} is not one of {', '.join(allowed)}")

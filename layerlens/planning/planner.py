@@ -33,15 +33,19 @@ class PlannerSettings:
 
     def __post_init__(self):
         if not isinstance(self.sizes, dict):
-            raise LayerLensError(f"baseline.planner.sizes must map methods ({', '.join(METHODS)}) to lists of sizes, "
-                                 f"got {self.sizes!r}")
+            raise LayerLensError(
+                f"baseline.planner.sizes must map methods ({', '.join(METHODS)}) to lists of sizes, got {self.sizes!r}"
+            )
         for method, sizes in self.sizes.items():
             if method not in METHODS:
-                raise LayerLensError(f"baseline.planner.sizes: unknown method {method!r} (choose from: {', '.join(METHODS)})")
+                raise LayerLensError(
+                    f"baseline.planner.sizes: unknown method {method!r} (choose from: {', '.join(METHODS)})"
+                )
             allowed = METHODS[method].size_range
             if not isinstance(sizes, (list, tuple)):
-                raise LayerLensError(f"baseline.planner.sizes.{method} must be a list of integers {allowed}, "
-                                     f"got {sizes!r}")
+                raise LayerLensError(
+                    f"baseline.planner.sizes.{method} must be a list of integers {allowed}, got {sizes!r}"
+                )
             bad = [s for s in sizes if not METHODS[method].allows(s)]
             if bad:
                 raise LayerLensError(f"baseline.planner.sizes.{method} must be integers {allowed}, got {bad[0]!r}")
@@ -51,17 +55,21 @@ class PlannerSettings:
         require_choice("baseline.planner.utility", self.utility, list(UTILITIES))
         require_int("baseline.planner.utility_seed", self.utility_seed, 0)
         if not isinstance(self.kind_prior, dict):
-            raise LayerLensError(f"baseline.planner.kind_prior must map site kinds to constants, got {self.kind_prior!r}")
+            raise LayerLensError(
+                f"baseline.planner.kind_prior must map site kinds to constants, got {self.kind_prior!r}"
+            )
         for kind, value in self.kind_prior.items():
             require_positive(f"baseline.planner.kind_prior.{kind}", value)
         self._check_menu()
         if not isinstance(self.method_value, dict):
-            raise LayerLensError(f"baseline.planner.method_value must map methods to positive numbers, "
-                                 f"got {self.method_value!r}")
+            raise LayerLensError(
+                f"baseline.planner.method_value must map methods to positive numbers, got {self.method_value!r}"
+            )
         for method, value in self.method_value.items():
             if method not in METHODS:
-                raise LayerLensError(f"baseline.planner.method_value: unknown method {method!r} "
-                                     f"(choose from: {', '.join(METHODS)})")
+                raise LayerLensError(
+                    f"baseline.planner.method_value: unknown method {method!r} (choose from: {', '.join(METHODS)})"
+                )
             require_positive(f"baseline.planner.method_value.{method}", value)
 
     def _check_menu(self) -> None:
@@ -71,21 +79,28 @@ class PlannerSettings:
         for kind, methods in self.menu.items():
             field_name = f"baseline.planner.menu.{kind}"
             if kind not in kinds:
-                raise LayerLensError(f"baseline.planner.menu: site kind {kind!r} is accepted by no method "
-                                     f"(choose from: {', '.join(kinds)})")
+                raise LayerLensError(
+                    f"baseline.planner.menu: site kind {kind!r} is accepted by no method "
+                    f"(choose from: {', '.join(kinds)})"
+                )
             accepted = [method.name for method in accepting(kind)]
             if isinstance(methods, str) or not isinstance(methods, (list, tuple)) or not methods:
-                raise LayerLensError(f"{field_name} must be a non-empty list of methods (choose from: "
-                                     f"{', '.join(accepted)}), got {methods!r}")
+                raise LayerLensError(
+                    f"{field_name} must be a non-empty list of methods (choose from: "
+                    f"{', '.join(accepted)}), got {methods!r}"
+                )
             for i, method in enumerate(methods):
                 if method not in accepted:
-                    raise LayerLensError(f"{field_name}: method {method!r} does not take {kind} sites "
-                                         f"(choose from: {', '.join(accepted)})")
+                    raise LayerLensError(
+                        f"{field_name}: method {method!r} does not take {kind} sites "
+                        f"(choose from: {', '.join(accepted)})"
+                    )
                 if method in methods[:i]:
                     raise LayerLensError(f"{field_name}: {method} is listed twice")
                 if not self.sizes.get(method):
-                    raise LayerLensError(f"{field_name} offers {method}, which baseline.planner.sizes.{method} "
-                                         "gives no sizes")
+                    raise LayerLensError(
+                        f"{field_name} offers {method}, which baseline.planner.sizes.{method} gives no sizes"
+                    )
 
 
 class NoPlanFits(LayerLensError):
@@ -96,23 +111,30 @@ class NoPlanFits(LayerLensError):
         self.name, self.limit, self.needed, self.within_others = name, limit, needed, within_others
 
 
-def adapting_options(sites: list[SiteSpec], options: list[list[tuple[str, int]]],
-                     costs: list[list[Costs]]) -> list[tuple[SiteSpec, str, Costs]]:
+def adapting_options(
+    sites: list[SiteSpec], options: list[list[tuple[str, int]]], costs: list[list[Costs]]
+) -> list[tuple[SiteSpec, str, Costs]]:
     """Every option that adapts a site: the site, the option named for messages, and its costs."""
-    return [(site, f"{method} of size {size} at {site.name}", c)
-            for site, opts, site_costs in zip(sites, options, costs)
-            for (method, size), c in zip(opts, site_costs) if method != "none"]
+    return [
+        (site, f"{method} of size {size} at {site.name}", c)
+        for site, opts, site_costs in zip(sites, options, costs)
+        for (method, size), c in zip(opts, site_costs)
+        if method != "none"
+    ]
 
 
-def check_feasible(sites: list[SiteSpec], options: list[list[tuple[str, int]]], costs: list[list[Costs]],
-                   budgets: dict[str, float]) -> None:
+def check_feasible(
+    sites: list[SiteSpec], options: list[list[tuple[str, int]]], costs: list[list[Costs]], budgets: dict[str, float]
+) -> None:
     """Raise unless some option that adapts a site fits every budget, naming the binding budget and the
     smallest limit of it that would let one fit (with the other budgets as they are)."""
     candidates = [(label, c.as_dict()) for _, label, c in adapting_options(sites, options, costs)]
     if not candidates:
         methods = sorted({method for site in sites for method in site.methods()})
-        raise LayerLensError(f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
-                             "(the methods of baseline.sites), got none")
+        raise LayerLensError(
+            f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
+            "(the methods of baseline.sites), got none"
+        )
 
     def fits(cost: dict[str, float], name: str) -> bool:
         return cost[name] <= budgets[name] * (1 + BUDGET_TOLERANCE)
@@ -121,24 +143,34 @@ def check_feasible(sites: list[SiteSpec], options: list[list[tuple[str, int]]], 
         return
     for within_others in (False, True):
         for name, limit in budgets.items():
-            pool = [(label, cost) for label, cost in candidates
-                    if not within_others or all(fits(cost, other) for other in budgets if other != name)]
+            pool = [
+                (label, cost)
+                for label, cost in candidates
+                if not within_others or all(fits(cost, other) for other in budgets if other != name)
+            ]
             if not pool:
                 continue
             label, cost = min(pool, key=lambda item: item[1][name])
             if within_others or not fits(cost, name):
                 others = " within the other budgets" if within_others else ""
-                raise NoPlanFits(f"budget.{name} must be >= {at_least(cost[name])} for any plan to fit{others} "
-                                 f"(the cheapest option: {label}), got {shown(limit)}", name, limit, cost[name],
-                                 within_others)
-    raise LayerLensError(f"budget: no site option fits {', '.join(f'budget.{n}' for n in budgets)} together; "
-                         "raise several of them")
+                raise NoPlanFits(
+                    f"budget.{name} must be >= {at_least(cost[name])} for any plan to fit{others} "
+                    f"(the cheapest option: {label}), got {shown(limit)}",
+                    name,
+                    limit,
+                    cost[name],
+                    within_others,
+                )
+    raise LayerLensError(
+        f"budget: no site option fits {', '.join(f'budget.{n}' for n in budgets)} together; raise several of them"
+    )
 
 
 def site_options(site: SiteSpec, settings: PlannerSettings) -> list[tuple[str, int]]:
     """Adapting nothing, then each method offered at the site (its own first) in each of its sizes."""
-    return [("none", 0)] + [(method, size) for method in site.methods()
-                            for size in sorted(set(settings.sizes.get(method, [])))]
+    return [("none", 0)] + [
+        (method, size) for method in site.methods() for size in sorted(set(settings.sizes.get(method, [])))
+    ]
 
 
 def option_value(site: SiteSpec, method: str, size: int, settings: PlannerSettings) -> float:
@@ -146,21 +178,29 @@ def option_value(site: SiteSpec, method: str, size: int, settings: PlannerSettin
     return value * settings.method_value[method] if method in settings.method_value else value
 
 
-def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, float], settings: PlannerSettings,
-              depth: Depth | None = None) -> Plan:
+def make_plan(
+    sites: list[SiteSpec],
+    workload: Workload,
+    budgets: dict[str, float],
+    settings: PlannerSettings,
+    depth: Depth | None = None,
+) -> Plan:
     """The plan of greatest total value within the budgets. With `depth`, each plan's training time is estimated
     (Depth.fraction of full fine-tuning's, plus its sites' latency); a `train_time_pct` budget then prices how
     deep backpropagation runs, which no per-site cost can: one allocation per candidate lowest adapted layer,
     each with the latency its depth leaves, and the best of them is kept."""
     unknown = set(budgets) - set(COST_NAMES) - {TRAIN_TIME}
     if unknown:
-        raise LayerLensError(f"budget: unknown limit {sorted(unknown)[0]!r} (choose from: {', '.join(COST_NAMES)}, "
-                             f"{TRAIN_TIME})")
+        raise LayerLensError(
+            f"budget: unknown limit {sorted(unknown)[0]!r} (choose from: {', '.join(COST_NAMES)}, {TRAIN_TIME})"
+        )
     if TRAIN_TIME in budgets and depth is None:
         raise LayerLensError(f"budget.{TRAIN_TIME} needs the model's depth to be priced (planner called without one)")
     options = [site_options(site, settings) for site in sites]
-    costs = [[option_costs(site.seen_by(method), method, size, workload) for method, size in opts]
-             for site, opts in zip(sites, options)]
+    costs = [
+        [option_costs(site.seen_by(method), method, size, workload) for method, size in opts]
+        for site, opts in zip(sites, options)
+    ]
     if TRAIN_TIME not in budgets:
         plan = _allocate(sites, options, costs, budgets, settings)
         return _with_time(plan, workload, depth)
@@ -176,34 +216,56 @@ def make_plan(sites: list[SiteSpec], workload: Workload, budgets: dict[str, floa
         kept = [opts if site.layer >= lowest else opts[:1] for site, opts in zip(sites, options)]
         kept_costs = [c[: len(opts)] for c, opts in zip(costs, kept)]
         try:
-            plans.append(_allocate(sites, kept, kept_costs,
-                                   {**per_site, "latency_ms": min(per_site.get("latency_ms", spare_ms), spare_ms)},
-                                   settings, budgets))
+            plans.append(
+                _allocate(
+                    sites,
+                    kept,
+                    kept_costs,
+                    {**per_site, "latency_ms": min(per_site.get("latency_ms", spare_ms), spare_ms)},
+                    settings,
+                    budgets,
+                )
+            )
         except LayerLensError as err:
             first_error = first_error or err
     if not plans:
         adapting = adapting_options(sites, options, costs)
         if not adapting:
             check_feasible(sites, options, costs, per_site)  # raises: no method has a size
-        needed, label = min((100 * (depth.fraction(site.layer) + c.latency_ms / full_ms), label)
-                            for site, label, c in adapting)
+        needed, label = min(
+            (100 * (depth.fraction(site.layer) + c.latency_ms / full_ms), label) for site, label, c in adapting
+        )
         if first_error is not None and (limit >= needed or "latency_ms" in budgets):
             raise first_error  # another budget binds, or no site has an option
-        raise NoPlanFits(f"budget.{TRAIN_TIME} must be >= {at_least(needed)} for any plan to fit (the cheapest "
-                         f"option in training time: {label}), got {shown(limit)}", TRAIN_TIME, limit, needed, False)
+        raise NoPlanFits(
+            f"budget.{TRAIN_TIME} must be >= {at_least(needed)} for any plan to fit (the cheapest "
+            f"option in training time: {label}), got {shown(limit)}",
+            TRAIN_TIME,
+            limit,
+            needed,
+            False,
+        )
     best = max(plans, key=lambda plan: plan.objective)  # of equals, max keeps the first: the lowest `lowest` allowed
     return _with_time(best, workload, depth)
 
 
-def _allocate(sites: list[SiteSpec], options: list[list[tuple[str, int]]], costs: list[list[Costs]],
-              limits: dict[str, float], settings: PlannerSettings, budgets: dict[str, float] | None = None) -> Plan:
+def _allocate(
+    sites: list[SiteSpec],
+    options: list[list[tuple[str, int]]],
+    costs: list[list[Costs]],
+    limits: dict[str, float],
+    settings: PlannerSettings,
+    budgets: dict[str, float] | None = None,
+) -> Plan:
     """One allocation under per-site `limits`; the plan records `budgets` (the limits as the user set them)."""
     check_feasible(sites, options, costs, limits)
     names = list(limits)
     try:
         allocation = allocate(
-            values=[[option_value(site, method, size, settings) for method, size in opts]
-                    for site, opts in zip(sites, options)],
+            values=[
+                [option_value(site, method, size, settings) for method, size in opts]
+                for site, opts in zip(sites, options)
+            ],
             costs=[[[getattr(c, name) for name in names] for c in site_costs] for site_costs in costs],
             budgets=[limits[name] for name in names],
             budget_names=[f"budget.{name}" for name in names],

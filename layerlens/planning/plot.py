@@ -29,8 +29,7 @@ def plot_plan(plan: Plan, path: Path, title: str) -> Path:
             ax.axvline(boundary - 0.5, color="grey", linewidth=0.5)
     handles = [Rectangle((0, 0), 1, 1, color=colour) for colour in colours.values()]
     # Above the axes: over the bars it would hide the tallest.
-    bottom.legend(handles, list(colours), loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncols=4,
-                  frameon=False)
+    bottom.legend(handles, list(colours), loc="lower left", bbox_to_anchor=(0, 1.0), fontsize=8, ncols=4, frameon=False)
     used = ", ".join(f"{name} {100 * share:.1f}%" for name, share in plan.utilisation().items()) or "no budget"
     bottom.set_xlabel(f"site (layers {layers[0]}-{layers[-1]}); budget used: {used}")
     fig.tight_layout()

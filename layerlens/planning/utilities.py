@@ -18,8 +18,9 @@ UTILITIES = {
 }
 
 
-def planning_utilities(name: str, profiled: np.ndarray, layers: list[int], kinds: list[str], seed: int,
-                       kind_prior: dict[str, float]) -> np.ndarray:
+def planning_utilities(
+    name: str, profiled: np.ndarray, layers: list[int], kinds: list[str], seed: int, kind_prior: dict[str, float]
+) -> np.ndarray:
     """The utility of every site under the choice `name` (see UTILITIES), from the profiled ones and the sites'
     layers and kinds."""
     profiled = np.asarray(profiled, dtype=float)
@@ -35,7 +36,9 @@ def planning_utilities(name: str, profiled: np.ndarray, layers: list[int], kinds
     if name == "kind_depth":
         missing = sorted(set(kinds) - set(kind_prior))
         if missing:
-            raise LayerLensError(f"baseline.planner.kind_prior has no constant for site kind {missing[0]!r} "
-                                 f"(it has: {', '.join(kind_prior) or 'none'})")
+            raise LayerLensError(
+                f"baseline.planner.kind_prior has no constant for site kind {missing[0]!r} "
+                f"(it has: {', '.join(kind_prior) or 'none'})"
+            )
         return np.array([kind_prior[kind] for kind in kinds], dtype=float) * depth
     raise LayerLensError(f"baseline.planner.utility must be one of {', '.join(UTILITIES)}, got {name!r}")

@@ -30,8 +30,10 @@ def measured_gains(path: str | Path) -> dict[str, float]:
             row = json.loads(line)
             site, loss = row["site"], float(row["selection_loss"])
         except (ValueError, KeyError, TypeError) as err:
-            raise LayerLensError(f"{FIELD}: {path} line {number} is not a measured gain "
-                                 f"(a JSON object with site and selection_loss): {err}") from None
+            raise LayerLensError(
+                f"{FIELD}: {path} line {number} is not a measured gain "
+                f"(a JSON object with site and selection_loss): {err}"
+            ) from None
         if site is None:
             reference = loss
         else:
@@ -46,8 +48,10 @@ def utility_validity(utilities: dict[str, float], gains: dict[str, float]) -> di
     measured; refused where fewer than three of them were."""
     measured = [site for site in utilities if site in gains]
     if len(measured) < 3:
-        raise LayerLensError(f"{FIELD}: {len(measured)} of the plan's {len(utilities)} sites were measured; "
-                             "a rank correlation needs at least 3")
+        raise LayerLensError(
+            f"{FIELD}: {len(measured)} of the plan's {len(utilities)} sites were measured; "
+            "a rank correlation needs at least 3"
+        )
     result = spearmanr([utilities[site] for site in measured], [gains[site] for site in measured])
     return {
         "plan/utility_validity": float(result.statistic),

@@ -53,9 +53,15 @@ class JsonlTracker:
             error = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise
         finally:
-            record = {"run_name": run_name, "status": status, "error": error, "end_time": time.time(),
-                      "tags": run.tags, "metrics": run.metrics,
-                      "config": OmegaConf.to_container(config, resolve=True)}
+            record = {
+                "run_name": run_name,
+                "status": status,
+                "error": error,
+                "end_time": time.time(),
+                "tags": run.tags,
+                "metrics": run.metrics,
+                "config": OmegaConf.to_container(config, resolve=True),
+            }
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # One write() of one line on an O_APPEND file: parallel runs appending to the same file don't interleave.
             fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

@@ -66,9 +66,23 @@ class SharedStoreClient(MlflowClient):
             super().__init__(tracking_uri, registry_uri)
 
 
-for _name in ("get_experiment_by_name", "create_experiment", "create_run", "get_run", "search_runs", "update_run",
-              "log_batch", "log_metric", "log_param", "set_tag", "delete_tag", "set_terminated", "log_text",
-              "log_dict", "log_artifact"):
+for _name in (
+    "get_experiment_by_name",
+    "create_experiment",
+    "create_run",
+    "get_run",
+    "search_runs",
+    "update_run",
+    "log_batch",
+    "log_metric",
+    "log_param",
+    "set_tag",
+    "delete_tag",
+    "set_terminated",
+    "log_text",
+    "log_dict",
+    "log_artifact",
+):
     setattr(SharedStoreClient, _name, retry_when_locked(getattr(MlflowClient, _name)))
 
 
@@ -146,8 +160,9 @@ class MlflowTracker:
             except MlflowException:
                 raise LayerLensError(f"no MLflow run {run_id!r} in {self.tracking_uri}") from None
         else:
-            run = client.create_run(self.experiment_id(client), run_name=run_name,
-                                    tags={k: str(v) for k, v in tags.items()})
+            run = client.create_run(
+                self.experiment_id(client), run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+            )
             run_id = run.info.run_id
         resolved = OmegaConf.to_container(config, resolve=True)
         try:

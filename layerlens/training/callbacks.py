@@ -81,7 +81,9 @@ class Interruption(L.Callback):
         except (KeyboardInterrupt, SystemExit):  # Lightning turns both into SystemExit (sys.exit(1), SIGTERMException)
             if self.signum is None:
                 raise
-            raise Interrupted(self.signum, self.output_dir, self.checkpoint if self.checkpoint.is_file() else None) from None
+            raise Interrupted(
+                self.signum, self.output_dir, self.checkpoint if self.checkpoint.is_file() else None
+            ) from None
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
@@ -89,8 +91,10 @@ class Interruption(L.Callback):
     def _on_signal(self, signum, frame) -> None:
         if self._training and self.signum is None:
             self.signum = signum
-            log.warning("%s: stopping after this batch, with a checkpoint to resume from (send it again to stop now)",
-                        signal.Signals(signum).name)
+            log.warning(
+                "%s: stopping after this batch, with a checkpoint to resume from (send it again to stop now)",
+                signal.Signals(signum).name,
+            )
             return
         self.signum = self.signum or signum
         raise KeyboardInterrupt
@@ -205,7 +209,10 @@ class AdaLoraSchedule(L.Callback):
         self.final_rank, self.final_params = state["final"]
         self.adapter_config.rank_pattern = state["rank_pattern"]
         allocator.ipt, allocator.exp_avg_ipt, allocator.exp_avg_unc = (
-            state["ipt"], state["exp_avg_ipt"], state["exp_avg_unc"])
+            state["ipt"],
+            state["exp_avg_ipt"],
+            state["exp_avg_unc"],
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         step = trainer.global_step
@@ -222,9 +229,14 @@ class AdaLoraSchedule(L.Callback):
     def on_train_end(self, trainer, pl_module):
         if self.final_rank is None:
             config = self.tuner.peft_config[self.adapter]
-            log.warning("AdaLoRA stopped at step %d before its final allocation at step %d: ranks are not at the "
-                        "final budget", self.last_step, config.total_step - config.tfinal)
+            log.warning(
+                "AdaLoRA stopped at step %d before its final allocation at step %d: ranks are not at the final budget",
+                self.last_step,
+                config.total_step - config.tfinal,
+            )
             return
         if trainer.logger is not None:
-            trainer.logger.log_metrics({"adalora/final_rank": float(self.final_rank),
-                                        "adalora/final_params": float(self.final_params)}, step=trainer.global_step)
+            trainer.logger.log_metrics(
+                {"adalora/final_rank": float(self.final_rank), "adalora/final_params": float(self.final_params)},
+                step=trainer.global_step,
+            )

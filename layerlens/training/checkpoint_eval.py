@@ -27,8 +27,12 @@ LEGACY_TARGETS = {
     ("query", "value"): ["query", "value"],
     ("query_proj", "value_proj"): ["query", "value"],
     ("query", "key", "value", "attention.output.dense"): ["query", "key", "value", "attn_out"],
-    ((r".*\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense"
-      r"|output\.dense)"),): list(LINEAR_KINDS),
+    (
+        (
+            r".*\.layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense|intermediate\.dense"
+            r"|output\.dense)"
+        ),
+    ): list(LINEAR_KINDS),
 }
 
 
@@ -39,8 +43,10 @@ def upgrade_config(config: DictConfig) -> DictConfig:
         return config
     key = (targets,) if isinstance(targets, str) else tuple(targets)
     if key not in LEGACY_TARGETS:
-        raise LayerLensError(f"run config: baseline.target_modules {targets!r} (from before baseline.target_kinds) "
-                             "names no known set of site kinds")
+        raise LayerLensError(
+            f"run config: baseline.target_modules {targets!r} (from before baseline.target_kinds) "
+            "names no known set of site kinds"
+        )
     with open_dict(config):
         del config.baseline["target_modules"]
         config.baseline.target_kinds = LEGACY_TARGETS[key]
@@ -71,19 +77,31 @@ def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: i
     rows = read_glue_tsv(path, s.task)
     tokenizer = s.backbone.tokenizer()
     # As TRAIN the file only sizes the adaptation's context: the run's plan is read back, not profiled again.
-    data = GlueDataModule(datasets.DatasetDict({TRAIN: rows, TEST: rows}), tokenizer, s.task.max_length,
-                          batch_size=batch_size, eval_batch_size=batch_size)
+    data = GlueDataModule(
+        datasets.DatasetDict({TRAIN: rows, TEST: rows}),
+        tokenizer,
+        s.task.max_length,
+        batch_size=batch_size,
+        eval_batch_size=batch_size,
+    )
     adapted, _ = build_classifier(s, config, data, output_dir=Path(checkpoint).parent.parent, reuse_plan=True)
     module = SequenceClassifier(adapted.model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
     # Not the run's own trainer config: its batch limits (e.g. trainer=debug) must not cut the file short.
     trainer = L.Trainer(
-        accelerator=config.trainer.accelerator, devices=1, precision=config.trainer.precision,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator=config.trainer.accelerator,
+        devices=1,
+        precision=config.trainer.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
     )
     scores = trainer.test(module, dataloaders=data.test_dataloader(), ckpt_path=checkpoint, verbose=False)[0]
     key = file_key(path)
-    metrics = {f"eval/{key}/{name.removeprefix('test/')}": float(v) for name, v in scores.items()
-               if name in s.task.metric_names_on("test")}
+    metrics = {
+        f"eval/{key}/{name.removeprefix('test/')}": float(v)
+        for name, v in scores.items()
+        if name in s.task.metric_names_on("test")
+    }
     metrics[f"eval/{key}/n_rows"] = float(len(rows))
     for name, value in metrics.items():
         client.log_metric(run_id, name, value)

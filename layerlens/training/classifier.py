@@ -35,8 +35,9 @@ class SequenceClassifier(L.LightningModule):
         self.lr, self.weight_decay, self.warmup_ratio = lr, weight_decay, warmup_ratio
         self.predictions_of = TASK_KINDS[task_kind(num_labels)].predict
         # val: the selection split, which chooses the checkpoint; test: the test split, read once at the end.
-        self.stage_metrics = torch.nn.ModuleDict({stage: task_metrics(num_labels, prefix=f"{stage}/")
-                                                  for stage in ("val", "test")})
+        self.stage_metrics = torch.nn.ModuleDict(
+            {stage: task_metrics(num_labels, prefix=f"{stage}/") for stage in ("val", "test")}
+        )
 
     def _metrics(self, stage: str) -> MetricCollection:
         return cast(MetricCollection, self.stage_metrics[stage])

@@ -51,15 +51,15 @@ class FrozenBottomCache:
         family = model_family(model)
         if family.cache_refused is not None:
             supported = ", ".join(f.name for f in FAMILIES.values() if f.cache_refused is None)
-            raise ValueError(f"the frozen-bottom cache supports {supported} encoders, not {family.name}: "
-                             f"{family.cache_refused}")
+            raise ValueError(
+                f"the frozen-bottom cache supports {supported} encoders, not {family.name}: {family.cache_refused}"
+            )
         name, layers = encoder_layers(model)
         if not 1 <= depth <= len(layers):
             raise ValueError(f"depth must be in [1, {len(layers)}] (the encoder's layers), got {depth}")
         base, self.base = base_model(model)
         embeddings = f"{base}.{family.embeddings}" if base else family.embeddings
-        trainable = [n for n, p in model.named_parameters()
-                     if p.requires_grad and _below(n, embeddings, name, depth)]
+        trainable = [n for n, p in model.named_parameters() if p.requires_grad and _below(n, embeddings, name, depth)]
         if trainable:
             raise ValueError(f"the bottom {depth} layers must be frozen to be cached, but {trainable[0]} is trainable")
         self.embeddings = model.get_submodule(embeddings)
@@ -79,8 +79,11 @@ class FrozenBottomCache:
 
     def _capture(self, module, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args else None)
-        self._inputs = {"input_ids": ids, "token_type_ids": kwargs.get("token_type_ids"),
-                        "attention_mask": kwargs.get("attention_mask")}
+        self._inputs = {
+            "input_ids": ids,
+            "token_type_ids": kwargs.get("token_type_ids"),
+            "attention_mask": kwargs.get("attention_mask"),
+        }
 
     def _placeholder(self, input_ids=None, *args, inputs_embeds=None, **kwargs):
         """Zeros shaped (and typed) as the embeddings' output: the bottom's output replaces them in layer 0."""
@@ -139,4 +142,4 @@ def _below(parameter: str, embeddings: str, layers: str, depth: int) -> bool:
     prefix = layers + "."
     if not parameter.startswith(prefix):
         return False
-    return int(parameter[len(prefix):].split(".")[0]) < depth
+    return int(parameter[len(prefix) :].split(".")[0]) < depth

@@ -20,8 +20,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Sampler
 
-from layerlens.errors import LayerLensError
 from layerlens.data.selection import TRAIN
+from layerlens.errors import LayerLensError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RUN_RECORD = "run.json"  # in the output folder: the MLflow run id and the config, for resuming
@@ -99,8 +99,14 @@ class EpochShuffle(Sampler[int]):
 def shuffled_train_loader(data, seed: int) -> DataLoader:
     """The datamodule's training batches in an EpochShuffle order (same rows, batch size and collation)."""
     rows = data.tokenised[TRAIN]
-    return DataLoader(rows, batch_size=data.batch_size, sampler=EpochShuffle(len(rows), seed), collate_fn=data.collate,
-                      num_workers=data.num_workers, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        rows,
+        batch_size=data.batch_size,
+        sampler=EpochShuffle(len(rows), seed),
+        collate_fn=data.collate,
+        num_workers=data.num_workers,
+        generator=torch.Generator().manual_seed(seed),
+    )
 
 
 def _flat(config: dict, prefix: str = "") -> dict[str, object]:
@@ -138,10 +144,15 @@ def check_resumable(cfg: DictConfig, output_dir: Path) -> str | None:
         record = json.loads(record_path.read_text())
         before = _flat(record["config"])
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise LayerLensError(f"resume: {record_path} is not a run record (JSON with mlflow_run_id and config)") from None
+        raise LayerLensError(
+            f"resume: {record_path} is not a run record (JSON with mlflow_run_id and config)"
+        ) from None
     now = _comparable(cfg)
-    differ = sorted(key for key in before.keys() | now.keys() if key not in before or key not in now
-                    or str(before[key]) != str(now[key]))
+    differ = sorted(
+        key
+        for key in before.keys() | now.keys()
+        if key not in before or key not in now or str(before[key]) != str(now[key])
+    )
     if differ:
         key = differ[0]
         raise LayerLensError(

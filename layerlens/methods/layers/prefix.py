@@ -66,8 +66,10 @@ def attach_prefix(self_attention: nn.Module, length: int) -> nn.Module:
     if hasattr(self_attention, ATTR):
         raise LayerLensError(f"{type(self_attention).__name__} already has a prefix")
     if not all(hasattr(self_attention, name) for name in ("query", "key", "value", "scaling")):
-        raise LayerLensError(f"{type(self_attention).__name__} is not a BERT-style self-attention "
-                             "(query, key, value and scaling): a prefix cannot be attached")
+        raise LayerLensError(
+            f"{type(self_attention).__name__} is not a BERT-style self-attention "
+            "(query, key, value and scaling): a prefix cannot be attached"
+        )
     ref = next(self_attention.parameters())
     prefix = Prefix(length, cast(int, self_attention.all_head_size)).to(device=ref.device, dtype=ref.dtype)
     self_attention.add_module(ATTR, prefix)
