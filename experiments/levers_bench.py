@@ -23,7 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 
@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument(
-        "--out", type=Path, default=Path("experiments/results") / f"{datetime.now(UTC):%Y-%m-%d}-levers"
+        "--out", type=Path, default=Path("experiments/results") / f"{datetime.now(timezone.utc):%Y-%m-%d}-levers"
     )
     names = [*VARIANTS, *BARE]
     parser.add_argument(
@@ -217,7 +217,7 @@ def main() -> None:
     (args.out / "README.md").write_text(
         "# Speed levers: seconds per training step\n\n"
         f"Command: `{shlex.join(['python', *sys.argv])}` at commit {commit}, "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC.\n"
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
         f"torch {torch.__version__}.\n\n"
         f"Each variant trains {args.steps} MRPC training batches (batch size 8; round r draws them in torch seed r's "

@@ -33,10 +33,11 @@ import shutil
 import subprocess
 import sys
 import time
-import tomllib
 from collections import Counter
 from importlib.metadata import version
 from pathlib import Path
+
+import tomllib
 
 REPO = Path(__file__).resolve().parent.parent
 COPIED = ["layerlens", "conf", "tests", "pyproject.toml"]

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 from layerlens.analysis.paired import parse_pairs, write_results
@@ -145,7 +145,7 @@ def run(args) -> None:
     jobs = [job for spec in args.jobs for job in parse_jobs(spec)]
     if not jobs:
         raise SystemExit("error: --jobs names no run")
-    out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(UTC):%F-%H%M}-paired-seeds"
+    out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(timezone.utc):%F-%H%M}-paired-seeds"
     done = finished(out)
     jobs = [(baseline, seed) for baseline, seed in jobs if (baseline, str(seed)) not in done]
     if args.dry_run:
@@ -155,7 +155,7 @@ def run(args) -> None:
     with open(out / "command.txt", "a") as record:  # one entry per start: a results folder may take several
         record.write(
             f"command: {shlex.join(sys.argv)}\ncommit:  {git_commit()}\n"
-            f"started: {datetime.now(UTC):%F %T} UTC, {len(jobs)} runs not yet finished\n"
+            f"started: {datetime.now(timezone.utc):%F %T} UTC, {len(jobs)} runs not yet finished\n"
         )
     start = time.monotonic()
     runner = Runner(

@@ -26,7 +26,7 @@ import platform
 import shlex
 import sys
 import time
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import lightning as L
@@ -348,7 +348,7 @@ def main() -> None:
         print(reliability(args.out, args.reliability))
         return
     sizes = {k: int(v) for k, v in (item.split("=") for item in args.sizes.split(","))}
-    out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(UTC):%F-%H%M}-utility-validity"
+    out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(timezone.utc):%F-%H%M}-utility-validity"
     out.mkdir(parents=True, exist_ok=True)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("run", ["baseline=layerlens", "logger=none", *args.overrides])

@@ -7,7 +7,7 @@ import functools
 import os
 import platform
 import subprocess
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def machine(packages: tuple[str, ...] = PACKAGES, load: bool = True) -> list[str
     False: a caller that samples it itself), GPU, Python and `packages`' versions, the native build, the commit."""
     system = f"{platform.machine()}, {platform.system()} {platform.release()}"
     lines = [
-        f"date (UTC): {datetime.now(UTC):%F %T}",
+        f"date (UTC): {datetime.now(timezone.utc):%F %T}",
         f"cpu: {_cpu_model()} x {os.cpu_count()} logical cores ({system})",
         f"memory: {_memory_gib()}",
     ]

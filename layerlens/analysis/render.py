@@ -1,7 +1,7 @@
 """The comparison table as Markdown, CSV and a terminal table, each saying where its numbers come from."""
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -38,7 +38,7 @@ def provenance(source: str, sweep: str | None, reference: str) -> str:
         f"headline metric on its selection split (task.selection_split: a held-out share of train unless set "
         f"otherwise); mean ± sample std over the n seeds of each row. Ratios: row mean / "
         f"{reference} mean for the same task and model, left empty where that is not one configuration (filter by "
-        f"sweep). Generated {datetime.now(UTC):%Y-%m-%d %H:%M} UTC."
+        f"sweep). Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC."
     )
 
 
