@@ -11,6 +11,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForSequenceClassification,
+    DynamicCache,
     GPT2Config,
     LlamaConfig,
     MistralConfig,
@@ -42,7 +43,7 @@ GQA = dict(
 )
 CONFIGS = {
     "llama": lambda **kw: LlamaConfig(**GQA, **kw),
-    "mistral": lambda **kw: MistralConfig(**GQA, sliding_window=4, **kw),  # shorter than a row: the mask matters
+    "mistral": lambda **kw: MistralConfig(**{**GQA, "sliding_window": 4, **kw}),  # shorter than a row: it matters
     "qwen2": lambda **kw: Qwen2Config(**GQA, **kw),
     "gpt2": lambda **kw: GPT2Config(
         n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=64, bos_token_id=1, eos_token_id=2, **kw
@@ -136,13 +137,52 @@ def test_gpt2_refuses_key_and_value_naming_its_fused_projection():
     assert layer_targets(model, ["query"], "baseline.target_kinds") == ["h.0.attn.c_attn", "h.1.attn.c_attn"]
 
 
-@pytest.mark.parametrize("family", DECODERS)
-def test_a_prefix_is_refused_in_one_line_naming_the_family(family):
+def test_gpt2_refuses_a_prefix_in_one_line_naming_the_family():
     with pytest.raises(
-        LayerLensError, match=rf"^site kind 'attention' \(prefix\) does not work on {family} models: "
+        LayerLensError,
+        match=r"^site kind 'attention' \(prefix\) does not work on gpt2 models: its fused attn\.c_attn has no",
     ) as err:
-        discover_sites(decoder(family), ["query", "attention"])
+        discover_sites(decoder("gpt2"), ["query", "attention"])
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("family", CACHED)
+def test_a_prefix_on_a_decoder_is_keys_and_values_in_the_kv_cache_as_peft_puts_them(family, side):
+    """The prefix against the model's own attention given the same keys and values as a KV cache before the rows
+    (peft's prefix tuning), the rows at their own positions (peft's would start after the prefix: unrotated, the
+    prefix keys see the queries' absolute positions); Mistral's sliding window made longer than prefix and row, which
+    it would age out."""
+    config = {"sliding_window": 16} if family == "mistral" else {}
+    model = prepare_decoder(
+        AutoModelForSequenceClassification.from_config(CONFIGS[family](num_labels=2, **config)), PAD
+    )
+    torch.manual_seed(0)
+    reference = AutoModelForSequenceClassification.from_config(
+        CONFIGS[family](num_labels=2, pad_token_id=PAD, **config)
+    )
+    reference.load_state_dict(model.state_dict())
+    sites = discover_sites(model, ["attention"])
+    prefixes = [get_method("prefix").attach(site, 3) for site in sites]
+    cache = DynamicCache(config=reference.config)
+    with torch.no_grad():
+        for layer, prefix in enumerate(prefixes):
+            prefix.keys.normal_()
+            prefix.values.normal_()
+            assert prefix.keys.shape == (3, sites[layer].d_out) == (3, 16)  # k_proj's width
+            heads = [
+                p.unflatten(-1, (2, 8)).transpose(0, 1).expand(4, -1, -1, -1) for p in (prefix.keys, prefix.values)
+            ]
+            cache.update(*heads, layer)
+        batch = rows(side)
+        mask = torch.cat([torch.ones(4, 3, dtype=torch.long), batch["attention_mask"]], dim=1)
+        positions = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # the rows' own, as without a prefix
+        expected = reference.eval()(
+            input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        )
+        logits = model.eval()(**batch).logits
+        torch.testing.assert_close(logits, expected.logits)
+        assert not torch.allclose(logits, reference(**batch).logits, atol=1e-3)  # the prefix matters
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2"])

@@ -126,7 +126,8 @@ DEBERTA_V2 = Family(
 # self_attn with q_proj, k_proj, v_proj, o_proj (k_proj and v_proj num_key_value_heads * head_dim wide: grouped-query
 # attention) and a gated mlp, down_proj(act(gate_proj(x)) * up_proj(x)). ffn_in is up_proj, the linear that carries
 # the input to the gate's product; gate_proj is no site kind (one module per kind): it is adapted by full_ft alone.
-# The blocks are self_attn and mlp: an adapter on their output, before the layer adds the residual.
+# The blocks are self_attn and mlp: an adapter on their output, before the layer adds the residual. A prefix on
+# self_attn: keys and values as wide as k_proj's output, not rotated (methods/layers/prefix.py).
 LLAMA = Family(
     "llama",
     ("llama",),
@@ -141,10 +142,7 @@ LLAMA = Family(
         "ffn_out": "mlp.down_proj",
         "attn_block": "self_attn",
         "ffn_block": "mlp",
-    },
-    refused={
-        "attention": "prefix keys and values for its rotary-position attention are not implemented (peft's prefix "
-        "tuning passes them through the KV cache)",
+        "attention": "self_attn",
     },
     causal=True,
 )
