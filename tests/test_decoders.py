@@ -3,6 +3,7 @@ baseline adapting exactly those modules and training, the kinds each refuses by 
 priced from the modules' shapes, the frozen-bottom cache against the uncached model, and sequence classification
 scoring the last real token whatever the padding."""
 
+import json
 import re
 import time
 
@@ -26,8 +27,10 @@ from layerlens.methods import get_method
 from layerlens.models import GgufPackageBackbone, HubBackbone
 from layerlens.models.decoders import padded, prepare_decoder
 from layerlens.models.families import FAMILIES, LINEAR_KINDS, model_family
+from layerlens.planning.choices import Plan
 from layerlens.planning.costs import SiteSpec, Workload
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
+from tests.conftest import compose_config
 from tests.test_families import adapt, adapted_modules, expected
 
 PAD = 0
@@ -286,3 +289,29 @@ def test_the_linear_kinds_of_every_decoder_are_linear_maps_peft_adapts():
     for family in DECODERS:
         kinds = [kind for kind in LINEAR_KINDS if kind in FAMILIES[family].paths]
         assert len(layer_targets(decoder(family), kinds, "kinds")) == 2 * len(kinds)
+
+
+def test_a_glue_run_on_a_tiny_llama_profiles_plans_trains_and_tests(tmp_path):
+    """MRPC end to end on model=tiny_llama with layerlens: its tokenizer's padding id is the classifier's, every site
+    kind of baseline.sites (the prefix too) planned and built, the run trained and tested."""
+    from layerlens.pipeline import run_experiment
+
+    log = tmp_path / "runs.jsonl"
+    cfg = compose_config(
+        "run",
+        [
+            "model=tiny_llama",
+            "trainer=debug",
+            "baseline=layerlens",
+            "baseline.profile.num_batches=4",
+            "budget=unlimited",
+            "logger=jsonl",
+            f"logger.path={log}",
+        ],
+    )
+    run_experiment(cfg, tmp_path)
+    record = json.loads(log.read_text().splitlines()[-1])
+    assert record["tags"]["model"] == "tiny_llama" and record["status"] == "FINISHED"
+    assert 0 <= record["metrics"]["test/acc"] <= 1
+    plan = Plan.from_json((tmp_path / "plan.json").read_text())  # an unlimited budget: every site adapted
+    assert {c.kind for c in plan.adapted()} == set(cfg.baseline.sites) and len(plan.adapted()) == len(plan.choices)

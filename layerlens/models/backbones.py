@@ -7,14 +7,22 @@ from pathlib import Path
 from typing import Any, cast
 
 from torch import nn
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+)
 
 from layerlens.errors import LayerLensError
 from layerlens.models.decoders import padded, prepare_decoder
 from layerlens.models.heads import MeanPoolingClassifier
-from layerlens.validation import require_int
+from layerlens.validation import require_choice, require_int
 
 POOLINGS = ("cls", "mean")
+DECODERS = ("llama", "mistral", "qwen2")  # the model types RandomDecoderBackbone builds
 
 
 def check_pooling(pooling: str) -> None:
@@ -190,3 +198,40 @@ class RandomBertBackbone:
         if self.pooling == "mean":
             return MeanPoolingClassifier(BertModel(config, add_pooling_layer=False), num_labels)
         return AutoModelForSequenceClassification.from_config(config)
+
+
+@dataclass
+class RandomDecoderBackbone(RandomBertBackbone):
+    """A small randomly initialised decoder for tests (config.model_type `model_type`: llama, mistral or qwen2),
+    with `num_key_value_heads` key-value heads; it classifies from its last real token (models/decoders.py)."""
+
+    model_type: str = "llama"
+    num_key_value_heads: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_choice("model.model_type", self.model_type, DECODERS)
+        require_int("model.num_key_value_heads", self.num_key_value_heads, 1)
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise LayerLensError(
+                f"model.num_attention_heads must be a multiple of model.num_key_value_heads "
+                f"({self.num_key_value_heads}), got {self.num_attention_heads}"
+            )
+        if self.pooling != "cls":
+            raise LayerLensError(
+                f"model.pooling: a decoder classifies from its last real token (cls), got {self.pooling!r}"
+            )
+
+    def classifier(self, num_labels: int) -> nn.Module:
+        tokenizer = self.tokenizer()
+        config = AutoConfig.for_model(
+            self.model_type,
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            intermediate_size=self.intermediate_size,
+            num_labels=num_labels,
+        )
+        return prepare_decoder(AutoModelForSequenceClassification.from_config(config), tokenizer.pad_token_id)
