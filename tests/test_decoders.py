@@ -4,11 +4,13 @@ priced from the modules' shapes, the frozen-bottom cache against the uncached mo
 scoring the last real token whatever the padding."""
 
 import json
+import os
 import re
 import time
 
 import pytest
 import torch
+from hydra.utils import instantiate
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoModelForSequenceClassification,
@@ -21,9 +23,10 @@ from transformers import (
 )
 
 from layerlens.errors import LayerLensError
+from layerlens.lens.apply import apply_plan
 from layerlens.lens.baseline import layer_flops
 from layerlens.lens.sites import discover_sites, encoder_layers, layer_targets
-from layerlens.methods import get_method
+from layerlens.methods import Menu, get_method
 from layerlens.models import GgufPackageBackbone, HubBackbone
 from layerlens.models.decoders import padded, prepare_decoder
 from layerlens.models.families import FAMILIES, LINEAR_KINDS, model_family
@@ -31,6 +34,7 @@ from layerlens.planning.choices import Plan
 from layerlens.planning.costs import SiteSpec, Workload
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
 from tests.conftest import compose_config
+from tests.test_backbones import small_plan
 from tests.test_families import adapt, adapted_modules, expected
 
 PAD = 0
@@ -315,3 +319,76 @@ def test_a_glue_run_on_a_tiny_llama_profiles_plans_trains_and_tests(tmp_path):
     assert 0 <= record["metrics"]["test/acc"] <= 1
     plan = Plan.from_json((tmp_path / "plan.json").read_text())  # an unlimited budget: every site adapted
     assert {c.kind for c in plan.adapted()} == set(cfg.baseline.sites) and len(plan.adapted()) == len(plan.choices)
+
+
+@pytest.mark.skipif(
+    not os.environ.get("LAYERLENS_SMOLLM2"),
+    reason="loads the real SmolLM2-135M (about 40 s on a busy 2-core CPU): LAYERLENS_SMOLLM2=1 runs it",
+)
+def test_smollm2_loads_offline_with_grouped_query_sites_and_scores_the_last_real_token(monkeypatch, caplog):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    backbone = instantiate(compose_config("run", ["model=smollm2_135m"]).model)
+    assert isinstance(backbone, GgufPackageBackbone) and backbone.name == "smollm2_135m_q4_1"
+    tokenizer, model = backbone.tokenizer(), backbone.classifier(2).eval()
+    assert "its weights are a dequantised 4-bit (Q4_1) copy" in caplog.text
+    config = model.config
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (30, 576, 9)
+    assert config.num_key_value_heads == 3 and config.pad_token_id == tokenizer.pad_token_id is not None
+    sites = discover_sites(model)
+    assert len(sites) == 30 * len(FAMILIES["llama"].kinds)
+    dims = {s.kind: (s.d_in, s.d_out) for s in sites if s.layer == 0}
+    assert dims["query"] == (576, 576) and dims["key"] == dims["value"] == (576, 192)
+    texts = ["The cat sat on the mat.", "Paris is the capital of France, and it is large."]
+    with torch.no_grad():
+        logits = {}
+        for side in ("right", "left"):
+            tokenizer.padding_side = side
+            logits[side] = model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+    torch.testing.assert_close(logits["right"], logits["left"], atol=1e-4, rtol=1e-4)
+
+
+PEFT = ("lora", "dora", "ia3", "loha")  # the methods that accept every linear kind
+MENU = Menu(
+    (*PEFT, "adapter", "prefix"),
+    {kind: PEFT for kind in LINEAR_KINDS},
+)
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_every_method_trains_at_the_decoder_sites_that_accept_it(family):
+    """Each peft method at linear sites (layer 0 and, shifted by one, layer 1), the adapter at both blocks and the
+    prefix where the family takes it: each adds parameters inside its site's module, and they get gradients."""
+    model = decoder(family)
+    table = FAMILIES[family]
+    sites = discover_sites(model, list(table.kinds), MENU)
+    linear = [kind for kind in LINEAR_KINDS if kind in table.paths]
+    chosen = {
+        f"L{layer}.{kind}": (method, 1 if method == "ia3" else 2)
+        for layer in (0, 1)
+        for i, kind in enumerate(linear)
+        if (method := PEFT[(i + layer) % len(PEFT)])
+    }
+    chosen.update({f"L{layer}.{kind}": ("adapter", 2) for layer in (0, 1) for kind in ("attn_block", "ffn_block")})
+    if "attention" in table.paths:
+        chosen["L1.attention"] = ("prefix", 2)
+    assert {method for method, _ in chosen.values()} == {*PEFT, "adapter", *(["prefix"] if family != "gpt2" else [])}
+    if family == "gpt2":  # peft's LoHa takes no Conv1D: refused by name, and GPT-2's LoHa sites offered LoRA
+        with pytest.raises(
+            LayerLensError, match=r"^plan: site L0\.\w+ \(\w+\) takes no loha: peft's LoHa adapts torch"
+        ):
+            apply_plan(decoder(family), sites, small_plan(sites, chosen), 2.0, 0.0, MENU)
+        chosen = {
+            site: ("lora", size) if method == "loha" else (method, size) for site, (method, size) in chosen.items()
+        }
+    built = apply_plan(model, sites, small_plan(sites, chosen), 2.0, 0.0, MENU)
+    built.train()(**rows()).loss.backward()
+    prefix, _ = encoder_layers(built)
+    markers = {"lora": "lora_", "dora": "lora_magnitude", "ia3": "ia3_", "loha": "hada_"}
+    markers.update(adapter="layerlens_adapter", prefix="layerlens_prefix")
+    trained = {n: p for n, p in built.named_parameters() if p.requires_grad and p.grad is not None}
+    for site in sites:
+        if site.name not in chosen:
+            continue
+        method = chosen[site.name][0]
+        inside = f"{prefix}.{site.layer}.{table.paths[site.kind]}."
+        assert any(n.startswith(inside) and markers[method] in n for n in trained), (site.name, method)

@@ -2,6 +2,7 @@
 
 import importlib
 import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -20,6 +21,8 @@ from layerlens.errors import LayerLensError
 from layerlens.models.decoders import padded, prepare_decoder
 from layerlens.models.heads import MeanPoolingClassifier
 from layerlens.validation import require_choice, require_int
+
+log = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean")
 DECODERS = ("llama", "mistral", "qwen2")  # the model types RandomDecoderBackbone builds
@@ -118,6 +121,12 @@ class GgufPackageBackbone(PretrainedBackbone):
     package: str
     gguf_file: str
     pooling: str = "cls"
+    weights: str | None = None  # what the weights are, logged whenever the model is loaded (e.g. quantised)
+
+    def classifier(self, num_labels: int) -> nn.Module:
+        if self.weights:
+            log.warning("model %s: its weights are %s", self.name, self.weights)
+        return super().classifier(num_labels)
 
     def location(self) -> str:
         spec = importlib.util.find_spec(self.package)
