@@ -124,7 +124,7 @@ def test_a_model_family_without_a_site_table_is_an_error():
     with pytest.raises(
         LayerLensError,
         match=r"^model: config.model_type 'distilbert' has no family in "
-        r"layerlens/models/families.py \(supported: bert, roberta, deberta-v2\)$",
+        r"layerlens/models/families.py \(supported: bert, roberta, deberta-v2, llama, mistral, qwen2, gpt2\)$",
     ):
         discover_sites(model)
 

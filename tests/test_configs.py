@@ -19,7 +19,15 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_hold_the_documented_options():
-    assert options("model") == ["bert_base", "deberta_v3_base", "minilm_l6", "roberta_base", "tiny"]
+    assert options("model") == [
+        "bert_base",
+        "deberta_v3_base",
+        "minilm_l6",
+        "roberta_base",
+        "smollm2_135m",
+        "tiny",
+        "tiny_llama",
+    ]
     assert options("task") == ["cola", "mrpc", "rte", "stsb"]
     assert options("baseline") == [
         "adalora",

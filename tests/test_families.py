@@ -57,9 +57,9 @@ def baseline(name: str, family: str, *overrides: str):
     return resolve_settings(cfg)
 
 
-def adapt(name: str, family: str, tmp_path, *overrides: str, model=None):
+def adapt(name: str, family: str, tmp_path, *overrides: str, model=None, batches=None):
     """The tiny model of `family` (or `model`), its parameters and task head before adaptation, and what baseline
-    `name` made of it."""
+    `name` made of it (profiled, where it profiles, on `batches`: two of test_backbones.batch by default)."""
     s = baseline(name, family, *overrides)
     model = tiny(family) if model is None else model
     original = (task_head(model), {id(p) for p in model.parameters()})
@@ -68,7 +68,7 @@ def adapt(name: str, family: str, tmp_path, *overrides: str, model=None):
         budget=s.budget,
         total_steps=10,
         epochs=2,
-        train_batches=lambda: [batch(), batch()],
+        train_batches=lambda: batches or [batch(), batch()],
         output_dir=tmp_path,
     )
     return s, original, s.baseline.adapt(model, ctx)

@@ -183,7 +183,7 @@ def test_an_encoder_of_another_family_is_refused_naming_it():
     model.requires_grad_(False)
     with pytest.raises(
         ValueError,
-        match="^the frozen-bottom cache supports bert, roberta encoders, not deberta-v2: "
+        match="^the frozen-bottom cache supports bert, roberta, llama, mistral, qwen2 models, not deberta-v2: "
         "its encoder passes relative positions to every layer",
     ):
         FrozenBottomCache(model, 1)

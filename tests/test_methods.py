@@ -247,7 +247,7 @@ def test_a_second_method_on_one_block_and_a_prefix_off_self_attention_are_refuse
         LayerLensError,
         match=re.escape(
             "BertIntermediate is not a BERT-style self-attention "
-            "(query, key, value and scaling): a prefix cannot be attached"
+            "(query, key, value and scaling) nor a Llama-style one: a prefix cannot be attached"
         ),
     ):
         attach_prefix(layer.intermediate, 2)

@@ -24,6 +24,7 @@ from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
 from layerlens.errors import LayerLensError
 from layerlens.lens.sites import layer_targets
+from layerlens.methods.linears import linear_shape
 from layerlens.models.families import LINEAR_KINDS, check_kinds
 from layerlens.training.callbacks import AdaLoraSchedule
 from layerlens.validation import (
@@ -52,9 +53,9 @@ def predicted_rank_costs(model: nn.Module, config: AdaLoraConfig, adapter: str =
     config = copy.copy(config)
     config.modules_to_save = ["classifier", "score"]  # what peft's SEQ_CLS model adds, and never adapts
     return {
-        f"{name}.lora_E.{adapter}": module.in_features + module.out_features + 1
+        f"{name}.lora_E.{adapter}": sum(shape) + 1
         for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and check_target_module_exists(config, name)
+        if (shape := linear_shape(module)) is not None and check_target_module_exists(config, name)
     }
 
 

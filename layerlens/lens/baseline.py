@@ -17,6 +17,7 @@ from layerlens.lens.apply import apply_plan, placements
 from layerlens.lens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
 from layerlens.lens.sites import SITE_KINDS, Site, discover_sites, encoder_layers
 from layerlens.methods import Build, Menu, get_method, lora, methods_for
+from layerlens.methods.linears import linear_shape
 from layerlens.planning.choices import Plan
 from layerlens.planning.costs import Depth, SiteSpec, Workload
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
@@ -238,6 +239,6 @@ class LayerLensBaseline:
 
 def layer_flops(layer: nn.Module, seq_len: float) -> float:
     """Forward FLOPs per token of one encoder layer: its linear maps, and attention's scores and mixing."""
-    linears = [m for m in layer.modules() if isinstance(m, nn.Linear)]
-    hidden = linears[0].in_features
-    return sum(2.0 * m.in_features * m.out_features for m in linears) + 4.0 * seq_len * hidden
+    shapes = [shape for m in layer.modules() if (shape := linear_shape(m)) is not None]
+    hidden = shapes[0][0]
+    return sum(2.0 * d_in * d_out for d_in, d_out in shapes) + 4.0 * seq_len * hidden

@@ -11,6 +11,7 @@ from torch import nn
 
 from layerlens.errors import LayerLensError
 from layerlens.methods import method_for
+from layerlens.methods.linears import linear_shape
 from layerlens.models.families import SITE_KINDS, model_family
 
 # A prefix's utility is read from the key and value projections it extends; any other site's from its own module.
@@ -100,7 +101,7 @@ def layer_targets(model: nn.Module, kinds: list[str], field_name: str) -> list[s
     _, layers = encoder_layers(model)
     for kind in kinds:
         module = layers[0].get_submodule(family.paths[kind])
-        if not isinstance(module, nn.Linear):
+        if linear_shape(module) is None:
             raise LayerLensError(
                 f"{field_name}: site kind {kind!r} is not a linear layer on {family.name} models "
                 f"({family.paths[kind]} is a {type(module).__name__})"

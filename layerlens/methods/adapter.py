@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
+from layerlens.methods.linears import block_output
 from layerlens.methods.registry import Method, register
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ def adapter_params(hidden: int, width: int) -> int:
 
 
 def dims(module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
-    width = cast("nn.Linear", module.dense).out_features  # a block output: as wide as its projection's output
+    width = block_output(module)[1]  # a block's output: as wide as the output of the linear it ends with
     return width, width
 
 

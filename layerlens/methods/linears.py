@@ -30,20 +30,35 @@ if TYPE_CHECKING:
 BLOCK_LINEARS = {"attention": ("query", "key", "value"), "ffn_block": ("ffn_in", "ffn_out")}
 
 
-def dims(module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
-    """A linear site's (in, out); the feed-forward block's `ffn_out` (its `dense`); self-attention's key projection
-    (profiled first), as wide as its query and value projections."""
-    if hasattr(module, "in_features"):  # a linear, or a linear wrapped by peft
+def linear_shape(module: nn.Module) -> tuple[int, int] | None:
+    """(in, out) of a linear map: a torch Linear (or one wrapped by peft) or GPT-2's Conv1D (its weight transposed);
+    None for any other module."""
+    if hasattr(module, "in_features") and hasattr(module, "out_features"):
         linear = cast("nn.Linear", module)
         return linear.in_features, linear.out_features
-    linear = cast("nn.Linear", module.dense if hasattr(module, "dense") else profiled[0])
-    return linear.in_features, linear.out_features
+    if hasattr(module, "nx") and hasattr(module, "nf"):  # transformers.pytorch_utils.Conv1D
+        return cast(int, module.nx), cast(int, module.nf)
+    return None
+
+
+def block_output(block: nn.Module) -> tuple[int, int]:
+    """(in, out) of the linear map a block ends with, its last registered one: BERT's attention.output.dense and
+    output.dense, Llama's o_proj and down_proj, GPT-2's c_proj."""
+    shapes = [shape for module in block.modules() if (shape := linear_shape(module)) is not None]
+    return shapes[-1]
+
+
+def dims(module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
+    """A linear site's (in, out); the feed-forward block's `ffn_out` (the linear it ends with); self-attention's key
+    projection (profiled first, not the block itself)."""
+    shape = linear_shape(module) or linear_shape(profiled[0])
+    return shape if shape is not None else block_output(module)
 
 
 def shapes(site: SiteSpec) -> list[tuple[int, int]]:
     """The (d_in, d_out) of each linear map an option at `site` adapts."""
-    if site.kind == "attention":
-        return [(site.d_in, site.d_out)] * len(BLOCK_LINEARS["attention"])
+    if site.kind == "attention":  # query hidden -> hidden; key and value (d_in, d_out): as wide as their heads
+        return [(site.d_in, site.d_in), (site.d_in, site.d_out), (site.d_in, site.d_out)]
     if site.kind == "ffn_block":
         return [(site.d_out, site.d_in), (site.d_in, site.d_out)]  # ffn_in: hidden -> inner; ffn_out: back
     return [(site.d_in, site.d_out)]

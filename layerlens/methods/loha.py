@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from layerlens.errors import LayerLensError
 from layerlens.methods import linears
 from layerlens.methods.registry import Build, Method, register
 from layerlens.models.families import LINEAR_KINDS
@@ -33,7 +34,17 @@ def linear_costs(d_in: int, d_out: int, rank: int, w: Workload) -> tuple[float, 
 
 def wrap(model: nn.Module, chosen: list[tuple[Site, int]], build: Build) -> nn.Module:
     from peft import LoHaConfig
+    from torch import nn
 
+    for site, _ in chosen:  # peft's LoHa takes torch's Linear, not GPT-2's Conv1D (its weight transposed)
+        other = next(
+            (m for m in site.module.modules() if linears.linear_shape(m) and not isinstance(m, nn.Linear)), None
+        )
+        if other is not None:
+            raise LayerLensError(
+                f"plan: site {site.name} ({site.kind}) takes no loha: peft's LoHa adapts torch Linear layers, not "
+                f"{type(other).__name__} (offer lora, dora or ia3 there)"
+            )
     ranks = {target: rank for target, _, rank in linears.targets(model, chosen)}
     ratio = build.lora_alpha_ratio
     config = LoHaConfig(

@@ -18,14 +18,20 @@ def prefix_params(hidden: int, length: int) -> int:
 
 
 def dims(module: nn.Module, profiled: tuple[nn.Module, ...]) -> tuple[int, int]:
-    width = cast("nn.Linear", profiled[0]).out_features  # keys and values as wide as the key projection's output
-    return width, width
+    """The key projection's (in, out): the queries as wide as the hidden states, the keys and values as its output
+    (narrower under grouped-query attention)."""
+    key = cast("nn.Linear", profiled[0])
+    return key.in_features, key.out_features
 
 
 def costs(site: SiteSpec, length: int, w: Workload) -> tuple[float, float, float]:
-    hidden = site.d_out
-    # Each token's query meets `length` more keys and mixes `length` more values; scores and probabilities stay.
-    return prefix_params(hidden, length), 4.0 * length * hidden, 2.0 * w.batch_size * w.num_heads * w.seq_len * length
+    # Each token's query (all heads: d_in wide) meets `length` more keys and mixes `length` more values; scores
+    # and probabilities stay.
+    return (
+        prefix_params(site.d_out, length),
+        4.0 * length * site.d_in,
+        2.0 * w.batch_size * w.num_heads * w.seq_len * length,
+    )
 
 
 def attach(site: Site, length: int) -> nn.Module:

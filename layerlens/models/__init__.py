@@ -1,7 +1,13 @@
 """Backbones (torch) and the model-family table (no torch). The backbones are imported when first named, so the
 family table stays importable without torch (the method registry and the planner read it)."""
 
-BACKBONES = ("HubBackbone", "InstalledPackageBackbone", "RandomBertBackbone")
+BACKBONES = (
+    "GgufPackageBackbone",
+    "HubBackbone",
+    "InstalledPackageBackbone",
+    "RandomBertBackbone",
+    "RandomDecoderBackbone",
+)
 __all__ = list(BACKBONES)
 
 

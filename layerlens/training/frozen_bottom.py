@@ -6,7 +6,10 @@ The bottom stack (embeddings and those layers) runs in eval mode, without dropou
 makes its output a function of the example alone. The embeddings, too, run only when the bottom is computed;
 on every pass a zero tensor stands in for their output, which the model reads only for its shape, dtype and
 device. Rows are keyed by their unpadded token ids (and token type ids), so any batching, shuffling or padding
-finds them.
+finds them: the real tokens (by the attention mask) on either side of the padding. A decoder's layers get the
+rotary position embeddings and the causal mask the base model computes for the batch, passed to every bottom layer
+alike (positions counted from the attention mask: layerlens/models/decoders.py), so a row's states do not depend
+on its padding.
 """
 
 from contextlib import contextmanager
@@ -22,8 +25,8 @@ MB = 2**20
 
 
 def cacheable(model: nn.Module) -> bool:
-    """Whether the model's family runs its layers one after another on the hidden states and the attention mask
-    alone (the family table's cache_refused is None)."""
+    """Whether the model's family runs its layers one after another on the hidden states and what the base model
+    passes every layer alike (the family table's cache_refused is None)."""
     return model_family(model).cache_refused is None
 
 
@@ -52,11 +55,16 @@ class FrozenBottomCache:
         if family.cache_refused is not None:
             supported = ", ".join(f.name for f in FAMILIES.values() if f.cache_refused is None)
             raise ValueError(
-                f"the frozen-bottom cache supports {supported} encoders, not {family.name}: {family.cache_refused}"
+                f"the frozen-bottom cache supports {supported} models, not {family.name}: {family.cache_refused}"
             )
         name, layers = encoder_layers(model)
         if not 1 <= depth <= len(layers):
             raise ValueError(f"depth must be in [1, {len(layers)}] (the encoder's layers), got {depth}")
+        # Qwen2 and others may mix full and sliding-window attention, each its own mask: the bottom is run with the
+        # first layer's arguments.
+        types = getattr(getattr(model, "config", None), "layer_types", None) or []
+        if len(set(types[:depth])) > 1:
+            raise ValueError(f"the bottom {depth} layers mix attention types ({', '.join(sorted(set(types[:depth])))})")
         base, self.base = base_model(model)
         embeddings = f"{base}.{family.embeddings}" if base else family.embeddings
         trainable = [n for n, p in model.named_parameters() if p.requires_grad and _below(n, embeddings, name, depth)]
@@ -91,41 +99,44 @@ class FrozenBottomCache:
         weight = next(self.embeddings.parameters())
         return weight.new_zeros(*rows.shape, self.base.config.hidden_size)
 
-    def _keys(self) -> tuple[list[bytes], list[int]]:
+    def _keys(self) -> tuple[list[bytes], torch.Tensor]:
+        """Each row's key, and where its real tokens are (the attention mask, as booleans)."""
         inputs = cast(dict, self._inputs)  # set: _bottom_output, the caller, checks it
         ids, types, mask = (inputs[k] for k in ("input_ids", "token_type_ids", "attention_mask"))
-        lengths = mask.sum(dim=1).tolist() if mask is not None else [ids.shape[1]] * ids.shape[0]
+        real = mask.bool() if mask is not None else torch.ones_like(ids, dtype=torch.bool)
         keys = []
-        for i, n in enumerate(lengths):
-            key = ids[i, :n].cpu().numpy().tobytes()
+        for i in range(ids.shape[0]):
+            key = ids[i, real[i]].cpu().numpy().tobytes()
             if types is not None:
-                key += b"|" + types[i, :n].cpu().numpy().tobytes()
+                key += b"|" + types[i, real[i]].cpu().numpy().tobytes()
             keys.append(key)
-        return keys, lengths
+        return keys, real
 
     def _bottom_output(self, hidden_states, *args, **kwargs):
         if self._inputs is None or self._inputs["input_ids"] is None:
             raise RuntimeError("FrozenBottomCache needs the model called with input_ids")
-        keys, lengths = self._keys()
+        keys, real = self._keys()
         if all(key in self.rows for key in keys):
             self.hits += len(keys)
             out = hidden_states.new_zeros(hidden_states.shape)
-            for i, (key, n) in enumerate(zip(keys, lengths)):
-                out[i, :n] = self.rows[key]
+            for i, key in enumerate(keys):
+                out[i, real[i]] = self.rows[key]
             return out
         self.misses += len(keys)
         out = self._compute(*args, **kwargs)
-        for i, (key, n) in enumerate(zip(keys, lengths)):
+        for i, key in enumerate(keys):
             if key not in self.rows and self.bytes < self.max_bytes:
-                self.rows[key] = out[i, :n].clone()
+                self.rows[key] = out[i, real[i]].clone()
                 self.bytes += self.rows[key].numel() * self.rows[key].element_size()
         return out
 
     @torch.no_grad()
     def _compute(self, *args, **kwargs):
-        inputs = {k: v for k, v in self._inputs.items() if k != "attention_mask" and v is not None}
+        inputs = cast(dict, self._inputs)
+        # BERT's embeddings take token type ids; a decoder's are an nn.Embedding, called with the ids alone.
+        types = {"token_type_ids": inputs["token_type_ids"]} if inputs["token_type_ids"] is not None else {}
         with eval_mode([self.embeddings, *self.bottom]):
-            hidden = self.embed(**inputs)
+            hidden = self.embed(inputs["input_ids"], **types)
             for forward in self.forwards:
                 hidden = forward(hidden, *args, **kwargs)
         return hidden

@@ -24,7 +24,7 @@ class BottleneckAdapter(nn.Module):
 
 
 def attach_adapter(block: nn.Module, hidden_size: int, width: int) -> BottleneckAdapter:
-    """Add an adapter to `block`'s output (e.g. BertSelfOutput or BertOutput).
+    """Add an adapter to `block`'s output (e.g. BertSelfOutput or BertOutput; a decoder's self_attn or mlp).
 
     A forward hook on the block itself keeps working when peft replaces its `dense` child.
     """
@@ -35,5 +35,14 @@ def attach_adapter(block: nn.Module, hidden_size: int, width: int) -> Bottleneck
     ref = next(block.parameters())
     adapter = BottleneckAdapter(hidden_size, width).to(device=ref.device, dtype=ref.dtype)
     block.add_module(ATTR, adapter)
-    block.register_forward_hook(lambda module, args, output: getattr(module, ATTR)(output))
+    block.register_forward_hook(_adapt_output)
     return adapter
+
+
+def _adapt_output(block: nn.Module, args, output):
+    """The block's output through its adapter; of a decoder's attention, which returns (output, attention weights),
+    the output."""
+    adapter = getattr(block, ATTR)
+    if isinstance(output, tuple):
+        return (adapter(output[0]), *output[1:])
+    return adapter(output)
