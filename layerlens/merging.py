@@ -1,5 +1,5 @@
-"""Folding a trained model's peft adapters (LoRA, DoRA, IA3, LoHa, AdaLoRA) into its base weights: a plain
-transformers model that computes what the adapted one does."""
+"""Folding a trained model's peft adapters (LoRA, DoRA, IA3, LoHa) into its base weights: a plain transformers model
+that computes what the adapted one does."""
 
 import copy
 from typing import cast
