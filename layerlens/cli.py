@@ -86,8 +86,11 @@ def check_group_choices(argv: list[str], conf_dir: Path = CONF_DIR) -> None:
                 )
 
 
-def main_guard(main) -> None:
-    check_group_choices(sys.argv[1:])
+def main_guard(main, groups: bool = True) -> None:
+    """Run a Hydra main; `groups`: whether its config composes conf/'s groups (an entry point whose config does not,
+    such as layerlens.predict, may have a key named as a group: model=<folder>)."""
+    if groups:
+        check_group_choices(sys.argv[1:])
     main()
 
 

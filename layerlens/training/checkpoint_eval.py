@@ -58,10 +58,8 @@ def file_key(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{path.parent.name}_{path.stem}")
 
 
-def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: int = 64) -> dict[str, float]:
-    """The task's metrics (e.g. acc, F1, MCC) of the run's best checkpoint on `file`, logged to that run as
-    eval/<file key>/*."""
-    client = MlflowClient(tracking_uri)
+def finished_run(client: MlflowClient, tracking_uri: str, run_id: str) -> tuple[Path, DictConfig]:
+    """A finished run's best checkpoint (its `checkpoint` tag) and its logged config, upgraded."""
     try:
         run = client.get_run(run_id)
     except MlflowException:
@@ -71,7 +69,14 @@ def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: i
         raise LayerLensError(f"run {run_id}: its checkpoint {checkpoint!r} is missing (only finished runs have one)")
     with tempfile.TemporaryDirectory() as tmp:
         loaded = OmegaConf.load(client.download_artifacts(run_id, CONFIG_ARTIFACT, tmp))
-        config = upgrade_config(cast(DictConfig, loaded))  # a run's config: a mapping
+        return Path(checkpoint), upgrade_config(cast(DictConfig, loaded))  # a run's config: a mapping
+
+
+def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: int = 64) -> dict[str, float]:
+    """The task's metrics (e.g. acc, F1, MCC) of the run's best checkpoint on `file`, logged to that run as
+    eval/<file key>/*."""
+    client = MlflowClient(tracking_uri)
+    checkpoint, config = finished_run(client, tracking_uri, run_id)
     s = resolve_settings(config)
     path = Path(file).resolve()
     rows = read_glue_tsv(path, s.task)
