@@ -19,7 +19,7 @@ from layerlens.planning.choices import Plan
 from layerlens.provenance import git_commit, native_build
 from layerlens.settings import RunSettings, instantiate_node, resolve_settings
 from layerlens.tracking import NullTracker
-from layerlens.training.callbacks import CheckpointFromStep, FitTimer, Interruption
+from layerlens.training.callbacks import CheckpointFromStep, EpochLog, FitTimer, Interruption, progress_bar_shown
 from layerlens.training.classifier import SequenceClassifier
 from layerlens.training.resources import peak_rss_mb, reset_peak_rss
 from layerlens.training.resume import check_resumable, resume_warning_silenced, shuffled_train_loader, write_run_record
@@ -165,12 +165,14 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
             save_top_k=1,
         )
         interruption.loader = shuffled_train_loader(data, s.seed)
+        progress_bar = progress_bar_shown(bool(cfg.trainer.get("enable_progress_bar", True)))
         trainer = instantiate_node(
             cfg,
             "trainer",
-            callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
+            callbacks=[timer, checkpoint, interruption, *adapted.callbacks, *([] if progress_bar else [EpochLog()])],
             logger=run.lightning_logger(),
             default_root_dir=str(output_dir),
+            enable_progress_bar=progress_bar,
         )
         with resume_warning_silenced():
             trainer.fit(

@@ -1,9 +1,12 @@
-"""The Lightning callbacks of a run, together: the training time (FitTimer), stopping on a signal with a checkpoint to
-resume from (Interruption; the rest of resuming is in resume.py), the checkpoint chosen only from a step on
-(CheckpointFromStep) and AdaLoRA's rank allocation after each optimiser step (AdaLoraSchedule)."""
+"""The Lightning callbacks of a run, together: the training time (FitTimer), a line per epoch where no progress bar is
+shown (EpochLog), stopping on a signal with a checkpoint to resume from (Interruption; the rest of resuming is in
+resume.py), the checkpoint chosen only from a step on (CheckpointFromStep) and AdaLoRA's rank allocation after each
+optimiser step (AdaLoraSchedule)."""
 
+import datetime
 import logging
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -56,6 +59,38 @@ class FitTimer(L.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         self.train_s = self._elapsed_s()
+
+
+def progress_bar_shown(wanted: bool) -> bool:
+    """Lightning's progress bar redraws one line of stdout: a terminal shows it, a log file (a cluster job, a pipe)
+    gets carriage returns; it is shown only where it was wanted (trainer.enable_progress_bar) and stdout is a
+    terminal."""
+    return wanted and sys.stdout.isatty()
+
+
+class EpochLog(L.Callback):
+    """One line per epoch, for a run whose progress bar is not shown: the epoch and its last step, every metric logged
+    so far (the epoch's validation; the training loss of its last step) and the wall time since the fit started."""
+
+    def __init__(self):
+        self._start = 0.0
+
+    def on_fit_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):  # after the epoch's validation
+        if not trainer.is_global_zero:
+            return
+        metrics = ", ".join(f"{name} {float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items()))
+        elapsed = datetime.timedelta(seconds=round(time.perf_counter() - self._start))
+        log.info(
+            "epoch %d/%d (step %d): %s; %s elapsed",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            trainer.global_step,
+            metrics or "no metrics logged",
+            elapsed,
+        )
 
 
 class Interruption(L.Callback):
