@@ -19,7 +19,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from peft import AdaLoraConfig, AdaLoraModel, PeftModel
 from torch.utils.data import DataLoader
 
-from layerlens.training.resume import SIGNALS, Interrupted, interrupt_checkpoint, rng_states, set_rng_states
+from layerlens.training.resume import (
+    SIGNALS,
+    Interrupted,
+    interrupt_checkpoint,
+    rng_states,
+    set_rng_states,
+    sweep_stop_requested,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +102,14 @@ class EpochLog(L.Callback):
 
 class Interruption(L.Callback):
     """SIGINT or SIGTERM: in training, finish the batch at hand (and the epoch's validation, if it is the last
-    batch), save `checkpoint` and stop; anywhere else, or on a second signal, stop at once with nothing saved."""
+    batch), save `checkpoint` and stop; anywhere else, or on a second signal, stop at once with nothing saved. A run of
+    a sweep also stops so, after its batch at hand, once its sweep's `sweep_stop_file` says that the process that
+    launched the sweep received the signal."""
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, sweep_stop_file: Path | None = None):
         self.output_dir = Path(output_dir)
         self.checkpoint = interrupt_checkpoint(output_dir)
+        self.sweep_stop_file = sweep_stop_file
         self.loader: DataLoader | None = None  # the EpochShuffle training loader whose position checkpoints keep
         self.signum: int | None = None
         self._training = False
@@ -150,6 +160,12 @@ class Interruption(L.Callback):
             self._rng = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.signum is None and (signum := sweep_stop_requested(self.sweep_stop_file)) is not None:
+            self.signum = signum
+            log.warning(
+                "the sweep received %s: stopping after this batch, with a checkpoint to resume from",
+                signal.Signals(signum).name,
+            )
         if self.signum is not None and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._stop_at_boundary(trainer)
 
