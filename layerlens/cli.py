@@ -2,16 +2,25 @@
 
 import functools
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import OmegaConf
 
 from layerlens.errors import LayerLensError
 from layerlens.paths import CONF_DIR
-from layerlens.training.resume import Interrupted
+from layerlens.training.resume import SIGNALS, SWEEP_STOP_FILE, Interrupted, request_sweep_stop, sweep_stop_requested
+
+# conf/run.yaml's hydra.sweep.dir: resume_sweep's folder where given, else a new one.
+OmegaConf.register_new_resolver(
+    "layerlens.unless_null", lambda value, otherwise: otherwise if value is None else value, replace=True
+)
 
 _FLAGS_WITH_VALUE = {
     "-cn",
@@ -102,3 +111,61 @@ def sweep_id() -> str | None:
     """The multirun's folder name (conf: hydra.sweep.dir), shared by every run of one sweep."""
     hydra_cfg = HydraConfig.get()
     return Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+def sweep_stop_file() -> Path | None:
+    """In a sweep, the file by which the process that launched it asks its runs to stop (SweepStop)."""
+    hydra_cfg = HydraConfig.get()
+    return Path(hydra_cfg.sweep.dir) / SWEEP_STOP_FILE if hydra_cfg.mode == RunMode.MULTIRUN else None
+
+
+class SweepStop(Callback):
+    """A Hydra callback (conf/run.yaml) for the process that launches a sweep (-m). The first SIGINT or SIGTERM it
+    receives asks every run of the sweep, in this process or in the launcher's workers (joblib), to stop after its
+    batch at hand with a checkpoint (its MLflow run KILLED), and no further run to start: it writes the signal's number
+    to the sweep folder's SWEEP_STOP_FILE, which the runs read (a run that receives the signal itself writes it too).
+    When the sweep has ended so, it prints the command that finishes the sweep (resume_sweep) and exits 128 + the
+    signal's number; a second signal stops everything at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.stop_file: Path | None = None
+        self.previous: dict = {}
+        self.resume_words: list[str] = []
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if threading.current_thread() is not threading.main_thread():  # only the main thread gets signals
+            return
+        sweep_dir = str(config.hydra.sweep.dir)
+        self.signum, self.stop_file = None, Path(sweep_dir) / SWEEP_STOP_FILE
+        self.stop_file.unlink(missing_ok=True)  # a resumed sweep's earlier stop
+        overrides = [*config.hydra.overrides.hydra, *config.hydra.overrides.task]
+        self.resume_words = [w for w in overrides if not w.startswith(("resume_sweep=", "hydra.mode="))] + [
+            f"resume_sweep={sweep_dir}"
+        ]
+        self.previous = {signum: signal.signal(signum, self._on_signal) for signum in SIGNALS}
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.signum is not None or self.stop_file is None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        request_sweep_stop(self.stop_file, signum)
+        print(
+            f"{signal.Signals(signum).name}: the sweep's runs stop after their batch at hand, with checkpoints, and no "
+            "other run starts (send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        signum = sweep_stop_requested(self.stop_file)  # this process's signal, or one that a run of the sweep received
+        if signum is None:
+            return
+        print(
+            f"interrupted: {signal.Signals(signum).name} received; the sweep's unfinished runs stopped; "
+            f"finish the sweep with: python -m layerlens.run -m {shlex.join(self.resume_words)}",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + signum)

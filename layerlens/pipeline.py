@@ -19,10 +19,17 @@ from layerlens.planning.choices import Plan
 from layerlens.provenance import git_commit, native_build
 from layerlens.settings import RunSettings, instantiate_node, resolve_settings
 from layerlens.tracking import NullTracker
-from layerlens.training.callbacks import CheckpointFromStep, FitTimer, Interruption
+from layerlens.training.callbacks import CheckpointFromStep, EpochLog, FitTimer, Interruption, progress_bar_shown
 from layerlens.training.classifier import SequenceClassifier
 from layerlens.training.resources import peak_rss_mb, reset_peak_rss
-from layerlens.training.resume import check_resumable, resume_warning_silenced, shuffled_train_loader, write_run_record
+from layerlens.training.resume import (
+    check_resumable,
+    record_finished,
+    resume_warning_silenced,
+    shuffled_train_loader,
+    sweep_job,
+    write_run_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,12 +126,17 @@ def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:
     )
 
 
-def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) -> float:
+def run_experiment(
+    cfg: DictConfig, output_dir: Path, sweep: str | None = None, sweep_stop_file: Path | None = None
+) -> float:
     """Train one configuration, choose its checkpoint on the selection split and read the test split once with it;
     returns the task's headline metric on the selection split (what a search may maximise), or on the test split
     when the task has no selection split (task.selection_split=none: the last epoch's checkpoint).
 
     With `resume=<output folder>`, continue that interrupted run (same MLflow run, same folder) from its checkpoint.
+    With `resume_sweep=<sweep folder>` (a sweep, -m), the run's folder in that sweep says: a run that finished there is
+    not run again (its headline metric is returned), one interrupted in training is resumed, any other runs afresh.
+    In a sweep, `sweep_stop_file` may ask the run to stop as a signal would (Interruption).
     """
     s = resolve_settings(cfg)
     resuming, resume_id = cfg.get("resume") is not None, None
@@ -132,8 +144,15 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
         if sweep:
             raise LayerLensError("resume: resumes one run; it cannot be part of a sweep (-m)")
         output_dir = Path(str(cfg.resume)).expanduser().resolve()
+    elif cfg.get("resume_sweep") is not None:
+        earlier = sweep_job(cfg, output_dir, sweep)
+        if not isinstance(earlier, bool):
+            log.info("run %s finished in sweep %s before: not run again", run_name(s), sweep)
+            return earlier
+        resuming = earlier
+    if resuming:
         resume_id = check_resumable(cfg, output_dir)
-    interruption = Interruption(output_dir)
+    interruption = Interruption(output_dir, sweep_stop_file)
     reset_peak_rss()
     # Under DDP every process runs all of this; only global rank 0 records the run (MLflow, run.json).
     recording = rank_zero_only.rank == 0  # type: ignore[attr-defined]  # Lightning sets it on the function
@@ -165,12 +184,14 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
             save_top_k=1,
         )
         interruption.loader = shuffled_train_loader(data, s.seed)
+        progress_bar = progress_bar_shown(bool(cfg.trainer.get("enable_progress_bar", True)))
         trainer = instantiate_node(
             cfg,
             "trainer",
-            callbacks=[timer, checkpoint, interruption, *adapted.callbacks],
+            callbacks=[timer, checkpoint, interruption, *adapted.callbacks, *([] if progress_bar else [EpochLog()])],
             logger=run.lightning_logger(),
             default_root_dir=str(output_dir),
+            enable_progress_bar=progress_bar,
         )
         with resume_warning_silenced():
             trainer.fit(
@@ -209,6 +230,9 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
         run.log_metrics(metrics, step=trainer.global_step + 1)
         run.set_tags({"checkpoint": checkpoint.best_model_path})
     interruption.checkpoint.unlink(missing_ok=True)  # finished: nothing left to resume
+    headline = metrics[s.task.headline_metric if selects else on_test(s.task.headline_metric)]
+    if recording:
+        record_finished(output_dir, headline)
     chosen_by = f"best on the selection split by {s.task.headline_metric}" if selects else "the last epoch's"
     log.info(
         "run %s (mlflow run %s): %s test split %r, checkpoint %s (%s): %s; trainable %d (%.3f%% of backbone); "
@@ -227,4 +251,4 @@ def run_experiment(cfg: DictConfig, output_dir: Path, sweep: str | None = None) 
         metrics["params/trainable_pct"],
         timer.train_s,
     )
-    return metrics[s.task.headline_metric if selects else on_test(s.task.headline_metric)]
+    return headline

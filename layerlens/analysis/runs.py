@@ -22,6 +22,7 @@ NOT_CONFIG = (
     "trainer.log_every_n_steps",
     "data.num_workers",
     "data.eval_batch_size",
+    "resume",  # and resume_sweep: how a run was started
 )
 COLUMNS = ["run_id", "run_name", "start_time", *IDENTITY_TAGS, "headline", "config"]
 JSONL_SUFFIX = ".jsonl"

@@ -18,6 +18,9 @@ CONFIG_ARTIFACT = "config.yaml"
 MAX_PARAM_CHARS = 6000
 # How long a write may wait out other processes holding the SQLite file (parallel sweeps).
 LOCKED_RETRY_SECONDS = 300.0
+# An experiment's kind as MLflow keeps it, the tag that its UI's kind selector writes (mlflow/server/js): LayerLens's
+# are model training, whose page is the runs table. MLflow 3.17's UI reads a switch of its own first (README, Browse).
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def _is_locked(err: BaseException | None) -> bool:
@@ -77,6 +80,7 @@ for _name in (
     "log_metric",
     "log_param",
     "set_tag",
+    "set_experiment_tag",
     "delete_tag",
     "set_terminated",
     "log_text",
@@ -139,14 +143,18 @@ class MlflowTracker:
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
 
     def experiment_id(self, client: MlflowClient) -> str:
+        """The experiment's id, created as model training if new; one created before LayerLens set its kind (or by
+        hand) gets that kind too, unless it has one."""
         experiment = client.get_experiment_by_name(self.experiment_name)
         if experiment is None:
             try:
-                return client.create_experiment(self.experiment_name)
+                return client.create_experiment(self.experiment_name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING})
             except MlflowException:  # another process of a parallel sweep created it in between
                 experiment = client.get_experiment_by_name(self.experiment_name)
                 if experiment is None:
                     raise
+        if EXPERIMENT_KIND_TAG not in experiment.tags:
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
         return experiment.experiment_id
 
     @contextmanager

@@ -1,9 +1,12 @@
-"""The Lightning callbacks of a run, together: the training time (FitTimer), stopping on a signal with a checkpoint to
-resume from (Interruption; the rest of resuming is in resume.py), the checkpoint chosen only from a step on
-(CheckpointFromStep) and AdaLoRA's rank allocation after each optimiser step (AdaLoraSchedule)."""
+"""The Lightning callbacks of a run, together: the training time (FitTimer), a line per epoch where no progress bar is
+shown (EpochLog), stopping on a signal with a checkpoint to resume from (Interruption; the rest of resuming is in
+resume.py), the checkpoint chosen only from a step on (CheckpointFromStep) and AdaLoRA's rank allocation after each
+optimiser step (AdaLoraSchedule)."""
 
+import datetime
 import logging
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -16,7 +19,14 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from peft import AdaLoraConfig, AdaLoraModel, PeftModel
 from torch.utils.data import DataLoader
 
-from layerlens.training.resume import SIGNALS, Interrupted, interrupt_checkpoint, rng_states, set_rng_states
+from layerlens.training.resume import (
+    SIGNALS,
+    Interrupted,
+    interrupt_checkpoint,
+    rng_states,
+    set_rng_states,
+    sweep_stop_requested,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +68,48 @@ class FitTimer(L.Callback):
         self.train_s = self._elapsed_s()
 
 
+def progress_bar_shown(wanted: bool) -> bool:
+    """Lightning's progress bar redraws one line of stdout: a terminal shows it, a log file (a cluster job, a pipe)
+    gets carriage returns; it is shown only where it was wanted (trainer.enable_progress_bar) and stdout is a
+    terminal."""
+    return wanted and sys.stdout.isatty()
+
+
+class EpochLog(L.Callback):
+    """One line per epoch, for a run whose progress bar is not shown: the epoch and its last step, every metric logged
+    so far (the epoch's validation; the training loss of its last step) and the wall time since the fit started."""
+
+    def __init__(self):
+        self._start = 0.0
+
+    def on_fit_start(self, trainer, pl_module):
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):  # after the epoch's validation
+        if not trainer.is_global_zero:
+            return
+        metrics = ", ".join(f"{name} {float(value):.4f}" for name, value in sorted(trainer.callback_metrics.items()))
+        elapsed = datetime.timedelta(seconds=round(time.perf_counter() - self._start))
+        log.info(
+            "epoch %d/%d (step %d): %s; %s elapsed",
+            trainer.current_epoch + 1,
+            trainer.max_epochs,
+            trainer.global_step,
+            metrics or "no metrics logged",
+            elapsed,
+        )
+
+
 class Interruption(L.Callback):
     """SIGINT or SIGTERM: in training, finish the batch at hand (and the epoch's validation, if it is the last
-    batch), save `checkpoint` and stop; anywhere else, or on a second signal, stop at once with nothing saved."""
+    batch), save `checkpoint` and stop; anywhere else, or on a second signal, stop at once with nothing saved. A run of
+    a sweep also stops so, after its batch at hand, once its sweep's `sweep_stop_file` says that the process that
+    launched the sweep received the signal."""
 
-    def __init__(self, output_dir: Path):
+    def __init__(self, output_dir: Path, sweep_stop_file: Path | None = None):
         self.output_dir = Path(output_dir)
         self.checkpoint = interrupt_checkpoint(output_dir)
+        self.sweep_stop_file = sweep_stop_file
         self.loader: DataLoader | None = None  # the EpochShuffle training loader whose position checkpoints keep
         self.signum: int | None = None
         self._training = False
@@ -115,6 +160,12 @@ class Interruption(L.Callback):
             self._rng = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.signum is None and (signum := sweep_stop_requested(self.sweep_stop_file)) is not None:
+            self.signum = signum
+            log.warning(
+                "the sweep received %s: stopping after this batch, with a checkpoint to resume from",
+                signal.Signals(signum).name,
+            )
         if self.signum is not None and not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             self._stop_at_boundary(trainer)
 

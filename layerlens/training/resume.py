@@ -9,6 +9,7 @@ keeps that state in its checkpoint is Interruption (callbacks.py); what it needs
 
 import json
 import random
+import shutil
 import signal
 import warnings
 from contextlib import contextmanager
@@ -25,6 +26,10 @@ from layerlens.errors import LayerLensError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 RUN_RECORD = "run.json"  # in the output folder: the MLflow run id and the config, for resuming
+# In a sweep's folder, once the process that launched the sweep received SIGINT or SIGTERM: the signal's number, which
+# asks every run of the sweep to stop as that signal would (cli.SweepStop).
+SWEEP_STOP_FILE = "interrupted"
+NOT_COMPARED = ("resume", "resume_sweep")  # what says how a run was started, not what it computes
 
 
 @contextmanager
@@ -119,18 +124,99 @@ def _flat(config: dict, prefix: str = "") -> dict[str, object]:
     return flat
 
 
+def sweep_stop_requested(stop_file: Path | None) -> int | None:
+    """The signal that the process which launched this run's sweep received (its SWEEP_STOP_FILE), asking the run,
+    in that process or in one of the launcher's workers, to stop as that signal would stop it; None if not asked."""
+    if stop_file is None:
+        return None
+    try:
+        return int(Path(stop_file).read_text())
+    except (FileNotFoundError, ValueError):  # not asked (yet)
+        return None
+
+
+def request_sweep_stop(stop_file: Path, signum: int) -> None:
+    """Ask every run of the sweep whose SWEEP_STOP_FILE this is to stop as `signum` would stop it."""
+    stop_file.parent.mkdir(parents=True, exist_ok=True)
+    written = stop_file.with_suffix(".tmp")
+    written.write_text(str(signum))
+    written.replace(stop_file)  # whole, at once: a run never reads half of it
+
+
+def _recorded_config(cfg: DictConfig) -> dict:
+    config = cast(dict, OmegaConf.to_container(cfg, resolve=True))
+    for key in NOT_COMPARED:
+        config.pop(key, None)
+    return config
+
+
 def _comparable(cfg: DictConfig) -> dict[str, object]:
-    resolved = cast(dict, OmegaConf.to_container(cfg, resolve=True))
-    resolved.pop("resume", None)
-    return _flat(resolved)
+    return _flat(_recorded_config(cfg))
 
 
 def write_run_record(output_dir: Path, run_id: str | None, cfg: DictConfig) -> None:
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    config = cast(dict, OmegaConf.to_container(cfg, resolve=True))
-    config.pop("resume", None)
-    record = {"mlflow_run_id": run_id, "config": config}
+    record = {"mlflow_run_id": run_id, "config": _recorded_config(cfg)}
     (Path(output_dir) / RUN_RECORD).write_text(json.dumps(record, indent=1, default=str))
+
+
+def record_finished(output_dir: Path, headline: float) -> None:
+    """The run in output_dir finished, with this headline metric (what run_experiment returned): a resumed sweep
+    (resume_sweep) does not run it again."""
+    path = Path(output_dir) / RUN_RECORD
+    record = json.loads(path.read_text())
+    record["finished"] = {"headline": headline}
+    path.write_text(json.dumps(record, indent=1, default=str))
+
+
+def _read_record(record_path: Path, field: str) -> dict:
+    try:
+        record = json.loads(record_path.read_text())
+        _flat(record["config"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise LayerLensError(
+            f"{field}: {record_path} is not a run record (JSON with mlflow_run_id and config)"
+        ) from None
+    return record
+
+
+def _check_same_config(cfg: DictConfig, record: dict, record_path: Path, field: str, whose: str) -> None:
+    before, now = _flat(record["config"]), _comparable(cfg)
+    differ = sorted(
+        key
+        for key in before.keys() | now.keys()
+        if key not in before or key not in now or str(before[key]) != str(now[key])
+    )
+    if differ:
+        key = differ[0]
+        raise LayerLensError(
+            f"{field}: the config differs from the {whose} ({record_path}) at {', '.join(differ[:3])}"
+            f"{' ...' if len(differ) > 3 else ''}: {key}={now.get(key)!r} here, {before.get(key)!r} there; "
+            f"pass the {whose} overrides"
+        )
+
+
+def sweep_job(cfg: DictConfig, output_dir: Path, sweep: str | None) -> float | bool:
+    """For a run of `resume_sweep=<sweep folder>` (-m, the sweep's overrides: the run's folder is its folder in that
+    sweep): its headline metric if it finished there (it is not run again); True if it was interrupted in training
+    (it resumes from its checkpoint); False if it never started or stopped before training (it runs afresh)."""
+    folder = Path(str(cfg.resume_sweep)).expanduser()
+    if not sweep:
+        raise LayerLensError("resume_sweep: finishes a sweep: run it with -m and that sweep's overrides")
+    if not (folder / "multirun.yaml").is_file():
+        raise LayerLensError(f"resume_sweep: {folder} is not a sweep's folder (it has no multirun.yaml)")
+    record_path = Path(output_dir) / RUN_RECORD
+    if not record_path.is_file():
+        return False
+    record = _read_record(record_path, "resume_sweep")
+    _check_same_config(cfg, record, record_path, "resume_sweep", "sweep's")
+    finished = record.get("finished")
+    if isinstance(finished, dict) and isinstance(finished.get("headline"), (int, float)):
+        return float(finished["headline"])
+    if interrupt_checkpoint(output_dir).is_file():
+        return True
+    shutil.rmtree(Path(output_dir) / "checkpoints", ignore_errors=True)  # what an attempt stopped at once left
+    return False
 
 
 def check_resumable(cfg: DictConfig, output_dir: Path) -> str | None:
@@ -140,26 +226,8 @@ def check_resumable(cfg: DictConfig, output_dir: Path) -> str | None:
     record_path = output_dir / RUN_RECORD
     if not record_path.is_file():
         raise LayerLensError(f"resume: {output_dir} has no {RUN_RECORD}: not the output folder of a layerlens.run run")
-    try:
-        record = json.loads(record_path.read_text())
-        before = _flat(record["config"])
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise LayerLensError(
-            f"resume: {record_path} is not a run record (JSON with mlflow_run_id and config)"
-        ) from None
-    now = _comparable(cfg)
-    differ = sorted(
-        key
-        for key in before.keys() | now.keys()
-        if key not in before or key not in now or str(before[key]) != str(now[key])
-    )
-    if differ:
-        key = differ[0]
-        raise LayerLensError(
-            f"resume: the config differs from the interrupted run's ({record_path}) at {', '.join(differ[:3])}"
-            f"{' ...' if len(differ) > 3 else ''}: {key}={now.get(key)!r} here, {before.get(key)!r} there; "
-            "pass the interrupted run's overrides"
-        )
+    record = _read_record(record_path, "resume")
+    _check_same_config(cfg, record, record_path, "resume", "interrupted run's")
     checkpoint = interrupt_checkpoint(output_dir)
     if not checkpoint.is_file():
         raise LayerLensError(f"resume: no checkpoint {checkpoint} (only an interrupted run has one)")
