@@ -1,6 +1,7 @@
 """The method registry: a new method is one Method, registered; the planner, the builder, the plot and the report
 take it from there. The toy below is docs/architecture.md's worked example."""
 
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -142,6 +143,89 @@ def test_a_methods_size_range_bounds_the_planners_sizes():
 def test_a_method_is_checked_when_declared(change, message):
     with pytest.raises(LayerLensError, match="^" + message):
         replace(TOY, **change)
+
+
+# Each check of a declaration, with its whole message: the field, what it allows and the value given.
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"name": "1x"}, "method name must be an identifier other than 'none', got '1x'"),
+        ({"name": 3}, "method name must be an identifier other than 'none', got 3"),
+        ({"kinds": ()}, "method 'toy': kinds must be a non-empty list of site kinds, got ()"),
+        ({"kinds": {"ffn_block"}}, "method 'toy': kinds must be a non-empty list of site kinds, got {'ffn_block'}"),
+        (
+            {"kinds": ("ffn_block", "")},
+            "method 'toy': kinds must be a non-empty list of site kinds, got ('ffn_block', '')",
+        ),
+        (
+            {"kinds": ("ffn_block", 3)},
+            "method 'toy': kinds must be a non-empty list of site kinds, got ('ffn_block', 3)",
+        ),
+        ({"size_name": ""}, "method 'toy': size_name must be a non-empty string, got ''"),
+        ({"size_name": 3}, "method 'toy': size_name must be a non-empty string, got 3"),
+        ({"colour": 3}, "method 'toy': colour must be a non-empty string, got 3"),
+        ({"dims": None}, "method 'toy': dims must be a function, got None"),
+        ({"attach": "attach"}, "method 'toy': give exactly one of wrap and attach, a function"),
+        ({"max_size": True}, "method 'toy': max_size must be an integer >= 1 or None, got True"),
+        ({"max_size": 2.0}, "method 'toy': max_size must be an integer >= 1 or None, got 2.0"),
+        ({"max_size": 0}, "method 'toy': max_size must be an integer >= 1 or None, got 0"),
+        ({"sizes": ()}, "method 'toy': sizes must be a non-empty list of integers >= 1, got ()"),
+        ({"sizes": "12"}, "method 'toy': sizes must be a non-empty list of integers >= 1, got '12'"),
+        ({"sizes": (1, True)}, "method 'toy': sizes must be a non-empty list of integers >= 1, got (1, True)"),
+        ({"sizes": (1, 2.0)}, "method 'toy': sizes must be a non-empty list of integers >= 1, got (1, 2.0)"),
+        (
+            {"max_size": 3, "sizes": (3, 4)},
+            "method 'toy': sizes must be a non-empty list of integers from 1 to 3, got (3, 4)",
+        ),
+        ({"bounded_by": ""}, "method 'toy': bounded_by must name a task setting or be None, got ''"),
+        ({"bounded_by": 3}, "method 'toy': bounded_by must name a task setting or be None, got 3"),
+        (
+            {"default_kinds": "ffn_block"},
+            "method 'toy': default_kinds must be a list of its kinds (ffn_block) or None, got 'ffn_block'",
+        ),
+        (
+            {"default_kinds": {"ffn_block"}},
+            "method 'toy': default_kinds must be a list of its kinds (ffn_block) or None, got {'ffn_block'}",
+        ),
+        (
+            {"kinds": ("ffn_block", "attn_block"), "default_kinds": ("attention",)},
+            "method 'toy': default_kinds must be a list of its kinds (ffn_block, attn_block) or None, got ('attention',)",
+        ),
+        ({"covers": [("ffn_block", ("ffn_in",))]}, "got [('ffn_block', ('ffn_in',))]"),
+        ({"covers": {"attention": ("query",)}}, "got {'attention': ('query',)}"),
+        ({"covers": {"ffn_block": "ffn_in"}}, "got {'ffn_block': 'ffn_in'}"),
+        ({"covers": {"ffn_block": ()}}, "got {'ffn_block': ()}"),
+        ({"covers": {"ffn_block": ("ffn_in", "ffn_block")}}, "got {'ffn_block': ('ffn_in', 'ffn_block')}"),
+        ({"covers": {"ffn_block": ("ffn_in", "")}}, "got {'ffn_block': ('ffn_in', '')}"),
+        ({"covers": {"ffn_block": ("ffn_in", 3)}}, "got {'ffn_block': ('ffn_in', 3)}"),
+    ],
+)
+def test_each_check_of_a_declaration_names_the_field_and_the_value(change, message):
+    if message.startswith("got"):
+        message = (
+            f"method 'toy': covers must map some of its kinds to the other site kinds their option adapts, {message}"
+        )
+    with pytest.raises(LayerLensError, match="^" + re.escape(message) + "$"):
+        replace(TOY, **change)
+
+
+def test_a_declarations_lists_are_kept_as_tuples_and_its_sizes_bounded_by_max_size():
+    method = replace(
+        TOY,
+        kinds=["ffn_block", "attn_block"],
+        sizes=[1, 3],
+        max_size=3,
+        default_kinds=["attn_block"],
+        covers={"ffn_block": ["ffn_in", "ffn_out"]},
+        bounded_by="max_length",
+    )
+    assert (method.kinds, method.sizes, method.default_kinds) == (("ffn_block", "attn_block"), (1, 3), ("attn_block",))
+    assert method.covers == {"ffn_block": ("ffn_in", "ffn_out")}
+    assert replace(TOY, kinds=["ffn_block"]).default_kinds == ("ffn_block",)  # None: every kind it accepts
+    assert replace(TOY, default_kinds=[]).default_kinds == ()
+    assert (method.size_range, TOY.size_range) == ("from 1 to 3", ">= 1")
+    assert [method.allows(size) for size in (0, 1, 3, 4, True, 2.0)] == [False, True, True, False, False, False]
+    assert [TOY.allows(size) for size in (0, 1, 10**6)] == [False, True, True]
 
 
 def test_the_registry_and_the_planner_import_without_torch():

@@ -21,6 +21,7 @@ from layerlens.planning.costs import Costs, SiteSpec, option_costs
 from layerlens.planning.planner import PlannerSettings, make_plan
 from tests.test_method_menu import ADAPTERS, WORKLOAD, added_by_site, batch, menu, owner, plan_of, specs, tiny_bert
 
+PEFT_METHODS = ["lora", "dora", "ia3", "loha"]
 # Each method at linear sites of several kinds, in one model beside the adapter and the prefix.
 MENU = {kind: ["lora", "dora", "ia3", "loha"] for kind in ["query", "value", "ffn_in", "ffn_out"]}
 SITES = ["query", "value", "ffn_in", "ffn_out", "ffn_block", "attention"]
@@ -102,6 +103,49 @@ def test_on_deberta_each_option_adds_its_parameters_at_the_familys_modules():
     assert any("attention.self.query_proj.ia3_l" in name for name, _ in model.named_parameters())
 
 
+@pytest.mark.parametrize(
+    "chosen,kinds,offered", [(MIXED, SITES, MENU), (BLOCKS, ["ffn_block", "attention"], BLOCK_MENU)]
+)
+def test_each_peft_module_takes_its_sites_rank_scale_dropout_and_kind(chosen, kinds, offered):
+    """Every linear a site's option adapts: LoRA, DoRA and LoHa at the site's rank, scaled by lora_alpha / rank =
+    the ratio, LoRA and DoRA with the run's dropout and DoRA's magnitude on DoRA's alone; IA3 scales `ffn_out` on
+    its input (peft's feedforward), every other linear on its output."""
+    from peft.tuners.ia3 import IA3Layer
+    from peft.tuners.loha import LoHaLayer
+    from peft.tuners.lora import LoraLayer
+
+    model = tiny_bert()
+    sites = discover_sites(model, kinds, menu(offered))
+    expected = {}
+    for site in sites:
+        method, size = chosen.get(site.name, ("none", 0))
+        if method in PEFT_METHODS:
+            for target, kind, _ in linears.targets(model, [(site, size)]):
+                adapter = ADAPTERS[method].strip(".")
+                if method == "ia3":
+                    expected[target] = {adapter: kind == "ffn_out"}
+                else:
+                    dora = (method == "dora",) if method != "loha" else ()
+                    dropout = (0.25,) if method != "loha" else ()
+                    expected[target] = {adapter: (size, 1.5, *dropout, *dora)}
+    plan = plan_of(sites, chosen, menu(offered))
+    model = apply_plan(model, sites, plan, alpha_ratio=1.5, dropout=0.25, offered=menu(offered))
+    seen = {}
+    for name, module in model.named_modules():
+        # peft matches a target by the end of a module's name
+        target = next((t for t in expected if name.endswith(f".{t}")), name)
+        if isinstance(module, IA3Layer):
+            seen[target] = {adapter: module.is_feedforward for adapter in module.ia3_l}
+        elif isinstance(module, LoHaLayer):
+            seen[target] = {adapter: (module.r[adapter], module.scaling[adapter]) for adapter in module.r}
+        elif isinstance(module, LoraLayer):
+            seen[target] = {
+                adapter: (r, module.scaling[adapter], module.lora_dropout[adapter].p, module.use_dora[adapter])
+                for adapter, r in module.r.items()
+            }
+    assert seen == expected
+
+
 def test_a_blocks_linears_are_linear_kinds_of_the_family_table():
     assert all(kind in families.LINEAR_KINDS for kinds in linears.BLOCK_LINEARS.values() for kind in kinds)
     assert set(linears.BLOCK_LINEARS) <= set(families.SITE_KINDS) - set(families.LINEAR_KINDS)
@@ -158,9 +202,6 @@ def test_the_flops_of_each_new_method_are_what_torch_counts_it_adding(method, si
         costs = option_costs(spec, method, size, workload)
         matmul = costs.flops - (costs.params if method == "ia3" else 0)
         assert measured == pytest.approx(matmul, rel=1e-12), site.name
-
-
-PEFT_METHODS = ["lora", "dora", "ia3", "loha"]
 
 
 @pytest.mark.parametrize("method", PEFT_METHODS)

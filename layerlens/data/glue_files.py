@@ -50,7 +50,7 @@ def read_glue_tsv(path: str | Path, task: TaskSpec) -> datasets.Dataset:
         )
     first_line = 1 if task.column_names else 2
     read_label = LABEL_READERS[task.kind]
-    labels = [read_label(value, task, path, line=first_line + i) for i, value in enumerate(raw[task.label_column])]
+    labels = [read_label(value, task, path, line=first_line + i) for i, value in enumerate(raw[task.label_column][:])]
     return _normalised(raw, task.text_columns, labels)
 
 
@@ -112,9 +112,10 @@ LABEL_READERS = {"classification": _class_id, "regression": _score}
 
 
 def _normalised(raw: datasets.Dataset, text_columns, labels: list) -> datasets.Dataset:
-    columns = {TEXT_A: raw[text_columns[0]]}
+    # raw[name] is a lazy Column, which iteration reads a row at a time; [:] reads it whole, as a list.
+    columns = {TEXT_A: raw[text_columns[0]][:]}
     if len(text_columns) == 2:
-        columns[TEXT_B] = raw[text_columns[1]]
+        columns[TEXT_B] = raw[text_columns[1]][:]
     columns[LABEL] = labels
     return datasets.Dataset.from_dict(columns)
 
@@ -127,6 +128,6 @@ def load_task_splits(task: TaskSpec) -> datasets.DatasetDict:
         hub = datasets.load_dataset(task.hub_path, task.hub_name)
         parts = {split: hub[HUB_SPLITS.get(split, split)] for split in splits}
         return datasets.DatasetDict(
-            {s: _normalised(d, task.hub_text_columns, d[task.hub_label_column]) for s, d in parts.items()}
+            {s: _normalised(d, task.hub_text_columns, d[task.hub_label_column][:]) for s, d in parts.items()}
         )
     return datasets.DatasetDict({split: read_glue_tsv(task.split_file(split), task) for split in splits})
