@@ -1,5 +1,5 @@
 """A trained run exported (layerlens.export), loaded (layerlens.load) and used (layerlens.predict): for each baseline,
-each site method and each model family, on tiny models trained once for this module."""
+each site method and each model family (the decoders' too), on tiny models trained once for this module."""
 
 import json
 import re
@@ -12,8 +12,10 @@ import pytest
 import torch
 from safetensors import safe_open
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     DebertaV2Config,
+    GPT2Config,
     RobertaConfig,
 )
 
@@ -51,6 +53,9 @@ SITES_WITH_PREFIX = "baseline.sites=[query,key,value,attn_out,attn_block,ffn_blo
 SITES_WITHOUT_PREFIX = "baseline.sites=[query,key,value,attn_out,attn_block,ffn_block]"  # DeBERTa takes none
 PEFT_ONLY = [*ALL_METHODS, "baseline.sites=[query,key,value,attn_out]"]
 LORA_PLAN = [*ALL_METHODS[:4], "baseline.sites=[query,value]"]
+# The decoders built at random by model=tiny_llama (model.model_type): everything kept in weights.safetensors.
+RANDOM_DECODERS = ("llama", "mistral", "qwen2")
+DECODERS = [*RANDOM_DECODERS, "gpt2"]
 # name -> the run's overrides (the tiny BERT, MRPC's format, unless they say otherwise)
 RUNS = {
     "full_ft": ["baseline=full_ft", "task=stsb", "task.source=embedded"],  # a regression
@@ -61,6 +66,12 @@ RUNS = {
     "peft_plan": PEFT_ONLY,
     "roberta": [*ALL_METHODS, SITES_WITH_PREFIX],
     "deberta-v2": [*ALL_METHODS, SITES_WITHOUT_PREFIX],
+    # One run per decoder family, each a different kind of plan: every method (the prefix too), LoRA alone (peft's
+    # format), the peft methods alone (mergeable), and the lora baseline on GPT-2's fused c_attn from a named folder.
+    "llama": [*ALL_METHODS, SITES_WITH_PREFIX],
+    "mistral": LORA_PLAN,
+    "qwen2": PEFT_ONLY,
+    "gpt2": ["baseline=lora", "baseline.target_kinds=[query,attn_out]"],
 }
 FAMILY_CONFIGS = {
     # The tokenizer is MiniLM's (BERT's): two token types, padding id 0.
@@ -68,6 +79,8 @@ FAMILY_CONFIGS = {
     "deberta-v2": lambda vocab: DebertaV2Config(
         vocab_size=vocab, relative_attention=True, pos_att_type=["p2c", "c2p"], position_buckets=16, **_small()
     ),
+    # No padding token id in its config, as GPT-2's own: the backbone sets the tokenizer's when it loads.
+    "gpt2": lambda vocab: GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_inner=64),
 }
 
 
@@ -104,6 +117,8 @@ def run_config(name: str, data: dict[str, Path], families: Path, uri: str):
     task = "stsb" if "task=stsb" in overrides else "mrpc"
     if name in FAMILY_CONFIGS:
         model = ["model=roberta_base", f"model.name_or_path={families / name}"]
+    elif name in RANDOM_DECODERS:
+        model = ["model=tiny_llama", f"model.model_type={name}"]
     else:
         model = ["model=tiny", *(f"model.{item}" for item in SMALL)]
     logger = [f"logger.tracking_uri={uri}"] if name == "lora" else ["logger=none"]  # one run in MLflow: run_id=
@@ -132,7 +147,7 @@ def exports(runs, tmp_path_factory):
     """Each run exported, from its output folder; those that can merge, with merge=true."""
     trained, _ = runs
     root = tmp_path_factory.mktemp("exports")
-    mergeable = {"full_ft", "lora", "lora_plan", "peft_plan"}
+    mergeable = {"full_ft", "lora", "lora_plan", "peft_plan", "mistral", "qwen2", "gpt2"}
     return {
         name: export_run(run_from_folder(folder), root / name, merge=name in mergeable)
         for name, (_, folder) in trained.items()
@@ -195,7 +210,7 @@ def test_a_pretrained_backbone_is_named_and_a_random_one_kept_whole(exports):
 
 
 PEFT_SCRIPT = """
-import importlib.abc, json, sys
+import importlib.abc, json, os, sys
 
 class NoLayerLens(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
@@ -205,12 +220,16 @@ class NoLayerLens(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoLayerLens())
 import torch
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-ids, mask, logits = [], [], {}
+logits = {}
 for folder in sys.argv[1:]:
     config = json.load(open(folder + "/adapter_config.json"))
-    base = AutoModelForSequenceClassification.from_pretrained(folder + "/" + config["base_model_name_or_path"])
+    # A decoder scores the last token that is not padding: the tokenizer's padding id, which GPT-2's config lacks.
+    pad = AutoTokenizer.from_pretrained(folder + "/tokenizer").pad_token_id
+    base = AutoModelForSequenceClassification.from_pretrained(
+        os.path.join(folder, config["base_model_name_or_path"]), pad_token_id=pad
+    )
     model = PeftModel.from_pretrained(base, folder).eval()
     batch = json.load(open(folder + "/batch.json"))
     with torch.no_grad():
@@ -222,12 +241,14 @@ print(json.dumps(logits))
 
 def test_a_lora_only_export_loads_in_peft_without_layerlens(exports):
     """The lora baseline and a LoRA-only plan (ranks per module: rank_pattern), each in peft's format, loaded by
-    peft alone in a Python that cannot import layerlens, predict as layerlens.load's model does."""
-    folders = [exports["lora"], exports["lora_plan"]]
+    peft alone in a Python that cannot import layerlens, predict as layerlens.load's model does; on BERT and on two
+    decoders (Mistral's plan, GPT-2's lora baseline on a named folder whose config has no padding id)."""
+    folders = [exports[name] for name in ("lora", "lora_plan", "mistral", "gpt2")]
     expected = {}
     for folder in folders:
         exported = load_export(folder)
-        batch = dict(exported.tokenizer(["A cat sat.", "Two dogs ran far away."], ["On a mat.", "No."], padding=True))
+        batch = dict(exported.tokenizer(["A cat.", "Two dogs ran far away."], ["On a mat.", "No."], padding=True))
+        assert 0 in batch["attention_mask"][0]  # padded: a decoder must find each row's last real token
         (folder / "batch.json").write_text(json.dumps(batch))
         with torch.no_grad():
             expected[str(folder)] = exported.model(**{k: torch.tensor(v) for k, v in batch.items()}).logits
@@ -245,7 +266,7 @@ def test_a_lora_only_export_loads_in_peft_without_layerlens(exports):
         assert torch.allclose(torch.tensor(got[folder]), logits, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["full_ft", "lora", "lora_plan", "peft_plan"])
+@pytest.mark.parametrize("name", ["full_ft", "lora", "lora_plan", "peft_plan", "mistral", "qwen2", "gpt2"])
 def test_a_merged_export_is_a_plain_transformers_model_that_predicts_as_the_adapted_one(exports, name):
     exported = load_export(exports[name])
     merged = AutoModelForSequenceClassification.from_pretrained(str(exports[name] / "merged")).eval()
@@ -281,7 +302,29 @@ def test_merge_is_refused_in_one_line_where_it_cannot_fold_and_nothing_is_writte
 
 def test_peft_format_is_written_for_lora_only_models_alone(exports):
     with_peft = {name for name, folder in exports.items() if (folder / "adapter_config.json").is_file()}
-    assert with_peft == {"lora", "lora_plan"}
+    assert with_peft == {"lora", "lora_plan", "mistral", "gpt2"}
+
+
+@pytest.mark.parametrize("name", DECODERS)
+def test_a_decoders_padding_id_survives_export_and_load_and_either_padding_side_scores_the_last_real_token(
+    exports, name
+):
+    """The loaded decoder classifies with the tokenizer's padding id (set when the backbone loads: the GPT-2
+    folder's config has none) and positions counted from the attention mask: each row of a padded batch, padded on
+    either side, gets the logits it gets alone."""
+    exported = load_export(exports[name])
+    model, tokenizer = exported.model, exported.tokenizer
+    assert model.config.pad_token_id == tokenizer.pad_token_id is not None
+    if name == "gpt2":
+        assert AutoConfig.from_pretrained(exported.manifest["backbone"]).pad_token_id is None
+    texts = (["A cat sat on the mat all day.", "No."], ["On a mat.", "Yes."])
+    with torch.no_grad():
+        alone = torch.cat([model(**tokenizer(a, b, return_tensors="pt")).logits for a, b in zip(*texts)])
+        for side in ("right", "left"):
+            tokenizer.padding_side = side
+            batch = tokenizer(*texts, padding=True, return_tensors="pt")
+            assert 0 in batch["attention_mask"][1]  # the short row, padded
+            torch.testing.assert_close(model(**batch).logits, alone, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize(
