@@ -8,18 +8,24 @@ The folder (format FORMAT_VERSION of layerlens/loading.py):
   weights.safetensors  every trained tensor (adapted modules, task head), and every other one a rebuild from the
                        backbone does not give back (all of a randomly initialised backbone's)
   tokenizer/           the backbone's tokenizer
-  adapter_config.json, adapter_model.safetensors   peft's format, for a LoRA-only model on a transformers classifier
+  adapter_config.json, adapter_model.safetensors   peft's format, for a LoRA-only model
   backbone/            the base model peft's format applies to, where the backbone has no name to load it by
   merged/              merge=true: the adapters folded into the base weights, a plain transformers model
+  head.safetensors     model.pooling=mean: the task head (classifier.weight, classifier.bias) on the mean of the
+                       encoder's token states over the attention mask; peft's format and merged/ then hold the
+                       encoder alone (a transformers AutoModel), as LayerLens's own head is not a transformers one
 """
+
+from __future__ import annotations
 
 import copy
 import json
 import logging
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -32,14 +38,19 @@ from layerlens.errors import LayerLensError
 from layerlens.lens.baseline import PLAN_FILE
 from layerlens.loading import CONFIG, FORMAT_VERSION, MANIFEST, TOKENIZER, WEIGHTS, rebuild
 from layerlens.merging import merged
+from layerlens.models.heads import MeanPoolingClassifier
 from layerlens.planning.choices import Plan
 from layerlens.settings import instantiate_node
 from layerlens.training.resume import RUN_RECORD, interrupt_checkpoint
 
+if TYPE_CHECKING:
+    from peft import PeftModel
+
 log = logging.getLogger(__name__)
 
 PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
-BACKBONE, MERGED = "backbone", "merged"
+BACKBONE, MERGED, HEAD = "backbone", "merged", "head.safetensors"
+PEFT_PREFIX = "base_model.model."  # of the keys in peft's adapter_model.safetensors
 
 
 @dataclass(frozen=True)
@@ -118,10 +129,13 @@ def task_description(config: DictConfig) -> dict:
 
 
 def peft_exportable(model: nn.Module, plan: Plan | None) -> bool:
-    """Whether peft's own format holds the model: one LoRA adapter (no other method) on a transformers classifier."""
+    """Whether peft's own format holds the model: one LoRA adapter (no other method) on a transformers classifier,
+    or on a mean-pooling classifier's transformers encoder."""
     from peft import PeftModel, PeftType
 
-    if not isinstance(model, PeftModel) or not isinstance(model.get_base_model(), PreTrainedModel):
+    if not isinstance(model, PeftModel):
+        return False
+    if not isinstance(model.get_base_model(), (PreTrainedModel, MeanPoolingClassifier)):
         return False
     if plan is not None and set(plan.method_counts()) != {"lora"}:
         return False
@@ -129,18 +143,58 @@ def peft_exportable(model: nn.Module, plan: Plan | None) -> bool:
 
 
 def write_peft(model: nn.Module, out: Path, location: str | None) -> list[str]:
-    """peft's adapter files in `out`; the base model too (backbone/) where the backbone has no location."""
+    """peft's adapter files in `out`; the base model too (backbone/) where the backbone has no location. On a
+    mean-pooling classifier, the adapter applies to its encoder (peft's feature extraction) and the head is in HEAD."""
     from peft import PeftModel
 
     peft_model = cast(PeftModel, model)
     files = list(PEFT_FILES)
+    base = cast(nn.Module, copy.deepcopy(peft_model).unload())
+    if isinstance(base, MeanPoolingClassifier):
+        peft_model, base = encoder_adapter(peft_model, base.encoder), base.encoder
+        save_head(cast(MeanPoolingClassifier, merged(model)), out)
+        files.append(HEAD)
     if location is None:
-        base = cast(PreTrainedModel, copy.deepcopy(peft_model).unload())
-        base.save_pretrained(str(out / BACKBONE))
+        cast(PreTrainedModel, base).save_pretrained(str(out / BACKBONE))
         location, files = BACKBONE, [*files, BACKBONE]
     peft_model.peft_config["default"].base_model_name_or_path = location
     peft_model.save_pretrained(str(out), save_embedding_layers=False)
     return files
+
+
+def encoder_adapter(model: PeftModel, encoder: nn.Module) -> PeftModel:
+    """The LoRA adapter of a mean-pooling classifier (`model`, a PeftModel) moved onto a copy of its bare `encoder`:
+    the same ranks and scales, its module names without the classifier's "encoder." and no head."""
+    from peft import LoraConfig, TaskType, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    config = cast(LoraConfig, copy.deepcopy(model.peft_config["default"]))
+    config.task_type = TaskType.FEATURE_EXTRACTION
+    config.modules_to_save = None
+    config.target_modules = sorted(name.removeprefix("encoder.") for name in config.target_modules or [])
+    escaped = re.escape("encoder.")  # the patterns are module names, escaped (layerlens/methods/lora.py)
+    config.rank_pattern = {key.removeprefix(escaped): r for key, r in (config.rank_pattern or {}).items()}
+    config.alpha_pattern = {key.removeprefix(escaped): a for key, a in (config.alpha_pattern or {}).items()}
+    adapted = get_peft_model(cast(PreTrainedModel, copy.deepcopy(encoder)), config)
+    prefix = PEFT_PREFIX + "encoder."
+    state = get_peft_model_state_dict(model)
+    set_peft_model_state_dict(
+        adapted, {PEFT_PREFIX + key.removeprefix(prefix): t for key, t in state.items() if key.startswith(prefix)}
+    )
+    return adapted
+
+
+def save_head(model: MeanPoolingClassifier, out: Path) -> None:
+    head = {f"classifier.{name}": t.detach().clone().contiguous() for name, t in model.classifier.state_dict().items()}
+    save_file(head, str(out / HEAD))
+
+
+def save_merged(model: nn.Module, out: Path) -> None:
+    """A merged model in `out`: a transformers model as it is; a mean-pooling classifier's encoder and HEAD."""
+    if isinstance(model, MeanPoolingClassifier):
+        cast(PreTrainedModel, model.encoder).save_pretrained(str(out))
+        save_head(model, out)
+    else:
+        cast(PreTrainedModel, model).save_pretrained(str(out))
 
 
 def export_run(run: FinishedRun, out: str | Path, merge: bool = False) -> Path:
@@ -175,7 +229,7 @@ def export_run(run: FinishedRun, out: str | Path, merge: bool = False) -> Path:
     if peft_exportable(trained, plan):
         files += write_peft(trained, out, location)
     if merged_model is not None:
-        merged_model.save_pretrained(str(out / MERGED))
+        save_merged(merged_model, out / MERGED)
         tokenizer.save_pretrained(str(out / MERGED))
         files.append(MERGED)
     manifest = {

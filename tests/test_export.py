@@ -1,6 +1,7 @@
 """A trained run exported (layerlens.export), loaded (layerlens.load) and used (layerlens.predict): for each baseline,
 each site method and each model family (the decoders' too), on tiny models trained once for this module."""
 
+import inspect
 import json
 import re
 import shutil
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import (
     AutoConfig,
+    AutoModel,
     AutoModelForSequenceClassification,
     DebertaV2Config,
     GPT2Config,
@@ -59,8 +62,8 @@ DECODERS = [*RANDOM_DECODERS, "gpt2"]
 # name -> the run's overrides (the tiny BERT, MRPC's format, unless they say otherwise)
 RUNS = {
     "full_ft": ["baseline=full_ft", "task=stsb", "task.source=embedded"],  # a regression
-    "lora": ["baseline=lora"],
-    "adalora": ["baseline=adalora", "model.pooling=mean"],
+    "lora": ["baseline=lora", "model.pooling=mean"],  # all-MiniLM-L6-v2's head: LayerLens's own
+    "adalora": ["baseline=adalora"],
     "layerlens": [*ALL_METHODS, SITES_WITH_PREFIX],
     "lora_plan": LORA_PLAN,
     "peft_plan": PEFT_ONLY,
@@ -147,7 +150,7 @@ def exports(runs, tmp_path_factory):
     """Each run exported, from its output folder; those that can merge, with merge=true."""
     trained, _ = runs
     root = tmp_path_factory.mktemp("exports")
-    mergeable = {"full_ft", "lora", "lora_plan", "peft_plan", "mistral", "qwen2", "gpt2"}
+    mergeable = {"full_ft", "lora", "adalora", "lora_plan", "peft_plan", "mistral", "qwen2", "gpt2"}
     return {
         name: export_run(run_from_folder(folder), root / name, merge=name in mergeable)
         for name, (_, folder) in trained.items()
@@ -209,6 +212,16 @@ def test_a_pretrained_backbone_is_named_and_a_random_one_kept_whole(exports):
     assert any("word_embeddings" in name for name in weight_names(exports["lora"]))
 
 
+def mean_pooled_logits(encoder, folder, batch):
+    """How a user applies a mean-pooling export's head.safetensors to its encoder (peft's or merged/'s), as the
+    README says; run by the peft script too, which cannot import this module."""
+    head = load_file(folder + "/head.safetensors")
+    states = encoder(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
+    pooled = (states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+    return pooled @ head["classifier.weight"].T + head["classifier.bias"]
+
+
 PEFT_SCRIPT = """
 import importlib.abc, json, os, sys
 
@@ -220,23 +233,29 @@ class NoLayerLens(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, NoLayerLens())
 import torch
 from peft import PeftModel
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from safetensors.torch import load_file
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+MEAN_POOLED_LOGITS
 
 logits = {}
 for folder in sys.argv[1:]:
     config = json.load(open(folder + "/adapter_config.json"))
-    # A decoder scores the last token that is not padding: the tokenizer's padding id, which GPT-2's config lacks.
-    pad = AutoTokenizer.from_pretrained(folder + "/tokenizer").pad_token_id
-    base = AutoModelForSequenceClassification.from_pretrained(
-        os.path.join(folder, config["base_model_name_or_path"]), pad_token_id=pad
-    )
-    model = PeftModel.from_pretrained(base, folder).eval()
-    batch = json.load(open(folder + "/batch.json"))
+    base_folder = os.path.join(folder, config["base_model_name_or_path"])
+    batch = {k: torch.tensor(v) for k, v in json.load(open(folder + "/batch.json")).items()}
     with torch.no_grad():
-        logits[folder] = model(**{k: torch.tensor(v) for k, v in batch.items()}).logits.tolist()
+        if os.path.exists(folder + "/head.safetensors"):  # LayerLens's mean-pooling head on the adapted encoder
+            model = PeftModel.from_pretrained(AutoModel.from_pretrained(base_folder), folder).eval()
+            logits[folder] = mean_pooled_logits(model, folder, batch).tolist()
+            continue
+        # A decoder scores the last token that is not padding: the tokenizer's padding id, which GPT-2's config lacks.
+        pad = AutoTokenizer.from_pretrained(folder + "/tokenizer").pad_token_id
+        base = AutoModelForSequenceClassification.from_pretrained(base_folder, pad_token_id=pad)
+        model = PeftModel.from_pretrained(base, folder).eval()
+        logits[folder] = model(**batch).logits.tolist()
 assert "layerlens" not in sys.modules
 print(json.dumps(logits))
-"""
+""".replace("MEAN_POOLED_LOGITS", inspect.getsource(mean_pooled_logits))
 
 
 def test_a_lora_only_export_loads_in_peft_without_layerlens(exports):
@@ -266,37 +285,37 @@ def test_a_lora_only_export_loads_in_peft_without_layerlens(exports):
         assert torch.allclose(torch.tensor(got[folder]), logits, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["full_ft", "lora", "lora_plan", "peft_plan", "mistral", "qwen2", "gpt2"])
+@pytest.mark.parametrize("name", ["full_ft", "lora", "adalora", "lora_plan", "peft_plan", "mistral", "qwen2", "gpt2"])
 def test_a_merged_export_is_a_plain_transformers_model_that_predicts_as_the_adapted_one(exports, name):
+    """merged/ is a transformers classifier, or (the lora run: model.pooling=mean) a transformers encoder with
+    LayerLens's head beside it; a merged decoder given positions counted from the mask scores left padding too."""
     exported = load_export(exports[name])
-    merged = AutoModelForSequenceClassification.from_pretrained(str(exports[name] / "merged")).eval()
+    folder = exports[name] / "merged"
+    mean_pooling = (folder / "head.safetensors").is_file()
+    assert mean_pooling == (name == "lora")
+    merged = (AutoModel if mean_pooling else AutoModelForSequenceClassification).from_pretrained(str(folder)).eval()
     assert type(merged).__module__.startswith("transformers.")
-    assert not any("lora" in n or "ia3" in n or "hada" in n for n, _ in merged.named_parameters())
+    assert not any(re.search("lora|ia3|hada|modules_to_save", n) for n, _ in merged.named_parameters())
     texts = (["A cat sat.", "Two dogs ran far away from home."], ["On a mat.", "No."])
-    batch = exported.tokenizer(*texts, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        assert torch.allclose(merged(**batch).logits, exported.model(**batch).logits, rtol=0, atol=1e-5)
+    for side in ("right", "left") if name in DECODERS else ("right",):
+        exported.tokenizer.padding_side = side
+        batch = exported.tokenizer(*texts, padding=True, return_tensors="pt")
+        positions = {"position_ids": (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)} if side == "left" else {}
+        with torch.no_grad():
+            got = (
+                mean_pooled_logits(merged, str(folder), batch) if mean_pooling else merged(**batch, **positions).logits
+            )
+            torch.testing.assert_close(got, exported.model(**batch).logits, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    ("name", "message"),
-    [
-        (
-            "layerlens",
-            r"^merge: the plan's adapter, prefix sites add modules of their own, which cannot be folded into the base "
-            r"weights; export without merge=true$",
-        ),
-        (
-            "adalora",
-            r"^merge: the model is a MeanPoolingClassifier \(model.pooling=mean\), not a transformers model; export "
-            r"without merge=true$",
-        ),
-    ],
-)
-def test_merge_is_refused_in_one_line_where_it_cannot_fold_and_nothing_is_written(runs, tmp_path, name, message):
+def test_merge_is_refused_in_one_line_where_it_cannot_fold_and_nothing_is_written(runs, tmp_path):
     trained, _ = runs
+    message = (
+        r"^merge: the plan's adapter, prefix sites add modules of their own, which cannot be folded into the base "
+        r"weights; export without merge=true$"
+    )
     with pytest.raises(LayerLensError, match=message):
-        export_run(run_from_folder(trained[name][1]), tmp_path / "out", merge=True)
+        export_run(run_from_folder(trained["layerlens"][1]), tmp_path / "out", merge=True)
     assert not (tmp_path / "out").exists()
 
 
