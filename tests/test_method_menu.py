@@ -19,7 +19,7 @@ from layerlens.models.backbones import RandomBertBackbone
 from layerlens.pipeline import run_experiment
 from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import SiteSpec, Workload, option_costs
-from layerlens.planning.planner import PlannerSettings
+from layerlens.planning.planner import PlannerSettings, make_plan
 
 WORKLOAD = Workload(batch_size=4, tokens_per_batch=100.0, seq_len=30.0, num_heads=2, flops_per_s=1e9)
 # The adapter name each method's parameters carry (LoRA's peft model names its own "default").
@@ -142,6 +142,20 @@ def test_a_block_takes_its_own_method_or_lora_on_its_linears_and_each_adds_what_
         "1.attention.self.key": 1,
         "1.attention.self.value": 1,
     }
+
+
+def test_each_planned_choice_records_the_methods_its_site_offered():
+    """plan.json's `allowed` column (and the plot's legend) lists the site's own method, then the menu's others."""
+    model = tiny_bert()
+    offered = menu({"ffn_block": ["adapter", "lora"], "attention": ["prefix"]})
+    sites = discover_sites(model, ["ffn_block", "attention"], offered)
+    plan = make_plan(specs(sites, offered, [1.0, 2.0, 3.0, 4.0]), WORKLOAD, {"params": 2000.0}, PlannerSettings())
+    assert [(c.site, c.allowed) for c in plan.choices] == [
+        ("L0.ffn_block", "adapter,lora"),
+        ("L0.attention", "prefix"),
+        ("L1.ffn_block", "adapter,lora"),
+        ("L1.attention", "prefix"),
+    ]
 
 
 def test_the_planner_picks_a_method_and_its_size_per_site_and_the_plan_trains(compose_run, tmp_path):

@@ -123,6 +123,13 @@ def adapting_options(
     ]
 
 
+def no_sizes(sites: list[SiteSpec]) -> LayerLensError:
+    methods = sorted({method for site in sites for method in site.methods()})
+    return LayerLensError(
+        f"baseline.planner.sizes must list a size for {' or '.join(methods)} (the methods of baseline.sites), got none"
+    )
+
+
 def check_feasible(
     sites: list[SiteSpec], options: list[list[tuple[str, int]]], costs: list[list[Costs]], budgets: dict[str, float]
 ) -> None:
@@ -130,11 +137,7 @@ def check_feasible(
     smallest limit of it that would let one fit (with the other budgets as they are)."""
     candidates = [(label, c.as_dict()) for _, label, c in adapting_options(sites, options, costs)]
     if not candidates:
-        methods = sorted({method for site in sites for method in site.methods()})
-        raise LayerLensError(
-            f"baseline.planner.sizes must list a size for {' or '.join(methods)} "
-            "(the methods of baseline.sites), got none"
-        )
+        raise no_sizes(sites)
 
     def fits(cost: dict[str, float], name: str) -> bool:
         return cost[name] <= budgets[name] * (1 + BUDGET_TOLERANCE)
