@@ -110,9 +110,9 @@ def plan_experiment(cfg: DictConfig, output_dir: Path) -> tuple[Plan, dict[str, 
     data = build_datamodule(s, s.backbone.tokenizer())
     model = s.backbone.classifier(s.task.num_labels)
     ctx = adapt_context(s, cfg, data, count_parameters(model), output_dir)
-    sites, profile, plan, _ = s.baseline.plan(model, ctx)
+    sites, profile, plan, plan_s = s.baseline.plan(model, ctx)
     s.baseline.save(plan, sites, ctx.output_dir, model)
-    return plan, s.baseline.record(profile, plan)
+    return plan, {**s.baseline.record(profile, plan), "time/plan_s": plan_s}
 
 
 def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:

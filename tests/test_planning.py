@@ -3,10 +3,11 @@
 import json
 import math
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
 from peft import LoraConfig, get_peft_model
+from PIL import Image
 from transformers import BertConfig, BertModel
 
 from layerlens.budget import Budget, params_pct_for
@@ -15,9 +16,11 @@ from layerlens.lens.apply import apply_plan, check_plan_fits
 from layerlens.lens.sites import discover_sites
 from layerlens.methods.layers.adapter import attach_adapter
 from layerlens.methods.layers.prefix import attach_prefix
+from layerlens.models.backbones import RandomDecoderBackbone
 from layerlens.planning.choices import Choice, Plan
 from layerlens.planning.costs import Costs, Depth, SiteSpec, Workload, option_costs
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, check_feasible, make_plan
+from layerlens.planning.plot import MAX_WIDTH_IN, plot_plan, ticks
 
 WORKLOAD = Workload(batch_size=8, tokens_per_batch=400.0, seq_len=60.0, num_heads=2, flops_per_s=1e10)
 
@@ -519,3 +522,29 @@ def test_at_exactly_the_training_time_named_the_budget_that_binds_next_is_named(
     with pytest.raises(NoPlanFits) as again:
         depth_planned({"params": 10.0, "train_time_pct": needed})
     assert again.value.name == "params"
+
+
+def test_an_80_layer_decoder_of_560_sites_plans_and_its_json_and_plot_stay_readable(tmp_path):
+    """LLM scale (issue 20.5): 80 Llama layers x the 7 default site kinds, planned whole; plan.json holds one line per site
+    after its summary, and the plot names layers, not 560 sites, at a bounded width. Its speed is a benchmark's
+    (experiments/llm_scale_plan.py), not this test's."""
+    kinds = ["query", "key", "value", "attn_out", "attn_block", "ffn_block", "attention"]  # the default sites
+    model = RandomDecoderBackbone(
+        "tiny", hidden_size=16, num_hidden_layers=80, num_attention_heads=2, intermediate_size=32
+    ).classifier(2)
+    sites = discover_sites(model, kinds)
+    assert len(sites) == 560
+    specs = [spec(s, 1.0 + (s.layer * 7 + i) % 13) for i, s in enumerate(sites)]
+    plan = make_plan(specs, WORKLOAD, {"params": 20000.0}, PlannerSettings())
+    assert plan.within_budgets() and len(plan.adapted()) > 80
+    text = plan.to_json()
+    lines = text.splitlines()
+    assert lines[-562:-2] == [
+        "    " + json.dumps({**asdict(c), "costs": c.costs.as_dict()}) + "," for c in plan.choices[:-1]
+    ] + ["    " + json.dumps({**asdict(plan.choices[-1]), "costs": plan.choices[-1].costs.as_dict()})]
+    assert Plan.from_json(text).to_json() == text
+    path = plot_plan(plan, tmp_path / "plan.png", "80 layers")
+    with Image.open(path) as image:
+        assert image.width <= MAX_WIDTH_IN * 110
+    assert ticks(plan.choices) == ([7 * layer for layer in range(0, 80, 2)], [f"L{layer}" for layer in range(0, 80, 2)])
+    assert ticks(plan.choices[:14])[1] == [c.site for c in plan.choices[:14]]

@@ -93,9 +93,9 @@ class Plan:
         return out
 
     def to_json(self) -> str:
-        return json.dumps(
+        """The summary first, then one line per site: readable at hundreds of sites."""
+        summary = json.dumps(
             {
-                "sites": [{**asdict(c), "costs": c.costs.as_dict()} for c in self.choices],
                 "budgets": self.budgets,
                 "totals": self.totals(),
                 "utilisation": self.utilisation(),
@@ -109,6 +109,8 @@ class Plan:
             },
             indent=2,
         )
+        sites = ",\n".join("    " + json.dumps({**asdict(c), "costs": c.costs.as_dict()}) for c in self.choices)
+        return f'{summary[:-2]},\n  "sites": [\n{sites}\n  ]\n}}\n'
 
     @classmethod
     def from_json(cls, text: str) -> "Plan":
