@@ -17,7 +17,8 @@ class AdaptContext:
     epochs: int  # passes over the training data (the last perhaps partial)
     train_batches: Callable[[], Iterable[dict]]  # a fresh pass over shuffled training batches
     output_dir: Path  # where the run writes its files
-    reuse_plan: bool = False  # rebuild from the plan already in output_dir (evaluating a finished run)
+    reuse_plan: bool = False  # rebuild from the plan in output_dir (a finished run; DDP's other ranks: rank 0's)
+    plan_wait_s: float = 0.0  # how long to wait for that plan to appear (another process is making it)
 
 
 @dataclass

@@ -32,6 +32,7 @@ from layerlens.training.resume import (
 )
 
 log = logging.getLogger(__name__)
+RANK_ZERO_PLAN_WAIT_S = 3600.0  # how long a DDP rank > 0 waits for rank 0 to profile and plan (SLURM starts all)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
@@ -77,6 +78,7 @@ def adapt_context(
     backbone_params: int,
     output_dir: Path,
     reuse_plan: bool = False,
+    plan_wait_s: float = 0.0,
 ) -> AdaptContext:
     total_steps, epochs = planned_steps(cfg.trainer, len(data.train_dataloader()))
     return AdaptContext(
@@ -87,17 +89,23 @@ def adapt_context(
         train_batches=data.train_dataloader,
         output_dir=Path(output_dir),
         reuse_plan=reuse_plan,
+        plan_wait_s=plan_wait_s,
     )
 
 
 def build_classifier(
-    s: RunSettings, cfg: DictConfig, data: GlueDataModule, output_dir: Path, reuse_plan: bool = False
+    s: RunSettings,
+    cfg: DictConfig,
+    data: GlueDataModule,
+    output_dir: Path,
+    reuse_plan: bool = False,
+    plan_wait_s: float = 0.0,
 ) -> tuple[Adapted, int]:
     """The backbone with its task head and the baseline's adaptation applied, and its size before adaptation."""
     model = s.backbone.classifier(s.task.num_labels)
     backbone_params = count_parameters(model)
     return s.baseline.adapt(
-        model, adapt_context(s, cfg, data, backbone_params, output_dir, reuse_plan)
+        model, adapt_context(s, cfg, data, backbone_params, output_dir, reuse_plan, plan_wait_s)
     ), backbone_params
 
 
@@ -165,7 +173,16 @@ def run_experiment(
             write_run_record(output_dir, run.run_id, cfg)
         L.seed_everything(s.seed, workers=True)
         data = build_datamodule(s, s.backbone.tokenizer())
-        adapted, backbone_params = build_classifier(s, cfg, data, output_dir, reuse_plan=resuming)
+        # Global rank 0 profiles and plans; the other ranks train the plan it wrote (DDP, FSDP): the same plan on
+        # every rank, and profiling once.
+        adapted, backbone_params = build_classifier(
+            s,
+            cfg,
+            data,
+            output_dir,
+            reuse_plan=resuming or not recording,
+            plan_wait_s=0.0 if recording else RANK_ZERO_PLAN_WAIT_S,
+        )
         if not resuming:  # the first attempt logged them
             run.log_metrics(adapted.metrics)
             for artifact in adapted.artifacts:

@@ -3,14 +3,17 @@ trainer, and a real two-process DDP run on CPU records one run, from rank 0, wit
 
 import json
 import re
+import threading
 
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.strategies import DDPStrategy, FSDPStrategy
 from mlflow.tracking import MlflowClient
 
 from layerlens.cli import check_group_choices
+from layerlens.errors import LayerLensError
+from layerlens.lens.baseline import PLAN_FILE, read_plan
 from layerlens.paths import CONF_DIR
 from layerlens.settings import instantiate_node
 from tests.conftest import compose_config, copy_store, run_module
@@ -50,11 +53,23 @@ def test_ddp_trainer_composes_with_configurable_devices_and_nodes():
     assert (trainer.num_devices, trainer.num_nodes) == (2, 1)
 
 
-def test_two_process_cpu_ddp_run_records_once_from_rank_zero(tmp_path, store_template):
+def test_fsdp_trainer_composes_with_each_parameter_keeping_its_own_requires_grad_and_needs_a_gpu():
+    cfg = compose_config("run", ["trainer=fsdp", "trainer.devices=2"])
+    strategy = instantiate(cfg.trainer.strategy)
+    assert isinstance(strategy, FSDPStrategy) and strategy.kwargs["use_orig_params"] is True
+    assert (cfg.trainer.devices, cfg.trainer.num_nodes) == (2, 1)
+    with pytest.raises(LayerLensError, match=r"^trainer: The strategy `fsdp` requires a GPU accelerator"):
+        instantiate_node(compose_config("run", ["trainer=fsdp", "trainer.accelerator=cpu"]), "trainer", logger=False)
+
+
+def test_two_process_cpu_ddp_run_plans_and_records_once_from_rank_zero(tmp_path, store_template):
+    """The plan too: rank 0 profiles and plans, rank 1 trains the plan rank 0 wrote (issue 20.7)."""
     uri = copy_store(store_template, tmp_path / "mlflow.db")
     result = run_module(
         "run",
         "model=tiny",
+        "baseline=layerlens",
+        "baseline.profile.num_batches=2",
         "trainer=ddp",
         "trainer.accelerator=cpu",
         "trainer.devices=2",
@@ -81,3 +96,17 @@ def test_two_process_cpu_ddp_run_records_once_from_rank_zero(tmp_path, store_tem
     chosen = re.compile(r"checkpoint best-\S+ \(best on the selection split by val/acc\): (.+?); trainable")
     scores = [chosen.findall(log.read_text()) for log in logs]
     assert len(scores[0]) == len(scores[1]) == 1 and scores[0] == scores[1]
+    read = f"plan read from {run_dir / 'plan.json'}, written by global rank 0"
+    assert read in logs[1].read_text() and "plan read from" not in logs[0].read_text()
+
+
+def test_a_rank_waits_for_the_plan_rank_zero_writes_and_fails_in_one_line_without_it(tmp_path):
+    path = tmp_path / PLAN_FILE
+    with pytest.raises(LayerLensError, match=rf"^{re.escape(str(path))}: no plan there$"):
+        read_plan(path)
+    with pytest.raises(LayerLensError, match=r": no plan there after waiting 0.2 s for global rank 0 to write it$"):
+        read_plan(path, wait_s=0.2, poll_s=0.05)
+    writer = threading.Timer(0.3, lambda: path.write_text('{"sites": []}'))
+    writer.start()
+    assert read_plan(path, wait_s=30, poll_s=0.05) == '{"sites": []}'
+    writer.join()

@@ -1,6 +1,8 @@
 """LayerLensBaseline: profile every candidate site, plan a method and size per site within the budgets, apply the
 plan; plan.json and its plot are written to the run's output folder."""
 
+import logging
+import os
 import time
 from collections.abc import Sized
 from dataclasses import dataclass, field, fields
@@ -28,6 +30,7 @@ from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
 from layerlens.validation import require_fraction, require_positive
 
 PLAN_FILE, PLOT_FILE = "plan.json", "plan.png"
+log = logging.getLogger(__name__)
 
 
 class Planned(NamedTuple):
@@ -203,7 +206,9 @@ class LayerLensBaseline:
         """plan.json and its plot; a LoRA-only plan also as peft's adapter_config.json (LoraConfig.from_pretrained).
         `model`, before the plan is applied: needed where LoRA is planned on a block (its linears' names)."""
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / PLAN_FILE).write_text(plan.to_json())
+        partial = folder / f"{PLAN_FILE}.partial"  # renamed when whole: a process waiting for it reads all or nothing
+        partial.write_text(plan.to_json())
+        os.replace(partial, folder / PLAN_FILE)
         title = f"LayerLens plan: {len(plan.adapted())} of {len(plan.choices)} sites adapted"
         files = [folder / PLAN_FILE, plot_plan(plan, folder / PLOT_FILE, title)]
         if plan.method_counts().keys() == {lora.LORA.name}:
@@ -225,7 +230,7 @@ class LayerLensBaseline:
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapted:
         if ctx.reuse_plan:
             sites, metrics, files = discover_sites(model, self.sites, self.offered()), {}, []
-            plan = Plan.from_json((ctx.output_dir / PLAN_FILE).read_text())
+            plan = Plan.from_json(read_plan(ctx.output_dir / PLAN_FILE, ctx.plan_wait_s))
         else:
             sites, profile, plan, plan_s = self.plan(model, ctx)
             metrics = {**self.record(profile, plan), "time/plan_s": plan_s}
@@ -235,6 +240,18 @@ class LayerLensBaseline:
         if self.caches(model) and frozen != 0:
             FrozenBottomCache(model, len(encoder_layers(model)[1]) if frozen is None else frozen)
         return Adapted(model, metrics, artifacts=files)
+
+
+def read_plan(path: Path, wait_s: float = 0.0, poll_s: float = 0.5) -> str:
+    """The text of the plan at `path`, waiting up to `wait_s` seconds for another process to write it."""
+    deadline = time.monotonic() + wait_s
+    while not path.is_file():
+        if time.monotonic() >= deadline:
+            waited = f" after waiting {wait_s:g} s for global rank 0 to write it" if wait_s else ""
+            raise LayerLensError(f"{path}: no plan there{waited}")
+        time.sleep(poll_s)
+    log.info("plan read from %s%s", path, ", written by global rank 0" if wait_s else "")
+    return path.read_text()
 
 
 def layer_flops(layer: nn.Module, seq_len: float) -> float:
