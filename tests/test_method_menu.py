@@ -224,7 +224,15 @@ def test_the_planner_picks_a_method_and_its_size_per_site_and_the_plan_trains(co
             {"menu": {"ffn_block": ["adapter", "lora"]}, "sizes": {"lora": [], "adapter": [1]}},
             "baseline.planner.menu.ffn_block offers lora, which baseline.planner.sizes.lora gives no sizes",
         ),
+        (
+            {"menu": {"ffn_block": 5}},
+            (
+                "baseline.planner.menu.ffn_block must be a non-empty list of methods (choose from: lora, adapter, dora, loha), "
+                "got 5"
+            ),
+        ),
         ({"menu": [1]}, "baseline.planner.menu must map site kinds to lists of methods, got [1]"),
+        ({"method_value": [1]}, "baseline.planner.method_value must map methods to positive numbers, got [1]"),
         (
             {"method_value": {"magic": 1.0}},
             "baseline.planner.method_value: unknown method 'magic' (choose from: lora, adapter, prefix, dora, ia3, loha)",

@@ -257,3 +257,23 @@ def test_each_site_kind_takes_by_default_the_one_method_it_always_has():
         "ffn_block": ["lora", "adapter", "dora", "loha"],
         "attention": ["lora", "prefix", "dora", "loha"],
     }
+
+
+def test_an_unknown_method_or_a_kind_without_a_default_method_is_refused_in_one_line(monkeypatch):
+    from layerlens.methods import get_method, registry
+
+    with pytest.raises(LayerLensError) as err:
+        get_method("magic")
+    assert str(err.value) == f"method 'magic' is unknown (choose from: {', '.join(METHODS)})"
+    lora, dora = METHODS["lora"], METHODS["dora"]
+    monkeypatch.setattr(registry, "METHODS", {"lora": replace(lora, default_kinds=())})
+    with pytest.raises(LayerLensError) as err:
+        methods_for("query")
+    assert str(err.value) == "site kind 'query' has no default method: name lora in baseline.planner.menu.query"
+    with pytest.raises(LayerLensError) as err:
+        methods_for("attn_block")
+    assert str(err.value) == "site kind 'attn_block': no registered method accepts it"
+    # Two default methods, neither given sizes: the site takes the first registered (and none of its sizes).
+    monkeypatch.setattr(registry, "METHODS", {"lora": lora, "dora": replace(dora, default_kinds=("query",))})
+    assert [method.name for method in methods_for("query", offered=[])] == ["lora"]
+    assert [method.name for method in methods_for("query")] == ["lora", "dora"]

@@ -339,3 +339,48 @@ def test_ia3_takes_one_size_and_a_plan_giving_it_another_is_refused():
         apply_plan(model, sites, edited, 2.0, 0.0, offered)
     with pytest.raises(LayerLensError, match=r"^baseline.planner.sizes.ia3 must be integers from 1 to 1, got 2$"):
         PlannerSettings(sizes={"ia3": [1, 2]})
+
+
+def test_ia3_scales_the_feed_forward_output_linear_on_its_input_and_the_attention_output_on_its_output():
+    """attn_out and ffn_out are both `output.dense` on BERT: peft's own default (any `output.dense` is feed-forward)
+    would scale attn_out on its input too, so the plan names ffn_out's linears alone."""
+    from peft.tuners.ia3 import IA3Layer
+
+    model = tiny_bert()
+    offered = menu({"attn_out": ["ia3"], "ffn_out": ["ia3"]})
+    sites = [s for s in discover_sites(model, ["attn_out", "ffn_out"], offered) if s.layer == 0]
+    plan = plan_of(sites, {s.name: ("ia3", 1) for s in sites}, offered)
+    model = apply_plan(model, sites, plan, alpha_ratio=2.0, dropout=0.0, offered=offered)
+    feedforward = {
+        name.split("layer.0.")[1]: module.is_feedforward
+        for name, module in model.named_modules()
+        if isinstance(module, IA3Layer)
+    }
+    assert feedforward == {"attention.output.dense": False, "output.dense": True}
+
+
+def test_what_dora_and_loha_keep_for_backward_per_linear():
+    """The third of each linear's costs, in values kept a batch (100 tokens): DoRA, A's output (rank) and the
+    branch's and the frozen map's outputs (2 x d_out) a token; LoHa, the materialised update (d_in x d_out)."""
+    from layerlens.methods import dora, loha
+
+    assert dora.linear_costs(32, 64, 2, WORKLOAD)[2] == 100 * (2 + 2 * 64)
+    assert loha.linear_costs(32, 64, 3, WORKLOAD)[2] == 32 * 64
+
+
+def test_loha_refuses_a_site_of_gpt2s_conv1d_in_one_line_naming_the_site():
+    from transformers import GPT2Config
+
+    from layerlens.methods import loha
+    from layerlens.methods.registry import Build
+
+    model = AutoModelForSequenceClassification.from_config(
+        GPT2Config(n_embd=16, n_layer=1, n_head=2, vocab_size=100, n_positions=32, num_labels=2, pad_token_id=0)
+    )
+    (site,) = discover_sites(model, ["ffn_in"], menu({"ffn_in": ["loha"]}))
+    with pytest.raises(LayerLensError) as err:
+        loha.wrap(model, [(site, 2)], Build((), 2.0, 0.0))
+    assert str(err.value) == (
+        "plan: site L0.ffn_in (ffn_in) takes no loha: peft's LoHa adapts torch Linear layers, not Conv1D "
+        "(offer lora, dora or ia3 there)"
+    )

@@ -548,3 +548,10 @@ def test_an_80_layer_decoder_of_560_sites_plans_and_its_json_and_plot_stay_reada
         assert image.width <= MAX_WIDTH_IN * 110
     assert ticks(plan.choices) == ([7 * layer for layer in range(0, 80, 2)], [f"L{layer}" for layer in range(0, 80, 2)])
     assert ticks(plan.choices[:14])[1] == [c.site for c in plan.choices[:14]]
+
+
+def test_a_site_as_another_offered_method_sees_it_has_that_methods_dimensions_and_no_others():
+    site = SiteSpec("L0.ffn_block", 0, "ffn_block", "adapter", 32, 32, 2.0, (("lora", 32, 64), ("dora", 64, 32)))
+    assert site.seen_by("adapter") is site and site.seen_by("none") is site
+    assert site.seen_by("dora") == SiteSpec("L0.ffn_block", 0, "ffn_block", "dora", 64, 32, 2.0, ())
+    assert site.seen_by("lora").methods() == ["lora"]

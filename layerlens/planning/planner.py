@@ -234,7 +234,7 @@ def make_plan(
     if not plans:
         adapting = adapting_options(sites, options, costs)
         if not adapting:
-            check_feasible(sites, options, costs, per_site)  # raises: no method has a size
+            raise no_sizes(sites)
         needed, label = min(
             (100 * (depth.fraction(site.layer) + c.latency_ms / full_ms), label) for site, label, c in adapting
         )
