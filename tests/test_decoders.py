@@ -192,6 +192,57 @@ def test_a_prefix_on_a_decoder_is_keys_and_values_in_the_kv_cache_as_peft_puts_t
         assert not torch.allclose(logits, reference(**batch).logits, atol=1e-3)  # the prefix matters
 
 
+@pytest.mark.parametrize("family", CACHED)
+def test_lora_on_a_decoders_self_attention_is_sized_by_its_key_projection(family):
+    """A site of kind attention offered LoRA (on q, k and v) has d_out k_proj's width (grouped-query: 16), not the
+    width of o_proj, the last linear of the block."""
+    offered = Menu(("lora",), {"attention": ("lora",)})
+    site = discover_sites(decoder(family), ["attention"], offered)[0]
+    assert (site.method, site.d_in, site.d_out) == ("lora", 32, 16)
+
+
+@pytest.mark.parametrize("family", CACHED)
+def test_a_prefixed_decoder_keeps_its_layers_scale_dropout_and_causal_mask_and_refuses_a_kv_cache(family):
+    """Unpadded rows and no attention mask (the causal mask is then the prefix forward's own), each layer's scale
+    set to 0.7 (not sdpa's default 1/sqrt(d)), against the model's own attention given the prefix as a KV cache;
+    attention dropout applies in training only; a KV cache of generation is refused."""
+    config = {"attention_dropout": 0.5, **({"sliding_window": 16} if family == "mistral" else {})}
+    model = prepare_decoder(
+        AutoModelForSequenceClassification.from_config(CONFIGS[family](num_labels=2, **config)), PAD
+    )
+    reference = AutoModelForSequenceClassification.from_config(
+        CONFIGS[family](num_labels=2, pad_token_id=PAD, **config)
+    )
+    reference.load_state_dict(model.state_dict())
+    for layer in [*model.model.layers, *reference.model.layers]:
+        layer.self_attn.scaling = 0.7
+    sites = discover_sites(model, ["attention"])
+    cache = DynamicCache(config=reference.config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for layer, site in enumerate(sites):
+            prefix = get_method("prefix").attach(site, 3)
+            prefix.keys.normal_()
+            prefix.values.normal_()
+            heads = (
+                p.unflatten(-1, (2, 8)).transpose(0, 1).expand(4, -1, -1, -1) for p in (prefix.keys, prefix.values)
+            )
+            cache.update(*heads, layer)
+        ids = torch.randint(3, 100, (4, 7))
+        expected = reference.eval()(
+            input_ids=ids,
+            attention_mask=torch.ones(4, 10, dtype=torch.long),
+            position_ids=torch.arange(7).expand(4, -1),
+            cache=cache,
+            use_cache=True,
+        ).logits
+        torch.testing.assert_close(model.eval()(input_ids=ids).logits, expected)
+        model.train()
+        assert not torch.allclose(model(input_ids=ids).logits, model(input_ids=ids).logits)
+        with pytest.raises(NotImplementedError, match="^prefix-tuned attention does not support a KV cache$"):
+            model.eval()(input_ids=ids, cache=DynamicCache(config=model.config), use_cache=True)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_grouped_query_attention_is_priced_at_the_parameters_and_flops_it_adds(family):
     """LoRA's parameters at key and value, and a layer's forward FLOPs, against the parameters counted on the

@@ -15,7 +15,7 @@ from layerlens.errors import LayerLensError
 from layerlens.lens.apply import apply_plan
 from layerlens.lens.baseline import LayerLensBaseline
 from layerlens.lens.sites import SITE_KINDS, discover_sites
-from layerlens.methods import METHODS, Method, accepting, methods_for, register, unregister
+from layerlens.methods import METHODS, Menu, Method, accepting, methods_for, register, unregister
 from layerlens.planning.costs import SiteSpec, Workload
 from layerlens.planning.planner import PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
@@ -266,10 +266,10 @@ def test_an_unknown_method_or_a_kind_without_a_default_method_is_refused_in_one_
         get_method("magic")
     assert str(err.value) == f"method 'magic' is unknown (choose from: {', '.join(METHODS)})"
     lora, dora = METHODS["lora"], METHODS["dora"]
-    monkeypatch.setattr(registry, "METHODS", {"lora": replace(lora, default_kinds=())})
+    monkeypatch.setattr(registry, "METHODS", {"lora": replace(lora, default_kinds=()), "dora": dora})
     with pytest.raises(LayerLensError) as err:
         methods_for("query")
-    assert str(err.value) == "site kind 'query' has no default method: name lora in baseline.planner.menu.query"
+    assert str(err.value) == "site kind 'query' has no default method: name lora or dora in baseline.planner.menu.query"
     with pytest.raises(LayerLensError) as err:
         methods_for("attn_block")
     assert str(err.value) == "site kind 'attn_block': no registered method accepts it"
@@ -277,3 +277,10 @@ def test_an_unknown_method_or_a_kind_without_a_default_method_is_refused_in_one_
     monkeypatch.setattr(registry, "METHODS", {"lora": lora, "dora": replace(dora, default_kinds=("query",))})
     assert [method.name for method in methods_for("query", offered=[])] == ["lora"]
     assert [method.name for method in methods_for("query")] == ["lora", "dora"]
+
+
+def test_a_declaration_defaults_its_default_kinds_to_its_kinds_and_takes_a_largest_size_of_one():
+    lora = METHODS["lora"]
+    assert replace(lora, default_kinds=None).default_kinds == lora.kinds
+    assert replace(lora, max_size=1, sizes=(1,)).max_size == 1
+    assert list(Menu(("lora", "adapter"))) == ["lora", "adapter"] and len(Menu(("lora",))) == 1

@@ -384,3 +384,21 @@ def test_loha_refuses_a_site_of_gpt2s_conv1d_in_one_line_naming_the_site():
         "plan: site L0.ffn_in (ffn_in) takes no loha: peft's LoHa adapts torch Linear layers, not Conv1D "
         "(offer lora, dora or ia3 there)"
     )
+
+
+@pytest.mark.parametrize("with_lora", [True, False])
+def test_the_methods_beside_lora_leave_peft_config_as_lora_made_it(with_lora):
+    """DoRA, IA3 and LoHa are injected without a config of their own: LoRA's peft model keeps its one "default"
+    config (what save_pretrained writes), and a model without LoRA gets no peft_config at all."""
+    model = tiny_bert()
+    offered = menu({"query": ["lora", "dora"], "value": ["ia3"], "ffn_in": ["loha"]})
+    sites = [s for s in discover_sites(model, ["query", "value", "ffn_in"], offered) if s.layer == 0]
+    chosen = {"L0.query": ("lora" if with_lora else "dora", 2), "L0.value": ("ia3", 1), "L0.ffn_in": ("loha", 2)}
+    model = apply_plan(model, sites, plan_of(sites, chosen, offered), alpha_ratio=2.0, dropout=0.0, offered=offered)
+    inner = model.get_base_model() if with_lora else model
+    if with_lora:
+        assert list(model.peft_config) == ["default"]
+        assert sorted(model.peft_config["default"].target_modules) == ["encoder.layer.0.attention.self.query"]
+        assert inner.__dict__.get("peft_config") is model.peft_config
+    else:
+        assert "peft_config" not in inner.__dict__

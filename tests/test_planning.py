@@ -551,7 +551,7 @@ def test_an_80_layer_decoder_of_560_sites_plans_and_its_json_and_plot_stay_reada
 
 
 def test_a_site_as_another_offered_method_sees_it_has_that_methods_dimensions_and_no_others():
-    site = SiteSpec("L0.ffn_block", 0, "ffn_block", "adapter", 32, 32, 2.0, (("lora", 32, 64), ("dora", 64, 32)))
+    site = SiteSpec("L0.ffn_block", 0, "ffn_block", "adapter", 32, 32, 2.0, (("lora", 32, 64), ("dora", 64, 16)))
     assert site.seen_by("adapter") is site and site.seen_by("none") is site
-    assert site.seen_by("dora") == SiteSpec("L0.ffn_block", 0, "ffn_block", "dora", 64, 32, 2.0, ())
+    assert site.seen_by("dora") == SiteSpec("L0.ffn_block", 0, "ffn_block", "dora", 64, 16, 2.0, ())
     assert site.seen_by("lora").methods() == ["lora"]
