@@ -13,6 +13,7 @@ The cost part (kinds, shapes) imports no torch; `inject` imports peft when a pla
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, cast
 
 from layerlens.models.families import model_family
@@ -66,13 +67,15 @@ def shapes(site: SiteSpec) -> list[tuple[int, int]]:
 
 def summed(linear_costs: Callable[[int, int, int, Workload], Costs]) -> Callable[[SiteSpec, int, Workload], Costs]:
     """A method's costs (Method.costs) from one linear's, `linear_costs(d_in, d_out, size, workload)`: their sum over
-    the linears an option at the site adapts."""
+    the linears an option at the site adapts (summed_costs)."""
+    return partial(summed_costs, linear_costs)
 
-    def costs(site: SiteSpec, size: int, w: Workload) -> Costs:
-        parts = [linear_costs(d_in, d_out, size, w) for d_in, d_out in shapes(site)]
-        return tuple(sum(values) for values in zip(*parts))
 
-    return costs
+def summed_costs(
+    linear_costs: Callable[[int, int, int, Workload], Costs], site: SiteSpec, size: int, w: Workload
+) -> Costs:
+    parts = [linear_costs(d_in, d_out, size, w) for d_in, d_out in shapes(site)]
+    return tuple(sum(values) for values in zip(*parts))
 
 
 def targets(model: nn.Module, chosen: list[tuple[Site, int]]) -> list[tuple[str, str, int]]:
