@@ -151,8 +151,8 @@ def write_peft(model: nn.Module, out: Path, location: str | None) -> list[str]:
     files = list(PEFT_FILES)
     base = cast(nn.Module, copy.deepcopy(peft_model).unload())
     if isinstance(base, MeanPoolingClassifier):
+        save_head(base, out)  # unload() put the head's trained copy in place
         peft_model, base = encoder_adapter(peft_model, base.encoder), base.encoder
-        save_head(cast(MeanPoolingClassifier, merged(model)), out)
         files.append(HEAD)
     if location is None:
         cast(PreTrainedModel, base).save_pretrained(str(out / BACKBONE))
