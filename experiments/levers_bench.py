@@ -35,7 +35,7 @@ from layerlens.lens.apply import task_head, train_only
 from layerlens.lens.sites import encoder_layers
 from layerlens.pipeline import build_classifier, build_datamodule
 from layerlens.settings import resolve_settings
-from layerlens.training.classifier import decay_groups
+from layerlens.training.fine_tuning import decay_groups
 from layerlens.training.frozen_bottom import FrozenBottomCache
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

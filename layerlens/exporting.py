@@ -34,6 +34,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from layerlens import __version__
+from layerlens.data.sft import SFT
 from layerlens.errors import LayerLensError
 from layerlens.lens.baseline import PLAN_FILE
 from layerlens.loading import CONFIG, FORMAT_VERSION, MANIFEST, TOKENIZER, WEIGHTS, rebuild
@@ -114,6 +115,11 @@ def kept_weights(trained: nn.Module, reference: nn.Module, everything: bool) -> 
 
 def task_description(config: DictConfig) -> dict:
     task = instantiate_node(config, "task")
+    if task.kind == SFT:
+        raise LayerLensError(
+            "run: exports hold sequence classifiers; an instruction-tuning run (task kind sft) is not exported yet: "
+            "its Lightning checkpoint is in the run's checkpoints/ folder"
+        )
     return {
         "name": task.name,
         "kind": task.kind,

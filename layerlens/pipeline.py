@@ -3,6 +3,7 @@
 import logging
 import math
 import time
+from functools import partial
 from pathlib import Path
 
 import lightning as L
@@ -14,12 +15,15 @@ from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.baselines import LayerLensBaseline
 from layerlens.data import GlueDataModule, load_task_splits, protocol_splits
 from layerlens.data.kinds import on_test
+from layerlens.data.sft import SftTaskSpec, load_sft_splits
+from layerlens.data.sft_batches import SftDataModule, end_token_id
 from layerlens.errors import LayerLensError
 from layerlens.planning.choices import Plan
 from layerlens.provenance import git_commit, native_build
 from layerlens.settings import RunSettings, instantiate_node, resolve_settings
 from layerlens.tracking import NullTracker
 from layerlens.training.callbacks import CheckpointFromStep, EpochLog, FitTimer, Interruption, progress_bar_shown
+from layerlens.training.causal_lm import CausalLanguageModel
 from layerlens.training.classifier import SequenceClassifier
 from layerlens.training.resources import peak_rss_mb, reset_peak_rss
 from layerlens.training.resume import (
@@ -74,7 +78,7 @@ def planned_steps(trainer_cfg: DictConfig, train_batches: int) -> tuple[int, int
 def adapt_context(
     s: RunSettings,
     cfg: DictConfig,
-    data: GlueDataModule,
+    data: GlueDataModule | SftDataModule,
     backbone_params: int,
     output_dir: Path,
     reuse_plan: bool = False,
@@ -96,13 +100,13 @@ def adapt_context(
 def build_classifier(
     s: RunSettings,
     cfg: DictConfig,
-    data: GlueDataModule,
+    data: GlueDataModule | SftDataModule,
     output_dir: Path,
     reuse_plan: bool = False,
     plan_wait_s: float = 0.0,
 ) -> tuple[Adapted, int]:
     """The backbone with its task head and the baseline's adaptation applied, and its size before adaptation."""
-    model = s.backbone.classifier(s.task.num_labels)
+    model = task_model(s)
     backbone_params = count_parameters(model)
     return s.baseline.adapt(
         model, adapt_context(s, cfg, data, backbone_params, output_dir, reuse_plan, plan_wait_s)
@@ -116,14 +120,23 @@ def plan_experiment(cfg: DictConfig, output_dir: Path) -> tuple[Plan, dict[str, 
         raise LayerLensError(f"baseline: planning needs baseline=layerlens, got {s.baseline.name!r}")
     L.seed_everything(s.seed, workers=True)
     data = build_datamodule(s, s.backbone.tokenizer())
-    model = s.backbone.classifier(s.task.num_labels)
+    model = task_model(s)
     ctx = adapt_context(s, cfg, data, count_parameters(model), output_dir)
     sites, profile, plan, plan_s = s.baseline.plan(model, ctx)
     s.baseline.save(plan, sites, ctx.output_dir, model)
     return plan, {**s.baseline.record(profile, plan), "time/plan_s": plan_s}
 
 
-def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:
+def task_model(s: RunSettings) -> nn.Module:
+    """The backbone with what the task reads from it: a sequence classifier (its task head new), or for
+    instruction tuning the causal LM with its pretrained head."""
+    return s.backbone.causal_lm() if isinstance(s.task, SftTaskSpec) else s.backbone.classifier(s.task.num_labels)
+
+
+def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule | SftDataModule:
+    if isinstance(s.task, SftTaskSpec):
+        splits = protocol_splits(s.task, load_sft_splits(s.task))
+        return SftDataModule(splits, tokenizer, s.task, s.batch_size, s.eval_batch_size, s.num_workers)
     return GlueDataModule(
         protocol_splits(s.task, load_task_splits(s.task)),
         tokenizer,
@@ -132,6 +145,22 @@ def build_datamodule(s: RunSettings, tokenizer) -> GlueDataModule:
         eval_batch_size=s.eval_batch_size,
         num_workers=s.num_workers,
     )
+
+
+def training_module(s: RunSettings, model: nn.Module, tokenizer) -> L.LightningModule:
+    """The LightningModule that trains and scores `model` for the task: a classifier's, or a causal LM's."""
+    if isinstance(s.task, SftTaskSpec):
+        return CausalLanguageModel(
+            model,
+            decode=partial(tokenizer.decode, skip_special_tokens=True),
+            pad_token_id=tokenizer.pad_token_id,
+            end_token_id=end_token_id(tokenizer),
+            max_new_tokens=s.task.max_new_tokens,
+            lr=s.baseline.lr,
+            weight_decay=s.weight_decay,
+            warmup_ratio=s.warmup_ratio,
+        )
+    return SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
 
 
 def run_experiment(
@@ -189,7 +218,7 @@ def run_experiment(
                 run.log_artifact(artifact)
         model = adapted.model
         trainable = count_parameters(model, trainable_only=True)
-        module = SequenceClassifier(model, s.task.num_labels, s.baseline.lr, s.weight_decay, s.warmup_ratio)
+        module = training_module(s, model, data.tokenizer)
         timer = FitTimer()
         selects = s.task.selects
         checkpoint = CheckpointFromStep(
@@ -197,7 +226,7 @@ def run_experiment(
             dirpath=Path(output_dir) / "checkpoints",
             filename="best-{epoch}-{step}" if selects else "last-{epoch}-{step}",
             monitor=s.task.headline_metric if selects else None,
-            mode="max",
+            mode=s.task.headline_mode,
             save_top_k=1,
         )
         interruption.loader = shuffled_train_loader(data, s.seed)

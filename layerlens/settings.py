@@ -8,6 +8,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from layerlens.budget import Budget
+from layerlens.data.sft import SftTaskSpec
 from layerlens.data.tasks import TaskSpec
 from layerlens.errors import LayerLensError
 from layerlens.validation import require_fraction, require_int, require_nonnegative
@@ -15,7 +16,7 @@ from layerlens.validation import require_fraction, require_int, require_nonnegat
 
 @dataclass
 class RunSettings:
-    task: TaskSpec
+    task: TaskSpec | SftTaskSpec
     backbone: Any
     baseline: Any
     budget: Budget

@@ -29,7 +29,7 @@ def test_groups_hold_the_documented_options():
         "tiny",
         "tiny_llama",
     ]
-    assert options("task") == ["cola", "mrpc", "rte", "stsb"]
+    assert options("task") == ["cola", "mrpc", "rte", "sft", "stsb"]
     assert options("baseline") == [
         "adalora",
         "full_ft",

@@ -7,7 +7,8 @@ import torch
 from layerlens.models import RandomBertBackbone
 from layerlens.pipeline import build_classifier, build_datamodule, count_parameters
 from layerlens.settings import resolve_settings
-from layerlens.training.classifier import SequenceClassifier, decay_groups
+from layerlens.training.classifier import SequenceClassifier
+from layerlens.training.fine_tuning import decay_groups
 
 
 def fit(compose_run, tmp_path, baseline: str, *overrides: str):

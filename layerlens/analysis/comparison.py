@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from layerlens.data.kinds import TASK_KINDS, on_test
+from layerlens.data.sft import METRICS as SFT_METRICS
 from layerlens.data.tasks import DEFAULT_HEADLINE
 from layerlens.errors import LayerLensError
 from layerlens.methods import METHODS
@@ -14,6 +15,7 @@ from layerlens.methods import METHODS
 # val/* chose each run's checkpoint, so they are not what a comparison reports.
 SUMMARISED = {
     **{f"test/{name}": name for kind in TASK_KINDS.values() for name in kind.metrics},
+    **{f"test/{name}": name for name in SFT_METRICS},
     "params/trainable_pct": "trainable_pct",
     "time/train_s": "train_s",
     "time/profile_s": "profile_s",

@@ -25,6 +25,7 @@ from layerlens.budget import params_pct_too_small
 from layerlens.errors import LayerLensError
 from layerlens.lens.sites import layer_targets
 from layerlens.methods.linears import linear_shape
+from layerlens.models.decoders import peft_task_type
 from layerlens.models.families import LINEAR_KINDS, check_kinds
 from layerlens.training.callbacks import AdaLoraSchedule
 from layerlens.validation import (
@@ -152,9 +153,11 @@ class AdaLoraBaseline:
         require_fraction("baseline.lora_dropout", self.lora_dropout, low_open=False)
         check_kinds("baseline.target_kinds", self.target_kinds, LINEAR_KINDS)
 
-    def peft_config(self, targets: list[str], total_steps: int, init_r: int, target_r: int) -> AdaLoraConfig:
+    def peft_config(
+        self, targets: list[str], total_steps: int, init_r: int, target_r: int, task_type: TaskType = TaskType.SEQ_CLS
+    ) -> AdaLoraConfig:
         return AdaLoraConfig(
-            task_type=TaskType.SEQ_CLS,  # keeps the task head ("classifier") trainable
+            task_type=task_type,  # SEQ_CLS keeps the task head ("classifier") trainable
             init_r=init_r,
             target_r=target_r,
             tinit=int(self.tinit * total_steps),  # floors: tinit + tfinal < 1 leaves >= 1 budgeting step
@@ -202,7 +205,9 @@ class AdaLoraBaseline:
             avg_rank = limit / cost_per_rank
             target_rank = max(1, math.floor(avg_rank * modules))
         init_r = max(self.init_r, math.ceil(self.init_ratio * avg_rank))
-        config = self.peft_config(targets, ctx.total_steps, init_r, max(1, target_rank // modules))
+        config = self.peft_config(
+            targets, ctx.total_steps, init_r, max(1, target_rank // modules), peft_task_type(model)
+        )
         peft_model = self.wrap(model, config)
         tuner = cast(AdaLoraModel, peft_model.base_model)
         if rank_costs(tuner.model) != costs:

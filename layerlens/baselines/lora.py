@@ -7,6 +7,7 @@ from torch import nn
 from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.errors import LayerLensError
 from layerlens.lens.sites import layer_targets
+from layerlens.models.decoders import peft_task_type
 from layerlens.models.families import LINEAR_KINDS, check_kinds
 from layerlens.validation import require_choice, require_fraction, require_int, require_positive
 
@@ -42,9 +43,9 @@ class LoraBaseline:
         for layer in self.layers_to_transform or []:
             require_int("baseline.layers_to_transform", layer, 0)
 
-    def lora_config(self, target_modules: list[str]) -> LoraConfig:
+    def lora_config(self, target_modules: list[str], task_type: TaskType = TaskType.SEQ_CLS) -> LoraConfig:
         return LoraConfig(
-            task_type=TaskType.SEQ_CLS,
+            task_type=task_type,
             r=self.r,
             lora_alpha=self.lora_alpha,
             lora_dropout=self.lora_dropout,
@@ -60,6 +61,6 @@ class LoraBaseline:
     def adapt(self, model: nn.Module, ctx: AdaptContext) -> Adapted:
         targets = layer_targets(model, self.target_kinds, "baseline.target_kinds")
         try:
-            return Adapted(get_peft_model(model, self.lora_config(targets)))
+            return Adapted(get_peft_model(model, self.lora_config(targets, peft_task_type(model))))
         except ValueError as err:  # peft's message for a target module it cannot adapt
             raise LayerLensError(f"baseline.target_kinds: {str(err).splitlines()[0]}") from None

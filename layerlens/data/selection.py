@@ -4,6 +4,7 @@ import datasets
 import numpy as np
 
 from layerlens.data.glue_files import LABEL
+from layerlens.data.sft import SftTaskSpec
 from layerlens.data.tasks import HOLDOUT, NO_SELECTION, TaskSpec
 from layerlens.errors import LayerLensError
 
@@ -25,14 +26,16 @@ def holdout_rows(labels: list, fraction: float, seed: int, stratified: bool) -> 
     return np.sort(np.concatenate(held)) if held else np.array([], dtype=int)
 
 
-def protocol_splits(task: TaskSpec, splits: datasets.DatasetDict) -> datasets.DatasetDict:
+def protocol_splits(task: TaskSpec | SftTaskSpec, splits: datasets.DatasetDict) -> datasets.DatasetDict:
     """The task's named splits as train, selection (unless task.selection_split is none) and test."""
     train, test = splits[task.train_split], splits[task.test_split]
     if task.selection_split == NO_SELECTION:
         return datasets.DatasetDict({TRAIN: train, TEST: test})
     if task.selection_split != HOLDOUT:
         return datasets.DatasetDict({TRAIN: train, SELECTION: splits[task.selection_split], TEST: test})
-    held = holdout_rows(train[LABEL], task.selection_fraction, task.selection_seed, task.kind == "classification")
+    stratified = task.kind == "classification"
+    labels = train[LABEL] if stratified else [0] * len(train)  # not stratified: only the row count is read
+    held = holdout_rows(labels, task.selection_fraction, task.selection_seed, stratified)
     if len(held) == 0:
         raise LayerLensError(
             f"task.selection_fraction: {task.selection_fraction} of {len(train)} train rows holds "

@@ -13,8 +13,45 @@ DEFAULT_HEADLINE = "val/acc"
 HOLDOUT, NO_SELECTION = "holdout", "none"
 
 
+class SplitProtocol:
+    """The roles of a task's splits, alike in every task kind: train fits, selection chooses the checkpoint, test is
+    read once. A task's dataclass holds the fields named below."""
+
+    train_split: str
+    test_split: str
+    selection_split: str  # HOLDOUT, NO_SELECTION, or the name of a split of its own
+    selection_fraction: float
+    selection_seed: int
+
+    def check_protocol(self, *names: str) -> None:
+        """Check the split settings, and that the fields `names` (besides the splits') are non-empty names."""
+        for name in ("train_split", "test_split", "selection_split", *names):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise LayerLensError(f"task.{name} must be a non-empty name, got {getattr(self, name)!r}")
+        if self.selection_split in (self.train_split, self.test_split):
+            raise LayerLensError(
+                f"task.selection_split must differ from the train and test splits (use "
+                f"{HOLDOUT!r} to hold out part of {self.train_split!r}), got {self.selection_split!r}"
+            )
+        if self.train_split == self.test_split:
+            raise LayerLensError(f"task.test_split must differ from task.train_split, got {self.test_split!r} for both")
+        require_fraction("task.selection_fraction", self.selection_fraction, low_open=True)
+        require_int("task.selection_seed", self.selection_seed, 0)
+
+    @property
+    def selects(self) -> bool:
+        """Whether a selection split chooses the checkpoint (else the last epoch's is tested)."""
+        return self.selection_split != NO_SELECTION
+
+    @property
+    def named_splits(self) -> list[str]:
+        """The splits read from files or the hub: train, test, and a selection split that has a name of its own."""
+        own = [] if self.selection_split in (HOLDOUT, NO_SELECTION) else [self.selection_split]
+        return [self.train_split, self.test_split, *own]
+
+
 @dataclass
-class TaskSpec:
+class TaskSpec(SplitProtocol):
     """A GLUE-format task (classification, or regression when num_labels is 1): where its splits live and
     how to read them."""
 
@@ -70,18 +107,7 @@ class TaskSpec:
             )
         require_int("task.max_length", self.max_length, 2)
         require_choice("task.headline_metric", self.headline_metric, self.metric_names)
-        for name in ("train_split", "test_split", "selection_split", "label_column"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise LayerLensError(f"task.{name} must be a non-empty name, got {getattr(self, name)!r}")
-        if self.selection_split in (self.train_split, self.test_split):
-            raise LayerLensError(
-                f"task.selection_split must differ from the train and test splits (use "
-                f"{HOLDOUT!r} to hold out part of {self.train_split!r}), got {self.selection_split!r}"
-            )
-        if self.train_split == self.test_split:
-            raise LayerLensError(f"task.test_split must differ from task.train_split, got {self.test_split!r} for both")
-        require_fraction("task.selection_fraction", self.selection_fraction, low_open=True)
-        require_int("task.selection_seed", self.selection_seed, 0)
+        self.check_protocol("label_column")
         if self.column_names is not None:
             self._check_column_names()
 
@@ -109,19 +135,10 @@ class TaskSpec:
     def metric_names(self) -> list[str]:
         return metric_names(self.num_labels)
 
+    headline_mode = "max"  # every classification and regression metric is the higher the better
+
     def metric_names_on(self, stage: str) -> list[str]:
         return metric_names(self.num_labels, stage)
-
-    @property
-    def selects(self) -> bool:
-        """Whether a selection split chooses the checkpoint (else the last epoch's is tested)."""
-        return self.selection_split != NO_SELECTION
-
-    @property
-    def named_splits(self) -> list[str]:
-        """The splits read from files or the hub: train, test, and a selection split that has a name of its own."""
-        own = [] if self.selection_split in (HOLDOUT, NO_SELECTION) else [self.selection_split]
-        return [self.train_split, self.test_split, *own]
 
     def split_file(self, split: str) -> Path:
         base = Path(self.data_dir).expanduser() if self.data_dir is not None else EMBEDDED_GLUE_DIR / self.glue_dir

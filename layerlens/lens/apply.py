@@ -7,12 +7,16 @@ from torch import nn
 from layerlens.errors import LayerLensError
 from layerlens.lens.sites import Site, encoder_layers
 from layerlens.methods import METHODS, Build, Method, get_method, methods_for
+from layerlens.models.decoders import generates
 from layerlens.planning.choices import Plan
 
 
 def task_head(model: nn.Module) -> list[str]:
     """The model's top-level modules with parameters outside the encoder: "classifier", and with DeBERTa also
-    "pooler" (its checkpoints have none: a new layer that must train, as RoBERTa's classifier.dense does)."""
+    "pooler" (its checkpoints have none: a new layer that must train, as RoBERTa's classifier.dense does). A causal
+    LM has none: its LM head is pretrained (often the embeddings themselves, tied) and stays frozen."""
+    if generates(model):
+        return []
     encoder = encoder_layers(model)[0].split(".")[0]
     return [name for name, child in model.named_children() if name != encoder and any(True for _ in child.parameters())]
 

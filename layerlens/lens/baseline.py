@@ -20,6 +20,7 @@ from layerlens.lens.profiling import Profile, ProfileSettings, profile_sites, to
 from layerlens.lens.sites import SITE_KINDS, Site, discover_sites, encoder_layers
 from layerlens.methods import Build, Menu, get_method, lora, methods_for
 from layerlens.methods.linears import linear_shape
+from layerlens.models.decoders import generates
 from layerlens.planning.choices import Plan
 from layerlens.planning.costs import Depth, SiteSpec, Workload
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
@@ -199,8 +200,9 @@ class LayerLensBaseline:
         )
 
     def caches(self, model: nn.Module) -> bool:
-        """Whether the frozen layers below the lowest adapted one are computed once (where the encoder allows it)."""
-        return self.cache_frozen_layers and cacheable(model)
+        """Whether the frozen layers below the lowest adapted one are computed once (where the encoder allows it).
+        Not for a causal LM: it generates, and the cache would store the states of every prefix it generates."""
+        return self.cache_frozen_layers and cacheable(model) and not generates(model)
 
     def save(self, plan: Plan, sites: list[Site], folder: Path, model: nn.Module | None = None) -> list[Path]:
         """plan.json and its plot; a LoRA-only plan also as peft's adapter_config.json (LoraConfig.from_pretrained).
@@ -235,9 +237,10 @@ class LayerLensBaseline:
             sites, profile, plan, plan_s = self.plan(model, ctx)
             metrics = {**self.record(profile, plan), "time/plan_s": plan_s}
             files = self.save(plan, sites, ctx.output_dir, model)
+        caches = self.caches(model)  # asked of the model before the plan wraps it
         model = apply_plan(model, sites, plan, self.lora_alpha_ratio, self.lora_dropout, self.offered())
         frozen = plan.lowest_adapted_layer()
-        if self.caches(model) and frozen != 0:
+        if caches and frozen != 0:
             FrozenBottomCache(model, len(encoder_layers(model)[1]) if frozen is None else frozen)
         return Adapted(model, metrics, artifacts=files)
 

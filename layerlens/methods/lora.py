@@ -51,12 +51,17 @@ def peft_config(chosen: list[tuple[Site, int]], build: Build, model: nn.Module |
     """
     from peft import TaskType
 
+    from layerlens.models.decoders import peft_task_type
+
     if any(site.kind in linears.BLOCK_LINEARS for site, _ in chosen):
         ranks = {target: rank for target, _, rank in linears.targets(cast("nn.Module", model), chosen)}
     else:
         ranks = {site.target: rank for site, rank in chosen}
     return lora_config(
-        ranks, build, task_type=TaskType.SEQ_CLS, modules_to_save=list(build.head) if build.head else None
+        ranks,
+        build,
+        task_type=peft_task_type(model) if model is not None else TaskType.SEQ_CLS,
+        modules_to_save=list(build.head) if build.head else None,
     )
 
 

@@ -3,6 +3,7 @@
 import importlib
 import importlib.util
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -11,6 +12,7 @@ from torch import nn
 from transformers import (
     AutoConfig,
     AutoModel,
+    AutoModelForCausalLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
@@ -19,6 +21,7 @@ from transformers import (
 
 from layerlens.errors import LayerLensError
 from layerlens.models.decoders import padded, prepare_decoder
+from layerlens.models.families import model_types
 from layerlens.models.heads import MeanPoolingClassifier
 from layerlens.validation import require_choice, require_int
 
@@ -89,6 +92,22 @@ class PretrainedBackbone:
         # a decoder: its score read at the last real token, the tokenizer's padding token marking the others
         return prepare_decoder(model, self.tokenizer().pad_token_id)
 
+    def causal_lm(self) -> nn.Module:
+        """The model with its pretrained LM head, for instruction tuning (task kind sft): decoders only."""
+        built = language_model(self.name, self.load(AutoConfig), lambda: self.load(AutoModelForCausalLM))
+        return prepare_decoder(built, self.tokenizer().pad_token_id)
+
+
+def language_model(name: str, config, build: Callable[[], nn.Module]) -> nn.Module:
+    """`build()`, a causal LM, once `config` says the model is a decoder; else one line naming the model."""
+    family = model_types().get(config.model_type)
+    if family is not None and not family.causal:
+        raise LayerLensError(
+            f"model: task kind sft trains a causal LM, and {name} is a {family.name} encoder: choose a decoder "
+            "(e.g. model=smollm2_135m)"
+        )
+    return build()
+
 
 @dataclass
 class InstalledPackageBackbone(PretrainedBackbone):
@@ -123,10 +142,10 @@ class GgufPackageBackbone(PretrainedBackbone):
     pooling: str = "cls"
     weights: str | None = None  # what the weights are, logged whenever the model is loaded (e.g. quantised)
 
-    def classifier(self, num_labels: int) -> nn.Module:
-        if self.weights:
+    def load(self, auto, **kwargs):
+        if self.weights and auto in (AutoModelForSequenceClassification, AutoModelForCausalLM):
             log.warning("model %s: its weights are %s", self.name, self.weights)
-        return super().classifier(num_labels)
+        return super().load(auto, **kwargs)
 
     def location(self) -> str:
         spec = importlib.util.find_spec(self.package)
@@ -195,18 +214,26 @@ class RandomBertBackbone:
     def tokenizer(self):
         return InstalledPackageBackbone(self.name, self.tokenizer_package).tokenizer()
 
-    def classifier(self, num_labels: int) -> nn.Module:
-        config = BertConfig(
+    def config(self, **kwargs):
+        return BertConfig(
             vocab_size=self.tokenizer().vocab_size,
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_hidden_layers,
             num_attention_heads=self.num_attention_heads,
             intermediate_size=self.intermediate_size,
-            num_labels=num_labels,  # type: ignore[call-arg]  # a PreTrainedConfig kwarg, not in BertConfig's fields
+            **kwargs,
         )
+
+    def classifier(self, num_labels: int) -> nn.Module:
+        config = self.config(num_labels=num_labels)
         if self.pooling == "mean":
             return MeanPoolingClassifier(BertModel(config, add_pooling_layer=False), num_labels)
         return AutoModelForSequenceClassification.from_config(config)
+
+    def causal_lm(self) -> nn.Module:
+        config = self.config()
+        built = language_model(self.name, config, lambda: AutoModelForCausalLM.from_config(config))
+        return prepare_decoder(built, self.tokenizer().pad_token_id)
 
 
 @dataclass
@@ -231,16 +258,18 @@ class RandomDecoderBackbone(RandomBertBackbone):
                 f"model.pooling: a decoder classifies from its last real token (cls), got {self.pooling!r}"
             )
 
-    def classifier(self, num_labels: int) -> nn.Module:
-        tokenizer = self.tokenizer()
-        config = AutoConfig.for_model(
+    def config(self, **kwargs):
+        return AutoConfig.for_model(
             self.model_type,
-            vocab_size=tokenizer.vocab_size,
+            vocab_size=self.tokenizer().vocab_size,
             hidden_size=self.hidden_size,
             num_hidden_layers=self.num_hidden_layers,
             num_attention_heads=self.num_attention_heads,
             num_key_value_heads=self.num_key_value_heads,
             intermediate_size=self.intermediate_size,
-            num_labels=num_labels,
+            **kwargs,
         )
-        return prepare_decoder(AutoModelForSequenceClassification.from_config(config), tokenizer.pad_token_id)
+
+    def classifier(self, num_labels: int) -> nn.Module:
+        model = AutoModelForSequenceClassification.from_config(self.config(num_labels=num_labels))
+        return prepare_decoder(model, self.tokenizer().pad_token_id)

@@ -11,11 +11,25 @@ are counted from the attention mask, and a row's score is the same whatever its 
 from typing import Any
 
 import torch
+from peft import TaskType
 from torch import nn
+from transformers import GenerationMixin
 
 from layerlens.errors import LayerLensError
 from layerlens.lens.sites import base_model
 from layerlens.models.families import model_family
+
+
+def generates(model: nn.Module) -> bool:
+    """Whether `model` is a language model that generates text (a decoder's *ForCausalLM): its head is the
+    pretrained LM head, not a new task head, and peft wraps it as a causal LM."""
+    return isinstance(model, GenerationMixin)
+
+
+def peft_task_type(model: nn.Module) -> TaskType:
+    """peft's task type for `model` (before wrapping): a causal LM, else a sequence classifier (whose task head
+    peft keeps trainable)."""
+    return TaskType.CAUSAL_LM if generates(model) else TaskType.SEQ_CLS
 
 
 def padded(tokenizer):
@@ -32,8 +46,8 @@ def padded(tokenizer):
 
 def prepare_decoder(model: nn.Module, pad_token_id: int) -> nn.Module:
     """A decoder's sequence classifier set to score the last real token of rows padded with `pad_token_id` (the
-    tokenizer's), on either side, at positions counted from the attention mask, without a KV cache. An encoder
-    is returned as it is."""
+    tokenizer's), on either side, at positions counted from the attention mask, without a KV cache (a causal LM
+    likewise: it generates without one). An encoder is returned as it is."""
     if not model_family(model).causal:
         return model
     config: Any = model.config  # a transformers config

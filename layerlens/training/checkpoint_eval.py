@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from layerlens.data import TEST, TRAIN, GlueDataModule, read_glue_tsv
+from layerlens.data.sft import SftTaskSpec
 from layerlens.errors import LayerLensError
 from layerlens.models.families import LINEAR_KINDS
 from layerlens.pipeline import build_classifier
@@ -78,6 +79,11 @@ def evaluate_run(tracking_uri: str, run_id: str, file: str | Path, batch_size: i
     client = MlflowClient(tracking_uri)
     checkpoint, config = finished_run(client, tracking_uri, run_id)
     s = resolve_settings(config)
+    if isinstance(s.task, SftTaskSpec):
+        raise LayerLensError(
+            f"run {run_id}: evaluate reads GLUE-format TSV files; an instruction-tuning run (task kind sft) is scored "
+            "on its test split by the run itself (test/exact_match, test/loss, test/perplexity)"
+        )
     path = Path(file).resolve()
     rows = read_glue_tsv(path, s.task)
     tokenizer = s.backbone.tokenizer()
