@@ -16,7 +16,8 @@ from layerlens.data.sft import SftTaskSpec, load_sft_splits, read_sft_jsonl
 from layerlens.data.sft_batches import IGNORED, CompletionCollator, end_token_id, prompt_text, tokenise_rows
 from layerlens.errors import LayerLensError
 from layerlens.lens.apply import task_head
-from layerlens.lens.sites import encoder_layers
+from layerlens.lens.sites import discover_sites, encoder_layers
+from layerlens.methods import get_method
 from layerlens.models import RandomBertBackbone, RandomDecoderBackbone
 from layerlens.paths import EMBEDDED_SFT_DIR
 from layerlens.pipeline import run_experiment
@@ -177,10 +178,16 @@ def test_the_selection_split_holds_out_the_same_tenth_of_train_for_every_run():
     assert splits[SELECTION]["prompt"] != other[SELECTION]["prompt"]
 
 
-def test_greedy_generation_of_left_padded_prompts_is_each_prompt_generated_alone():
+@pytest.mark.parametrize("prefix", [False, True])
+def test_greedy_generation_of_left_padded_prompts_is_each_prompt_generated_alone(prefix):
+    """With a KV cache, and without one where a prefix is attached (it refuses one)."""
     tok = tokenizer()
     model = TINY_LLAMA.causal_lm().eval()
+    if prefix:
+        for site in discover_sites(model, ["attention"]):
+            get_method("prefix").attach(site, 2)
     module = CausalLanguageModel(model, tok.decode, tok.pad_token_id, end_token_id(tok), 6, 1e-3, 0.0, 0.0)
+    assert module.kv_cache is not prefix
     data = tokenise_rows(
         rows(("one two three four five six", "x"), ("seven", "y")), tok, SftTaskSpec(chat_template="never")
     )

@@ -9,6 +9,7 @@ import torch
 from torchmetrics import SumMetric
 
 from layerlens.data.sft_batches import IGNORED
+from layerlens.methods.layers.prefix import prefixed
 from layerlens.training.fine_tuning import FineTuning
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "labels")
@@ -18,8 +19,9 @@ SUMS = ("loss_sum", "tokens", "matches", "rows")
 class CausalLanguageModel(FineTuning):
     """Trains a transformers causal LM with AdamW and linear warmup/decay.
 
-    Generation is greedy, without a KV cache (LayerLens's prefix method and frozen-layer cache do not keep one), up
-    to `max_new_tokens` or the end token; a generation matches when its text, stripped, is the reference's.
+    Generation is greedy, up to `max_new_tokens` or the end token, with a KV cache unless a prefix is attached
+    (LayerLens's prefix keeps none: each step then runs the whole sequence); a generation matches when its text,
+    stripped, is the reference's.
     """
 
     def __init__(
@@ -36,6 +38,7 @@ class CausalLanguageModel(FineTuning):
         super().__init__(model, lr, weight_decay, warmup_ratio)
         self.decode = decode
         self.pad_token_id, self.end_token_id, self.max_new_tokens = pad_token_id, end_token_id, max_new_tokens
+        self.kv_cache = not prefixed(model)
         # Sums across batches (and DDP ranks): the metrics are their ratios at the end of the split.
         self.sums = torch.nn.ModuleDict(
             {stage: torch.nn.ModuleDict({name: SumMetric() for name in SUMS}) for stage in ("val", "test")}
@@ -51,7 +54,7 @@ class CausalLanguageModel(FineTuning):
             attention_mask=prompt_mask,
             max_new_tokens=self.max_new_tokens,
             do_sample=False,
-            use_cache=False,
+            use_cache=self.kv_cache,
             pad_token_id=self.pad_token_id,
             eos_token_id=self.end_token_id,
         )

@@ -93,6 +93,11 @@ BERT_STYLE = ("query", "key", "value", "scaling", "all_head_size")
 DECODER = ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "scaling", "num_key_value_groups")
 
 
+def prefixed(model: nn.Module) -> bool:
+    """Whether any self-attention of `model` has a prefix attached (it then keeps no KV cache)."""
+    return any(hasattr(module, ATTR) for module in model.modules())
+
+
 def attach_prefix(self_attention: nn.Module, length: int) -> nn.Module:
     """Prefix-tune a transformers BertSelfAttention (or RobertaSelfAttention, its copy), or a decoder's
     LlamaAttention (MistralAttention, Qwen2Attention), in place; returns the prefix.
