@@ -8,6 +8,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from layerlens.cli import main_guard, one_line_errors, output_dir, sweep_id, sweep_stop_file
+from layerlens.data.sft import HEADLINES
 from layerlens.data.tasks import NO_SELECTION
 from layerlens.errors import LayerLensError
 from layerlens.paths import CONF_DIR
@@ -57,6 +58,12 @@ def main(cfg) -> float:
         raise LayerLensError(
             "task.selection_split: a search chooses on the selection split; with none it would "
             "choose on the test split (set holdout or a split name)"
+        )
+    headline, direction = cfg.task.get("headline_metric"), HydraConfig.get().sweeper.get("direction")
+    if HEADLINES.get(headline) == "min" and direction != "minimize":
+        raise LayerLensError(
+            f"task.headline_metric: {headline} is the lower the better and the search would maximise it (set "
+            "hydra.sweeper.direction=minimize, or task.headline_metric=val/exact_match)"
         )
     try:
         metric = run_in_sweep(cfg)

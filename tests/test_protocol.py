@@ -45,3 +45,21 @@ def test_a_search_without_a_selection_split_is_refused_by_name(tmp_path, call_mo
     )
     assert result.returncode != 0
     assert "task.selection_split: a search chooses on the selection split" in result.stderr
+
+
+def test_a_search_that_would_maximise_a_loss_is_refused_by_name(tmp_path, call_module):
+    result = call_module(
+        "run",
+        "-m",
+        "hparams_search=lr_budget",
+        "model=tiny_llama",
+        "trainer=debug",
+        "task=sft",
+        "task.headline_metric=val/loss",
+        "hydra.sweeper.n_trials=1",
+        "logger=none",
+        f"hydra.sweep.dir={tmp_path}",
+        cwd=tmp_path,
+    )
+    assert result.returncode != 0
+    assert "task.headline_metric: val/loss is the lower the better and the search would maximise it" in result.stderr
