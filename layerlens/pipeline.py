@@ -122,9 +122,9 @@ def plan_experiment(cfg: DictConfig, output_dir: Path) -> tuple[Plan, dict[str, 
     data = build_datamodule(s, s.backbone.tokenizer())
     model = task_model(s)
     ctx = adapt_context(s, cfg, data, count_parameters(model), output_dir)
-    sites, profile, plan, plan_s = s.baseline.plan(model, ctx)
+    sites, profile, plan, plan_s, calibrate_s = s.baseline.plan(model, ctx)
     s.baseline.save(plan, sites, ctx.output_dir, model)
-    return plan, {**s.baseline.record(profile, plan), "time/plan_s": plan_s}
+    return plan, {**s.baseline.record(profile, plan), "time/plan_s": plan_s, "time/calibrate_s": calibrate_s}
 
 
 def task_model(s: RunSettings) -> nn.Module:
@@ -264,9 +264,10 @@ def run_experiment(
             "params/trainable": trainable,
             "params/trainable_pct": 100.0 * trainable / backbone_params,
             "time/train_s": timer.train_s,
-            # What the adaptation took before training (profiling, planning), plus training: evaluation and
-            # loading excluded.
-            "time/total_s": adapted.metrics.get("time/profile_s", 0.0)
+            # What the adaptation took before training (calibrating, profiling, planning), plus training: evaluation
+            # and loading excluded.
+            "time/total_s": adapted.metrics.get("time/calibrate_s", 0.0)
+            + adapted.metrics.get("time/profile_s", 0.0)
             + adapted.metrics.get("time/plan_s", 0.0)
             + timer.train_s,
             "time/eval_s": eval_s,

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Sized
 from dataclasses import dataclass, field, fields
+from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -15,7 +16,8 @@ from torch import nn
 from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
 from layerlens.errors import LayerLensError
-from layerlens.lens.apply import apply_plan, placements
+from layerlens.lens.apply import apply_plan, placements, task_head
+from layerlens.lens.calibration import calibrate, offered_options
 from layerlens.lens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
 from layerlens.lens.sites import SITE_KINDS, Site, discover_sites, encoder_layers
 from layerlens.methods import Build, Menu, get_method, lora, methods_for
@@ -25,6 +27,7 @@ from layerlens.planning.choices import Plan
 from layerlens.planning.costs import Depth, SiteSpec, Workload
 from layerlens.planning.planner import NoPlanFits, PlannerSettings, make_plan
 from layerlens.planning.plot import plot_plan
+from layerlens.planning.step_times import StepTimes
 from layerlens.planning.utilities import planning_utilities
 from layerlens.planning.validity import measured_gains, utility_validity
 from layerlens.training.frozen_bottom import FrozenBottomCache, cacheable
@@ -39,6 +42,7 @@ class Planned(NamedTuple):
     profile: Profile
     plan: Plan
     seconds: float  # planning alone (the allocations), after profiling
+    calibrate_s: float  # timing the machine's training steps (time_model=measured; 0 where read from its cache)
 
 
 @dataclass
@@ -178,7 +182,12 @@ class LayerLensBaseline:
             planner.flops_per_s,
         )
         _, layers = encoder_layers(model)
-        depth = Depth(len(layers), layer_flops(layers[0], profile.seq_len), ctx.epochs, self.caches(model))
+        depth: Depth | StepTimes = Depth(
+            len(layers), layer_flops(layers[0], profile.seq_len), ctx.epochs, self.caches(model)
+        )
+        calibrate_s = 0.0
+        if planner.time_model == "measured":
+            depth, calibrate_s = self.calibrate(model, sites, ctx)
         start = time.perf_counter()
         try:
             plan = make_plan(specs, workload, ctx.budget.limits(ctx.backbone_params), planner, depth)
@@ -189,7 +198,24 @@ class LayerLensBaseline:
                     params_pct_too_small(ctx.budget, err.needed, ctx.backbone_params, purpose, "option")
                 ) from None
             raise
-        return Planned(sites, profile, plan, time.perf_counter() - start)
+        return Planned(sites, profile, plan, time.perf_counter() - start, calibrate_s)
+
+    def calibrate(self, model: nn.Module, sites: list[Site], ctx: AdaptContext) -> tuple[StepTimes, float]:
+        """The machine's step times for this model (lens/calibration.py), on the first training batches."""
+        planner = self.planner_settings
+        batches = list(islice(ctx.train_batches(), planner.calibration_steps + 1))
+        build = Build(tuple(task_head(model)), self.lora_alpha_ratio, self.lora_dropout)
+        return calibrate(
+            model,
+            batches,
+            offered_options(sites, self.offered(), planner.sizes),
+            self.offered(),
+            build,
+            ctx.epochs,
+            self.caches(model),
+            planner.calibration_steps,
+            planner.calibration_dir,
+        )
 
     def others(self, site: Site) -> tuple[tuple[str, int, int], ...]:
         """The methods offered at `site` besides its own, each with the site's (d_in, d_out) as it sees it."""
@@ -234,8 +260,8 @@ class LayerLensBaseline:
             sites, metrics, files = discover_sites(model, self.sites, self.offered()), {}, []
             plan = Plan.from_json(read_plan(ctx.output_dir / PLAN_FILE, ctx.plan_wait_s))
         else:
-            sites, profile, plan, plan_s = self.plan(model, ctx)
-            metrics = {**self.record(profile, plan), "time/plan_s": plan_s}
+            sites, profile, plan, plan_s, calibrate_s = self.plan(model, ctx)
+            metrics = {**self.record(profile, plan), "time/plan_s": plan_s, "time/calibrate_s": calibrate_s}
             files = self.save(plan, sites, ctx.output_dir, model)
         caches = self.caches(model)  # asked of the model before the plan wraps it
         model = apply_plan(model, sites, plan, self.lora_alpha_ratio, self.lora_dropout, self.offered())

@@ -1,14 +1,17 @@
 """Utilities and costs in, a plan out: the options of every site, valued and allocated under the budgets."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from layerlens.errors import LayerLensError
-from layerlens.methods import METHODS, accepting
+from layerlens.methods import METHODS, NONE, accepting
 from layerlens.planning.allocator import BUDGET_TOLERANCE, allocate
 from layerlens.planning.choices import COST_NAMES, TRAIN_TIME, Choice, Plan
 from layerlens.planning.costs import Costs, Depth, SiteSpec, Workload, option_costs
+from layerlens.planning.step_times import StepTimes
 from layerlens.planning.utilities import PROFILED, UTILITIES
 from layerlens.validation import at_least, is_number, require_choice, require_int, require_positive, shown
+
+TIME_MODELS = ("analytic", "measured")
 
 
 def _default_sizes() -> dict[str, list[int]]:
@@ -30,6 +33,12 @@ class PlannerSettings:
     # Method -> what its options are worth against another's of the same size: the option's value is multiplied by
     # it (1 where not named; unmeasured: the default menu offers one method a site).
     method_value: dict[str, float] = field(default_factory=dict)
+    # What prices training time: analytic (Depth's FLOP ratios, options' FLOPs at flops_per_s) or measured (step
+    # times timed on this machine before planning, calibration_steps steps each: lens/calibration.py), cached in
+    # calibration_dir per machine, model and batch shape.
+    time_model: str = "analytic"
+    calibration_steps: int = 3
+    calibration_dir: str = "~/.cache/layerlens/calibration"
 
     def __post_init__(self):
         if not isinstance(self.sizes, dict):
@@ -53,6 +62,8 @@ class PlannerSettings:
             raise LayerLensError(f"baseline.planner.gain_exponent must be in (0, 1], got {self.gain_exponent!r}")
         require_positive("baseline.planner.flops_per_s", self.flops_per_s)
         require_choice("baseline.planner.utility", self.utility, list(UTILITIES))
+        require_choice("baseline.planner.time_model", self.time_model, list(TIME_MODELS))
+        require_int("baseline.planner.calibration_steps", self.calibration_steps, 1)
         require_int("baseline.planner.utility_seed", self.utility_seed, 0)
         if not isinstance(self.kind_prior, dict):
             raise LayerLensError(
@@ -186,12 +197,13 @@ def make_plan(
     workload: Workload,
     budgets: dict[str, float],
     settings: PlannerSettings,
-    depth: Depth | None = None,
+    depth: Depth | StepTimes | None = None,
 ) -> Plan:
     """The plan of greatest total value within the budgets. With `depth`, each plan's training time is estimated
     (Depth.fraction of full fine-tuning's, plus its sites' latency); a `train_time_pct` budget then prices how
     deep backpropagation runs, which no per-site cost can: one allocation per candidate lowest adapted layer,
-    each with the latency its depth leaves, and the best of them is kept."""
+    each with the latency its depth leaves, and the best of them is kept. Given measured `StepTimes` in place of
+    the analytic Depth, both the depth's share and every option's latency are the measured ones."""
     unknown = set(budgets) - set(COST_NAMES) - {TRAIN_TIME}
     if unknown:
         raise LayerLensError(
@@ -204,6 +216,14 @@ def make_plan(
         [option_costs(site.seen_by(method), method, size, workload) for method, size in opts]
         for site, opts in zip(sites, options)
     ]
+    if isinstance(depth, StepTimes):
+        costs = [
+            [
+                replace(c, latency_ms=depth.latency_ms(method, site.kind, size)) if method != NONE else c
+                for c, (method, size) in zip(site_costs, opts)
+            ]
+            for site, opts, site_costs in zip(sites, options, costs)
+        ]
     if TRAIN_TIME not in budgets:
         plan = _allocate(sites, options, costs, budgets, settings)
         return _with_time(plan, workload, depth)
@@ -282,7 +302,7 @@ def _allocate(
     return Plan(choices, dict(limits if budgets is None else budgets), allocation.objective)
 
 
-def _with_time(plan: Plan, workload: Workload, depth: Depth | None) -> Plan:
+def _with_time(plan: Plan, workload: Workload, depth: Depth | StepTimes | None) -> Plan:
     """The plan with its estimated training time, % of full fine-tuning's (when the depth is known)."""
     if depth is None:
         return plan
