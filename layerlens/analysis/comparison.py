@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pandas as pd
 
 from layerlens.data.kinds import TASK_KINDS, on_test
-from layerlens.data.sft import METRICS as SFT_METRICS
+from layerlens.data.sft import REPORTED as SFT_METRICS
 from layerlens.data.tasks import DEFAULT_HEADLINE
 from layerlens.errors import LayerLensError
 from layerlens.methods import METHODS

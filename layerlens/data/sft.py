@@ -18,6 +18,8 @@ CHAT_TEMPLATES = ("auto", "always", "never")
 # The headline chooses the checkpoint: exact match the higher the better, loss and perplexity the lower.
 HEADLINES = {"val/exact_match": "max", "val/loss": "min", "val/perplexity": "min"}
 METRICS = ("exact_match", "loss", "perplexity")  # logged as val/<name> and test/<name>
+# What reports compare: the loss is perplexity's logarithm (and under that name every task kind logs a loss).
+REPORTED = ("exact_match", "perplexity")
 PROMPT, COMPLETION = "prompt", "completion"  # the rows read: the prompt's messages, the completion's text
 
 
