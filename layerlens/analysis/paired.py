@@ -21,6 +21,12 @@ TIE = 1e-9  # differences this small are ties (a rounding apart): 9 decimals
 TEST = "test/"
 # The task metrics of every task kind on the test split, in the report's order: what a pair is compared on by default.
 TASK_METRICS = [metric for metric in SUMMARISED if metric.startswith(TEST)]
+LOWER_IS_BETTER = ("test/loss", "test/perplexity")
+
+
+def sign(metric: str) -> int:
+    """+1 where a higher value of `metric` is better, -1 where a lower one is."""
+    return -1 if metric in LOWER_IS_BETTER else 1
 
 
 def parse_pairs(value) -> list[tuple[str, str]]:
@@ -94,10 +100,12 @@ class PairedComparison:
 
     @property
     def at_or_above(self) -> int:
-        """Seeds at which a is at or above b (within TIE) in every metric."""
+        """Seeds at which a is at least as good as b (within TIE) in every metric: at or above it, or at or below
+        it in a metric that is the lower the better (perplexity, loss)."""
         return sum(
             all(
-                self.values.loc[s, (self.a, m.metric)] >= self.values.loc[s, (self.b, m.metric)] - TIE
+                sign(m.metric) * (self.values.loc[s, (self.a, m.metric)] - self.values.loc[s, (self.b, m.metric)])
+                >= -TIE
                 for m in self.metrics
             )
             for s in self.seeds
@@ -141,7 +149,10 @@ class PairedComparison:
         if not self.seeds:
             return lines[:1]
         lines += [*markdown_table(self.seed_frame()), "", *markdown_table(self.stats_frame()), ""]
-        above = f"{self.a} at or above {self.b} in every metric at {self.at_or_above} of {len(self.seeds)} seeds."
+        above = (
+            f"{self.a} at least as good as {self.b} (higher, or lower in {', '.join(LOWER_IS_BETTER)}) in every "
+            f"metric at {self.at_or_above} of {len(self.seeds)} seeds."
+        )
         return [*lines, above]
 
     def stats_rows(self) -> list[dict]:
