@@ -31,35 +31,28 @@ def test_the_chosen_checkpoint_is_the_best_epoch_on_the_selection_split(compose_
     assert f"best-epoch={best}-" in run.data.tags["checkpoint"]
 
 
-def test_a_search_without_a_selection_split_is_refused_by_name(tmp_path, call_module):
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ([*TINY, "task.selection_split=none"], "task.selection_split: a search chooses on the selection split"),
+        (
+            ["model=tiny_llama", "trainer=debug", "task=sft", "task.headline_metric=val/loss"],
+            "task.headline_metric: val/loss is the lower the better and the search would maximise it",
+        ),
+    ],
+)
+def test_a_search_that_would_choose_on_the_test_split_or_maximise_a_loss_is_refused_by_name(
+    tmp_path, call_module, overrides, message
+):
     result = call_module(
         "run",
         "-m",
         "hparams_search=lr_budget",
-        *TINY,
-        "hydra.sweeper.n_trials=1",
-        "logger=none",
-        "task.selection_split=none",
-        f"hydra.sweep.dir={tmp_path}",
-        cwd=tmp_path,
-    )
-    assert result.returncode != 0
-    assert "task.selection_split: a search chooses on the selection split" in result.stderr
-
-
-def test_a_search_that_would_maximise_a_loss_is_refused_by_name(tmp_path, call_module):
-    result = call_module(
-        "run",
-        "-m",
-        "hparams_search=lr_budget",
-        "model=tiny_llama",
-        "trainer=debug",
-        "task=sft",
-        "task.headline_metric=val/loss",
+        *overrides,
         "hydra.sweeper.n_trials=1",
         "logger=none",
         f"hydra.sweep.dir={tmp_path}",
         cwd=tmp_path,
     )
     assert result.returncode != 0
-    assert "task.headline_metric: val/loss is the lower the better and the search would maximise it" in result.stderr
+    assert message in result.stderr

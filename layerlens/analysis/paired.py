@@ -14,6 +14,8 @@ import pandas as pd
 from scipy.stats import wilcoxon
 
 from layerlens.analysis.comparison import SUMMARISED, label_variants, one_run_per_seed, seed_order
+from layerlens.data.kinds import on_test
+from layerlens.data.sft import HEADLINES
 from layerlens.data.tasks import TaskSpec
 from layerlens.errors import LayerLensError
 
@@ -21,7 +23,8 @@ TIE = 1e-9  # differences this small are ties (a rounding apart): 9 decimals
 TEST = "test/"
 # The task metrics of every task kind on the test split, in the report's order: what a pair is compared on by default.
 TASK_METRICS = [metric for metric in SUMMARISED if metric.startswith(TEST)]
-LOWER_IS_BETTER = ("test/loss", "test/perplexity")
+# The metrics whose lower values are better, on the test split: those a checkpoint is chosen by minimising.
+LOWER_IS_BETTER = tuple(on_test(metric) for metric, mode in HEADLINES.items() if mode == "min")
 
 
 def sign(metric: str) -> int:

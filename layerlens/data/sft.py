@@ -80,9 +80,9 @@ def _row(task: SftTaskSpec, record, where: str, form: str) -> dict:
     if not isinstance(record, dict):
         raise LayerLensError(f"{where}: a row must be a JSON object, got {type(record).__name__}")
     if form == "prompt_completion":
-        for field in (task.prompt_field, task.completion_field):
+        for setting, field in (("prompt_field", task.prompt_field), ("completion_field", task.completion_field)):
             if not isinstance(record.get(field), str):
-                raise LayerLensError(f"{where}: field {field!r} must be a string (task.{_setting(task, field)})")
+                raise LayerLensError(f"{where}: field {field!r} must be a string (task.{setting})")
         prompt = [{"role": "user", "content": record[task.prompt_field]}]
         return {PROMPT: prompt, COMPLETION: record[task.completion_field]}
     messages = record.get(task.messages_field)
@@ -101,10 +101,6 @@ def _row(task: SftTaskSpec, record, where: str, form: str) -> dict:
         PROMPT: [{"role": m["role"], "content": m["content"]} for m in messages[:-1]],
         COMPLETION: messages[-1]["content"],
     }
-
-
-def _setting(task: SftTaskSpec, field: str) -> str:
-    return "prompt_field" if field == task.prompt_field else "completion_field"
 
 
 def read_sft_jsonl(path: Path, task: SftTaskSpec) -> datasets.Dataset:

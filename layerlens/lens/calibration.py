@@ -159,7 +159,14 @@ def calibrate(
     partial.write_text(json.dumps(measured))
     os.replace(partial, path)
     seconds = time.perf_counter() - start
-    log.info("calibration: %d configurations timed in %.1f s, written to %s", 2 + len(options), seconds, path)
+    log.info(
+        "calibration: full fine-tuning, %d depths (%d cached) and %d options timed in %.1f s, written to %s",
+        len(measured["depth_ms"]),
+        len(measured.get("cached_depth_ms", {})),
+        len(options),
+        seconds,
+        path,
+    )
     return step_times(measured, epochs), seconds
 
 

@@ -94,19 +94,21 @@ class PretrainedBackbone:
 
     def causal_lm(self) -> nn.Module:
         """The model with its pretrained LM head, for instruction tuning (task kind sft): decoders only."""
-        built = language_model(self.name, self.load(AutoConfig), lambda: self.load(AutoModelForCausalLM))
-        return prepare_decoder(built, self.tokenizer().pad_token_id)
+        return language_model(
+            self.name, self.load(AutoConfig), lambda: self.load(AutoModelForCausalLM), self.tokenizer().pad_token_id
+        )
 
 
-def language_model(name: str, config, build: Callable[[], nn.Module]) -> nn.Module:
-    """`build()`, a causal LM, once `config` says the model is a decoder; else one line naming the model."""
+def language_model(name: str, config, build: Callable[[], nn.Module], pad_token_id: int) -> nn.Module:
+    """`build()`, a causal LM, once `config` says the model is a decoder (else one line naming the model), set to
+    pad with `pad_token_id` (the tokenizer's) and count positions from the mask (prepare_decoder)."""
     family = model_types().get(config.model_type)
     if family is not None and not family.causal:
         raise LayerLensError(
             f"model: task kind sft trains a causal LM, and {name} is a {family.name} encoder: choose a decoder "
             "(e.g. model=smollm2_135m)"
         )
-    return build()
+    return prepare_decoder(build(), pad_token_id)
 
 
 @dataclass
@@ -232,8 +234,9 @@ class RandomBertBackbone:
 
     def causal_lm(self) -> nn.Module:
         config = self.config()
-        built = language_model(self.name, config, lambda: AutoModelForCausalLM.from_config(config))
-        return prepare_decoder(built, self.tokenizer().pad_token_id)
+        return language_model(
+            self.name, config, lambda: AutoModelForCausalLM.from_config(config), self.tokenizer().pad_token_id
+        )
 
 
 @dataclass
