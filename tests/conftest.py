@@ -36,6 +36,12 @@ settings.register_profile("explore", derandomize=False)
 
 
 def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # One thread per xdist worker, and per process it starts: the workers share the cores (one per core by
+        # default), and tiny models gain nothing from more threads than that.
+        os.environ["OMP_NUM_THREADS"] = "1"
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(1)
     # Here, not when this file is imported: the test modules import it again (as tests.conftest), after pytest
     # loaded --hypothesis-profile, and loading a profile then would undo the option.
     if not config.getoption("hypothesis_profile", None):

@@ -13,5 +13,5 @@ def fresh_machine_commands() -> list[str]:
 def test_readme_gives_exactly_two_commands_and_ci_runs_the_test_one():
     main_job, tests = fresh_machine_commands()
     assert main_job.endswith("python -m layerlens.run") and "torch==2.13.0" in main_job
-    assert tests.endswith("python -m pytest")
+    assert tests.endswith("python -m pytest -n auto --dist worksteal")
     assert tests in (REPO / ".ci" / "run").read_text().splitlines()
