@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mutation import populate
+from mutation import UNREDIRECT, populate
 
 REPO = Path(__file__).resolve().parent.parent
 PREFIX, CACHE = "layerlens/methods/layers/prefix.py", "layerlens/training/frozen_bottom.py"
@@ -118,14 +118,14 @@ VARIANTS = [
     ),
 ]
 
-RUN = """
-import sys
-sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ScikitBuildRedirectingFinder"]
-sys.path[:] = [p for p in sys.path if p.rstrip("/") != {repo!r}]
+RUN = (
+    UNREDIRECT
+    + """
 sys.path.insert(0, ".")
 import pytest
 sys.exit(pytest.main(["-x", "-q", "-p", "no:cacheprovider", "--tb=line", "--no-header", "-W", "ignore", *sys.argv[1:]]))
 """
+)
 
 
 def one_line(code: str) -> str:
@@ -135,7 +135,7 @@ def one_line(code: str) -> str:
 def run_tests(workdir: Path, tests: tuple[str, ...]) -> tuple[int, str]:
     """pytest's exit status on `tests` in `workdir`, and its first failing test (or its last line of output)."""
     done = subprocess.run(
-        [sys.executable, "-c", RUN.format(repo=str(REPO)), *tests],
+        [sys.executable, "-c", RUN, *tests],
         cwd=workdir,
         capture_output=True,
         text=True,

@@ -22,23 +22,18 @@ import shlex
 import statistics
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from itertools import islice
 from pathlib import Path
 
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
+from timed_steps import build, seconds_per_step
 
 from layerlens.lens.apply import task_head, train_only
 from layerlens.lens.sites import encoder_layers
-from layerlens.pipeline import build_classifier, build_datamodule
-from layerlens.settings import resolve_settings
-from layerlens.training.fine_tuning import decay_groups
 from layerlens.training.frozen_bottom import FrozenBottomCache
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 VARIANTS = {
     "full_ft": ["baseline=full_ft"],
     "lora": ["baseline=lora"],
@@ -73,20 +68,10 @@ GENERIC_LEVERS = ("full_ft", "layerlens, train_time_pct=50, cache")
 BF16_STEPS = 5  # on a CPU without native bf16, autocast is several times slower: a few steps tell
 
 
-def build(overrides: list[str], out: Path):
-    with initialize_config_dir(str(CONF), version_base=None):
-        cfg = compose("run", [*overrides, "logger=none", "seed=0"])
-    s = resolve_settings(cfg)
-    torch.manual_seed(0)
-    data = build_datamodule(s, s.backbone.tokenizer())
-    adapted, _ = build_classifier(s, cfg, data, out)
-    return adapted, data, s
-
-
 def bare(depth: int, out: Path):
     """full_ft's model with every backbone weight frozen but one bias in layer `depth`'s query projection:
     backpropagation runs from the head down into that layer and no further; the layers below are cached."""
-    adapted, data, s = build(["baseline=full_ft"], out)
+    adapted, data, s, _ = build(["baseline=full_ft"], out)
     model = train_only(adapted.model, task_head(adapted.model))
     encoder_layers(model)[1][depth].attention.self.query.bias.requires_grad = True
     if depth > 0:
@@ -101,7 +86,7 @@ def fills_cache(name: str) -> bool:
 def variant(name: str, out: Path):
     if name in BARE:
         return bare(BARE[name], out)
-    adapted, data, s = build(VARIANTS[name], out / "plans" / re.sub(r"[^\w=.]+", "-", name).strip("-"))
+    adapted, data, s, _ = build(VARIANTS[name], out / "plans" / re.sub(r"[^\w=.]+", "-", name).strip("-"))
     return adapted.model, data, s, adapted.metrics
 
 
@@ -114,19 +99,6 @@ def length_grouped(batches: list[dict], collate) -> list[dict]:
     rows.sort(key=lambda row: len(row["input_ids"]))
     size = len(batches[0]["labels"])
     return [collate(rows[i : i + size]) for i in range(0, len(rows), size)]
-
-
-def seconds_per_step(model, batches, lr: float, bf16: bool = False) -> float:
-    model.train()
-    optimizer = torch.optim.AdamW(decay_groups(model, 0.01), lr=lr)
-    start = time.perf_counter()
-    for batch in batches:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - start) / len(batches)
 
 
 def main() -> None:

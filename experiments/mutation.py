@@ -43,21 +43,27 @@ REPO = Path(__file__).resolve().parent.parent
 COPIED = ["layerlens", "conf", "tests", "pyproject.toml"]
 STATUSES = ["killed", "survived", "timeout", "no tests"]
 
-# mutmut's entry point, minus the editable install's redirect of `layerlens` (and the checkout on sys.path).
-BOOT = f"""
+# The editable install's redirect of `layerlens` (and the checkout on sys.path) removed, so that a process run in a
+# scratch copy imports the copy's layerlens.
+UNREDIRECT = f"""
 import sys
 sys.meta_path[:] = [f for f in sys.meta_path if type(f).__name__ != "ScikitBuildRedirectingFinder"]
 sys.path[:] = [p for p in sys.path if p.rstrip("/") != {str(REPO)!r}]
-sys.argv[0] = "mutmut"
+"""
+BOOT = (
+    UNREDIRECT
+    + """
+sys.argv[0] = "mutmut"  # mutmut's entry point
 from mutmut.__main__ import cli
 cli()
 """
+)
 
 
 # Which test fails first on each mutant: run in the scratch folder, argv[1] the mutant names (one a line), argv[2]
 # the file for "mutant<TAB>test" lines.
 KILLERS = (
-    BOOT.split("sys.argv[0]")[0]
+    UNREDIRECT
     + """
 import json, os, signal
 os.chdir("mutants")

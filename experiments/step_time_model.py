@@ -20,22 +20,17 @@ import platform
 import shlex
 import subprocess
 import sys
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import torch
-from hydra import compose, initialize_config_dir
+from timed_steps import build, seconds_per_step
 
 from layerlens.lens.baseline import PLAN_FILE, LayerLensBaseline
-from layerlens.pipeline import build_classifier, build_datamodule
 from layerlens.planning.choices import Plan
 from layerlens.planning.step_times import StepTimes, interpolate
-from layerlens.settings import resolve_settings
-from layerlens.training.fine_tuning import decay_groups
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
 MEASURED = ["baseline=layerlens", "baseline.planner.time_model=measured"]
 LORA_SITES, ADAPTER_SITES = "[query,key,value,attn_out]", "[attn_block,ffn_block]"
 PLANS = {
@@ -65,28 +60,10 @@ def recording(calibrate, into: list):
     return recorded
 
 
-def build(overrides: list[str], out: Path, seed: int):
-    with initialize_config_dir(str(CONF), version_base=None):
-        cfg = compose("run", [*overrides, "logger=none", f"seed={seed}"])
-    s = resolve_settings(cfg)
-    torch.manual_seed(seed)
-    data = build_datamodule(s, s.backbone.tokenizer())
-    adapted, _ = build_classifier(s, cfg, data, out)
-    return adapted, data, s, int(cfg.trainer.max_epochs)
-
-
 def epoch_ms(model, data, lr: float, epoch: int) -> float:
     """Mean milliseconds of a training step over one whole epoch (`epoch` seeds its shuffle)."""
-    model.train()
-    optimizer = torch.optim.AdamW(decay_groups(model, 0.01), lr=lr)
     torch.manual_seed(epoch)
-    steps, start = 0, time.perf_counter()
-    for batch in data.train_dataloader():
-        model(**batch).loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        steps += 1
-    return 1e3 * (time.perf_counter() - start) / steps
+    return 1e3 * seconds_per_step(model, data.train_dataloader(), lr)
 
 
 def planned_ms(times: StepTimes, plan: Plan) -> tuple[float, float]:
@@ -120,14 +97,13 @@ def main() -> None:
         LayerLensBaseline.calibrate = recording(calibrate, priced)  # type: ignore[method-assign]
         try:
             folder = args.out / "plans" / name.replace(" ", "").replace(",", "-")
-            adapted, data, s, epochs = build(
-                [*MEASURED, *calibration, *PLANS[name], *args.overrides], folder, args.seed
-            )
+            adapted, data, s, cfg = build([*MEASURED, *calibration, *PLANS[name], *args.overrides], folder, args.seed)
         finally:
             LayerLensBaseline.calibrate = calibrate  # type: ignore[method-assign]
         (times,) = priced
         plan = Plan.from_json((folder / PLAN_FILE).read_text())
         first, later = planned_ms(times, plan)
+        epochs = int(cfg.trainer.max_epochs)
         measured_first = epoch_ms(adapted.model, data, s.baseline.lr, 1)
         cached = later != first
         measured_later = epoch_ms(adapted.model, data, s.baseline.lr, 2) if cached else measured_first
@@ -150,7 +126,7 @@ def main() -> None:
         )
         print(f"{name}: {rows[-1]}", file=sys.stderr)
         del adapted
-    full, data, s, epochs = build(["baseline=full_ft", *args.overrides], args.out / "full_ft", args.seed)
+    full, data, s, cfg = build(["baseline=full_ft", *args.overrides], args.out / "full_ft", args.seed)
     full_ms = epoch_ms(full.model, data, s.baseline.lr, 1)
     table = pd.DataFrame(rows)
     table["error %"] = 100 * (table["planned run ms"] / table["measured run ms"] - 1)

@@ -1,0 +1,39 @@
+"""What the timing experiments share: a run's model built as `layerlens.run` builds it, and its mean training step."""
+
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from layerlens.pipeline import build_classifier, build_datamodule
+from layerlens.settings import resolve_settings
+from layerlens.training.fine_tuning import decay_groups
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+
+
+def build(overrides: list[str], out: Path, seed: int = 0):
+    """The adapted model, its data module, the settings and the composed config of a run with these overrides."""
+    with initialize_config_dir(str(CONF), version_base=None):
+        cfg = compose("run", [*overrides, "logger=none", f"seed={seed}"])
+    s = resolve_settings(cfg)
+    torch.manual_seed(seed)
+    data = build_datamodule(s, s.backbone.tokenizer())
+    adapted, _ = build_classifier(s, cfg, data, out)
+    return adapted, data, s, cfg
+
+
+def seconds_per_step(model, batches, lr: float, bf16: bool = False) -> float:
+    """Mean seconds of a training step (forward, backward, AdamW step) over `batches`, a list or a data loader."""
+    model.train()
+    optimizer = torch.optim.AdamW(decay_groups(model, 0.01), lr=lr)
+    steps, start = 0, time.perf_counter()
+    for batch in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        steps += 1
+    return (time.perf_counter() - start) / steps
