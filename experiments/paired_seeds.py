@@ -1,12 +1,15 @@
 """Many seeds of each baseline, run side by side; after each run, the results folder's tables.
 
     python experiments/paired_seeds.py --jobs lora,layerlens:0-19 --jobs full_ft,adalora:0-9 --workers 8 \
-        --deadline-s 480 [-- extra layerlens.run overrides]
+        --deadline-s 480 [--variant NAME=OVERRIDES ...] [-- extra layerlens.run overrides]
 
 Each (baseline, seed) is one `python -m layerlens.run` process with `logger=jsonl`; `--workers` of them run at once
 (jobs in the order given, seed by seed, so pairs finish together). At the deadline the runs still going are stopped
 and left out. Each run appends its line to runs.jsonl as it ends, and a run already FINISHED there is not run again:
 start the same command with the same --out to go on where an earlier one stopped (`--dry-run` lists what would run).
+A variant is a baseline run with overrides of its own under a name of its own, e.g.
+`--variant "layerlens_t50=baseline=layerlens budget.train_time_pct=50"` and `--jobs layerlens_t50,lora:0-2`: its runs
+are `layerlens.run baseline.name=layerlens_t50 baseline=layerlens budget.train_time_pct=50`, tabled as layerlens_t50.
 Writes experiments/results/<date>-<UTC time>-paired-seeds/ (or --out): runs.jsonl (one line per run), the command
 and the machine, and after every run results.md and results.csv, written by the report's analysis
 (layerlens.analysis.paired.write_results: per baseline, seeds, mean and sample std of the test split's metrics;
@@ -51,27 +54,54 @@ def parse_jobs(spec: str) -> list[tuple[str, int]]:
     return [(baseline, seed) for seed in numbers for baseline in baselines.split(",")]
 
 
+def parse_variants(specs: list[str]) -> dict[str, list[str]]:
+    """['fast=baseline=layerlens budget.train_time_pct=30'] -> {'fast': ['baseline.name=fast', 'baseline=layerlens',
+    'budget.train_time_pct=30']}."""
+    variants = {}
+    for spec in specs:
+        name, _, overrides = spec.partition("=")
+        if not name.isidentifier() or not any(o.startswith("baseline=") for o in shlex.split(overrides)):
+            raise SystemExit(
+                "error: --variant must be NAME=OVERRIDES naming its baseline (e.g. "
+                f"'fast=baseline=layerlens budget.train_time_pct=30'), got {spec!r}"
+            )
+        variants[name] = [f"baseline.name={name}", *shlex.split(overrides)]
+    return variants
+
+
 class Runner:
-    def __init__(self, out: Path, work: Path, overrides: list[str], threads: int, deadline: float):
+    def __init__(
+        self,
+        out: Path,
+        work: Path,
+        overrides: list[str],
+        threads: int,
+        deadline: float,
+        variants: dict[str, list[str]] | None = None,
+    ):
         self.out, self.work, self.overrides, self.threads, self.deadline = out, work, overrides, threads, deadline
+        self.variants = variants or {}
+
+    def command(self, baseline: str, seed: int) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "layerlens.run",
+            *self.variants.get(baseline, [f"baseline={baseline}"]),
+            f"seed={seed}",
+            "logger=jsonl",
+            f"logger.path={self.out / 'runs.jsonl'}",
+            "trainer.enable_progress_bar=false",
+            f"hydra.run.dir={self.work / f'{baseline}-s{seed}'}",
+            *self.overrides,
+        ]
 
     def run(self, job: tuple[str, int]) -> str:
         baseline, seed = job
         if time.monotonic() > self.deadline:
             return f"{baseline} s{seed}: not started (deadline)"
         name = f"{baseline}-s{seed}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "layerlens.run",
-            f"baseline={baseline}",
-            f"seed={seed}",
-            "logger=jsonl",
-            f"logger.path={self.out / 'runs.jsonl'}",
-            "trainer.enable_progress_bar=false",
-            f"hydra.run.dir={self.work / name}",
-            *self.overrides,
-        ]
+        cmd = self.command(baseline, seed)
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "TOKENIZERS_PARALLELISM": "false"}
         self.work.mkdir(parents=True, exist_ok=True)
         with open(self.work / f"{name}.log", "w") as log:
@@ -112,6 +142,9 @@ def analyse(out: Path, compare: list[tuple[str, str]], metrics: list[str], stric
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--jobs", action="append", default=[], help="BASELINES:SEEDS, e.g. lora,layerlens:0-19")
+    parser.add_argument(
+        "--variant", action="append", default=[], help="NAME=OVERRIDES: a baseline with overrides, run as NAME"
+    )
     parser.add_argument("--workers", type=int, default=1, help="runs at once")
     parser.add_argument("--deadline-s", type=float, default=float("inf"), help="stop every run after this long")
     parser.add_argument(
@@ -143,6 +176,7 @@ def run(args) -> None:
         print(analyse(args.analyse, compare, metrics))
         return
     jobs = [job for spec in args.jobs for job in parse_jobs(spec)]
+    variants = parse_variants(args.variant)
     if not jobs:
         raise SystemExit("error: --jobs names no run")
     out = args.out or ROOT / "experiments" / "results" / f"{datetime.now(timezone.utc):%F-%H%M}-paired-seeds"
@@ -159,7 +193,12 @@ def run(args) -> None:
         )
     start = time.monotonic()
     runner = Runner(
-        out, args.work, args.overrides, max(1, (os.cpu_count() or 1) // args.workers), start + args.deadline_s
+        out,
+        args.work,
+        args.overrides,
+        max(1, (os.cpu_count() or 1) // args.workers),
+        start + args.deadline_s,
+        variants,
     )
     with ThreadPoolExecutor(args.workers) as pool:
         for outcome in pool.map(runner.run, jobs):

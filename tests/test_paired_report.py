@@ -349,6 +349,29 @@ def test_paired_seeds_runs_seed_by_seed_skips_finished_runs_and_writes_the_repor
     ]
 
 
+def test_a_variant_runs_its_baseline_with_its_own_overrides_under_its_own_name(tmp_path):
+    import runpy
+
+    from layerlens.settings import resolve_settings
+
+    script = runpy.run_path(str(PAIRED_SEEDS))
+    variants = script["parse_variants"](["fast=baseline=layerlens budget.train_time_pct=30"])
+    runner = script["Runner"](tmp_path, tmp_path / "work", ["model=tiny"], 1, float("inf"), variants)
+    command = runner.command("fast", 3)
+    assert "baseline=fast" not in command and f"hydra.run.dir={tmp_path / 'work' / 'fast-s3'}" in command
+    assert runner.command("lora", 3)[3] == "baseline=lora"
+    overrides = [o for o in command[3:] if not o.startswith(("hydra.", "logger"))]
+    s = resolve_settings(compose_config("run", overrides))
+    assert (s.baseline.name, type(s.baseline).__name__, s.budget.train_time_pct, s.seed) == (
+        "fast",
+        "LayerLensBaseline",
+        30,
+        3,
+    )
+    with pytest.raises(SystemExit, match="--variant must be NAME=OVERRIDES naming its baseline"):
+        script["parse_variants"](["fast=budget.train_time_pct=30"])
+
+
 def test_at_least_as_good_reads_a_lower_perplexity_as_better():
     from layerlens.analysis.paired import MetricComparison, PairedComparison
 
