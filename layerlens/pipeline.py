@@ -201,7 +201,9 @@ def run_experiment(
         if not resuming and recording:
             write_run_record(output_dir, run.run_id, cfg)
         L.seed_everything(s.seed, workers=True)
+        started = time.perf_counter()
         data = build_datamodule(s, s.backbone.tokenizer())
+        data_s = time.perf_counter() - started
         # Global rank 0 profiles and plans; the other ranks train the plan it wrote (DDP, FSDP): the same plan on
         # every rank, and profiling once.
         adapted, backbone_params = build_classifier(
@@ -271,6 +273,13 @@ def run_experiment(
             + adapted.metrics.get("time/plan_s", 0.0)
             + timer.train_s,
             "time/eval_s": eval_s,
+            # Where this attempt's wall time went besides: loading and tokenising the data, validating between
+            # epochs, and within training time its steps and writing checkpoints (the rest: fetching batches, the loop).
+            "time/data_s": data_s,
+            "time/validate_s": timer.validate_s,
+            "time/steps_s": timer.steps_s,
+            "time/checkpoint_s": checkpoint.save_s,
+            "time/wall_s": time.perf_counter() - started,
             "mem/peak_rss_mb": peak_rss_mb(),
             "throughput/train_samples_per_s": timer.train_samples / timer.train_s,
         }

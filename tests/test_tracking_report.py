@@ -80,6 +80,19 @@ def test_each_run_records_its_metrics_tags_config_and_checkpoint(store):
     assert runs[0].data.metrics["params/trainable_pct"] == pytest.approx(100.0)
 
 
+def test_each_run_records_where_its_wall_time_went(store):
+    """The shares of issue 21.4: the steps and the checkpoints inside training time, which with validation, the
+    data's loading and tokenising and the test's evaluation fall inside the run's wall time."""
+    _, runs = runs_of(store[0])
+    for run in runs:
+        m = run.data.metrics
+        assert 0 < m["time/steps_s"] < m["time/train_s"]
+        assert 0 < m["time/checkpoint_s"] < m["time/train_s"] - m["time/steps_s"]
+        assert min(m["time/data_s"], m["time/validate_s"], m["time/eval_s"]) > 0
+        inside = m["time/data_s"] + m["time/train_s"] + m["time/validate_s"] + m["time/eval_s"]
+        assert inside < m["time/wall_s"] < inside + 60  # + loading the model (and the plan)
+
+
 def test_final_selection_metrics_are_the_best_checkpoints_and_the_test_split_is_read_once(store):
     uri, _, _ = store
     client, runs = runs_of(uri)
@@ -116,7 +129,11 @@ def test_report_for_a_sweep_names_runs_seeds_ratios_and_targets(store, tmp_path)
     assert lora["trainable <= 5%"] == "met" and table.loc[0, "trainable <= 5%"] == "not met"
     text = markdown.read_text()
     assert "sweep s1" in text and "lora-mrpc-s0 lora-mrpc-s1" in text and "test split" in text
-    assert [p.name for p in plots] == ["comparison-s1-pareto.png", "comparison-s1-time.png"]
+    assert [p.name for p in plots] == [
+        "comparison-s1-pareto.png",
+        "comparison-s1-time.png",
+        "comparison-s1-time-pareto.png",
+    ]
 
 
 def test_report_without_a_sweep_takes_every_finished_run(store, tmp_path):

@@ -15,6 +15,7 @@ from typing import cast
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from peft import AdaLoraConfig, AdaLoraModel, PeftModel
 from torch.utils.data import DataLoader
@@ -34,23 +35,25 @@ _STATE_KEY = "layerlens_resume"  # Interruption's part of a checkpoint
 
 
 class FitTimer(L.Callback):
-    """Training time of `Trainer.fit`: its wall time less the validation it runs between epochs."""
+    """Training time of `Trainer.fit`: its wall time less the validation it runs between epochs (`validate_s`).
+    `steps_s` is the part spent inside training steps (forward, backward, optimiser step, from batch start to batch
+    end): the rest of `train_s` is fetching and collating batches, the loop's own work and saving checkpoints."""
 
     def __init__(self):
-        self.train_s = 0.0
+        self.train_s = self.steps_s = self.validate_s = 0.0
         self.train_samples = 0
-        self._fit_start = self._val_start = 0.0
-        self._val_s = 0.0
+        self._fit_start = self._val_start = self._batch_start = 0.0
         self._before_s = 0.0  # training time of the attempts before a resumed fit
 
     def _elapsed_s(self) -> float:
-        return self._before_s + time.perf_counter() - self._fit_start - self._val_s
+        return self._before_s + time.perf_counter() - self._fit_start - self.validate_s
 
     def state_dict(self) -> dict:  # kept in checkpoints, so that a resumed run counts its earlier training too
-        return {"train_s": self._elapsed_s(), "train_samples": self.train_samples}
+        return {"train_s": self._elapsed_s(), "train_samples": self.train_samples, "steps_s": self.steps_s}
 
     def load_state_dict(self, state: dict) -> None:
         self._before_s, self.train_samples = state["train_s"], state["train_samples"]
+        self.steps_s = state.get("steps_s", 0.0)
 
     def on_fit_start(self, trainer, pl_module):
         self._fit_start = time.perf_counter()
@@ -59,9 +62,14 @@ class FitTimer(L.Callback):
         self._val_start = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module):
-        self._val_s += time.perf_counter() - self._val_start
+        if trainer.state.fn == TrainerFn.FITTING:  # not a trainer.validate() after the fit
+            self.validate_s += time.perf_counter() - self._val_start
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._batch_start = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.steps_s += time.perf_counter() - self._batch_start
         self.train_samples += int(batch["labels"].shape[0])
 
     def on_fit_end(self, trainer, pl_module):
@@ -208,10 +216,16 @@ class CheckpointFromStep(ModelCheckpoint):
     def __init__(self, first_step: int, **kwargs):
         super().__init__(**kwargs)
         self.first_step = first_step
+        self.save_s = 0.0  # writing checkpoints: Lightning runs it after FitTimer's on_validation_end, in training time
 
     def _save_topk_checkpoint(self, trainer, monitor_candidates):
         if trainer.global_step >= self.first_step:
             super()._save_topk_checkpoint(trainer, monitor_candidates)
+
+    def _save_checkpoint(self, trainer, filepath):
+        start = time.perf_counter()
+        super()._save_checkpoint(trainer, filepath)
+        self.save_s += time.perf_counter() - start
 
 
 class AdaLoraSchedule(L.Callback):
