@@ -98,12 +98,15 @@ def test_a_training_time_budget_under_measured_times_keeps_the_layers_it_cannot_
 
 
 def fake_timer(calls: list):
-    """A deterministic stand-in for timed_steps: 100 ms for full fine-tuning; else 10 ms per layer that
-    backpropagation runs through (from the lowest with a trainable tensor) plus 1 ms per thousand trainable
-    parameters (the head's and an option's)."""
+    """A deterministic stand-in for timed_rounds: each model's steps take 100 ms for full fine-tuning; else 10 ms
+    per layer that backpropagation runs through (from the lowest with a trainable tensor) plus 1 ms per thousand
+    trainable parameters (the head's and the options')."""
 
-    def timed(model, batches, steps):
+    def rounds(models, batches, steps):
         calls.append(steps)
+        return [[timed(model)] * steps for model in models]
+
+    def timed(model):
         names = [n for n, p in model.named_parameters() if p.requires_grad]
         if all(p.requires_grad for p in model.parameters()):
             return 100.0
@@ -112,11 +115,11 @@ def fake_timer(calls: list):
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         return 10.0 * (len(layers) - lowest) + trainable / 1000
 
-    return timed
+    return rounds
 
 
 def calibration_inputs(tmp_path, monkeypatch, calls, caches=True) -> tuple:
-    monkeypatch.setattr(calibration, "timed_steps", fake_timer(calls))
+    monkeypatch.setattr(calibration, "timed_rounds", fake_timer(calls))
     model = RandomBertBackbone("tiny").classifier(2)  # 2 layers, hidden 32
     sites = discover_sites(model, ["query", "ffn_block"])
     menu = Menu(("lora", "adapter"), {})
@@ -145,9 +148,10 @@ def test_calibration_times_every_depth_and_option_and_a_sweep_reads_it_from_its_
     # Backpropagation through 2 layers, 1, or none past the head: 10 ms a layer, plus the trainable parameters.
     assert times.depth_ms[0] - times.depth_ms[1] == pytest.approx(10.0, abs=0.1)
     assert times.depth_ms[1] - times.depth_ms[2] == pytest.approx(10.0, abs=0.1)
-    # An option's added time: its step less the top layer's backbone step, whose smallest tensor (32 wide) trains;
-    # timed at the smallest and largest size offered. LoRA on a 32 x 32 query: 64 parameters per rank.
-    expected = fit_line([1, 8], [(64 * r - 32) / 1000 for r in (1, 8)])
+    # An option's added time per site: its step at every layer's site less the backbone's step with backpropagation
+    # to layer 0 (both with layer 0's smallest tensor trainable), over the sites; timed at the smallest and largest
+    # size offered. LoRA on a 32 x 32 query: 64 parameters per rank.
+    expected = fit_line([1, 8], [64 * r / 1000 for r in (1, 8)])
     assert times.option_ms["lora/query"] == pytest.approx(expected)
     before = len(calls)
     again, seconds = calibrated(tmp_path, monkeypatch, calls)
@@ -174,7 +178,7 @@ def test_a_run_with_measured_times_logs_the_calibration_and_counts_it_in_its_tot
     from layerlens.pipeline import run_experiment
     from tests.conftest import compose_config
 
-    monkeypatch.setattr(calibration, "timed_steps", fake_timer([]))
+    monkeypatch.setattr(calibration, "timed_rounds", fake_timer([]))
     log = tmp_path / "runs.jsonl"
     overrides = [
         "model=tiny",
@@ -193,3 +197,33 @@ def test_a_run_with_measured_times_logs_the_calibration_and_counts_it_in_its_tot
     parts = ("time/calibrate_s", "time/profile_s", "time/plan_s", "time/train_s")
     assert metrics["time/total_s"] == pytest.approx(sum(metrics[p] for p in parts))
     assert len(list((tmp_path / "calibration").glob("*.json"))) == 1
+    # Another seed shuffles its batches otherwise, yet calibrates on the same typical batches: it reads the file.
+    run_experiment(compose_config("run", [*overrides, "seed=1"]), tmp_path / "out-1")
+    assert json.loads(log.read_text().splitlines()[-1])["metrics"]["time/calibrate_s"] == 0.0
+    assert len(list((tmp_path / "calibration").glob("*.json"))) == 1
+
+
+def test_typical_batches_are_the_first_cut_or_padded_to_the_epochs_mean_padded_length():
+    def batch(length: int) -> dict:
+        ids = torch.arange(1, 2 * length + 1).reshape(2, length)
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone(), "y": torch.ones(2)}
+
+    first, second = calibration.typical_batches(iter([batch(4), batch(9), batch(11)]), 2)  # mean length 8
+    assert first["input_ids"].tolist() == [[1, 2, 3, 4, 0, 0, 0, 0], [5, 6, 7, 8, 0, 0, 0, 0]]
+    assert first["attention_mask"].tolist()[0] == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert first["labels"].tolist()[1] == [5, 6, 7, 8, -100, -100, -100, -100]
+    assert second["input_ids"].tolist() == [list(range(1, 9)), list(range(10, 18))]  # cut: the first 8 columns
+    assert torch.equal(first["y"], torch.ones(2))  # not a row of tokens: as it was
+    with pytest.raises(ValueError, match="at least one training batch"):
+        calibration.typical_batches(iter([]), 2)
+
+
+def test_models_timed_together_take_turns_on_each_batch():
+    order = []
+    models = [RandomBertBackbone("tiny").classifier(2) for _ in range(2)]
+    for name, model in zip("ab", models):
+        model.register_forward_hook(lambda module, args, kwargs, out, name=name: order.append(name), with_kwargs=True)
+    batch = {"input_ids": torch.randint(5, 100, (2, 6)), "labels": torch.tensor([0, 1])}
+    times = calibration.timed_rounds(models, [batch], 3)
+    assert order == ["a", "b"] * 4  # one untimed round, then three timed
+    assert [len(t) for t in times] == [3, 3] and all(ms > 0 for t in times for ms in t)

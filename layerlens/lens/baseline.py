@@ -6,10 +6,10 @@ import os
 import time
 from collections.abc import Sized
 from dataclasses import dataclass, field, fields
-from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
+import torch
 from peft.utils import CONFIG_NAME
 from torch import nn
 
@@ -17,7 +17,7 @@ from layerlens.adaptation import AdaptContext, Adapted
 from layerlens.budget import params_pct_too_small
 from layerlens.errors import LayerLensError
 from layerlens.lens.apply import apply_plan, placements, task_head
-from layerlens.lens.calibration import calibrate, offered_options
+from layerlens.lens.calibration import calibrate, offered_options, typical_batches
 from layerlens.lens.profiling import Profile, ProfileSettings, profile_sites, too_many_batches
 from layerlens.lens.sites import SITE_KINDS, Site, discover_sites, encoder_layers
 from layerlens.methods import Build, Menu, get_method, lora, methods_for
@@ -201,9 +201,12 @@ class LayerLensBaseline:
         return Planned(sites, profile, plan, time.perf_counter() - start, calibrate_s)
 
     def calibrate(self, model: nn.Module, sites: list[Site], ctx: AdaptContext) -> tuple[StepTimes, float]:
-        """The machine's step times for this model (lens/calibration.py), on the first training batches."""
+        """The machine's step times for this model (lens/calibration.py), on typical training batches: the first of a
+        seed-0 pass over the training data, whatever the run's seed, so that every seed reads one calibration."""
         planner = self.planner_settings
-        batches = list(islice(ctx.train_batches(), planner.calibration_steps + 1))
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            batches = typical_batches(ctx.train_batches(), planner.calibration_steps + 1)
         build = Build(tuple(task_head(model)), self.lora_alpha_ratio, self.lora_dropout)
         return calibrate(
             model,

@@ -1,13 +1,16 @@
 """Timing training steps on the machine at hand, for the measured time model (layerlens/planning/step_times.py).
 
-Each configuration is a copy of the model, trained for `steps` AdamW steps on the same few training batches after
-one untimed step; its time is the median step. The configurations: full fine-tuning; the frozen backbone with
-backpropagation stopping at a few depths (the smallest tensor of that layer trains, with the task head), and the
-same with the frozen-layer cache serving the layers below, once it holds the batches (both made non-increasing with
-depth); one option (a method at its smallest and largest offered size) at the top layer's site of each kind, against
-that depth's backbone alone. The results are cached per machine, model, batches' shape, options and steps (a JSON
-file in `folder`), so that a sweep times them once. The global random state is restored afterwards: calibrating
-leaves a run's draws as they would be without it.
+The configurations timed: full fine-tuning; the frozen backbone with backpropagation stopping at a few depths (the
+smallest tensor of that layer trains, with the task head), and the same with the frozen-layer cache serving the
+layers below, once it holds the batches (both made non-increasing with depth); and for each site kind and method
+offered, that method at its smallest and largest offered size at every layer's site of the kind, against the
+backbone with backpropagation to layer 0 (what it adds, per site). Each is a copy of the model trained for `steps`
+AdamW steps after one untimed step; configurations compared with each other take turns on each batch (a round), so
+that the machine's drift falls alike on all of them, and an option's added time is the median over rounds of its
+step less the backbone's. The batches are the first few of a seed-0 pass over the training data, each cut or padded
+to that epoch's mean padded length: a typical step, the same batches for every run seed. The results are cached
+per machine, model, batches' shape, options and steps (a JSON file in `folder`), so that a sweep times them once.
+The global random state is restored afterwards: calibrating leaves a run's draws as they would be without it.
 """
 
 import copy
@@ -18,10 +21,12 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from layerlens.lens.apply import task_head, train_only
@@ -31,53 +36,92 @@ from layerlens.planning.step_times import StepTimes, fit_line
 from layerlens.training.frozen_bottom import FrozenBottomCache
 
 log = logging.getLogger(__name__)
-FORMAT = 1  # of the cached files: a change in what is timed makes earlier files stale
+FORMAT = 2  # of the cached files: a change in what is timed makes earlier files stale
+PAD = {"labels": -100}  # what a typical batch's tensors are padded with (0 where not named)
 
 
-def timed_steps(model: nn.Module, batches: list[dict], steps: int) -> float:
-    """The median milliseconds of `steps` training steps (forward, backward, AdamW) after one untimed step; a model
-    with nothing to train runs forward only."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=1e-7) if trainable else None
-    model.train()
-    times = []
+def typical_batches(batches: Iterable[dict], count: int) -> list[dict]:
+    """The first `count` of `batches` (a whole epoch), each cut or padded on the right to the epoch's mean padded
+    length: every tensor as long as its input_ids (labels padded with -100, everything else with 0)."""
+    kept, lengths = [], []
+    for batch in batches:
+        lengths.append(int(batch["input_ids"].shape[1]))
+        if len(kept) < count:
+            kept.append(batch)
+    if not kept:
+        raise ValueError("calibration needs at least one training batch")
+    length = round(statistics.mean(lengths))
+    return [resized(batch, length) for batch in kept]
+
+
+def resized(batch: dict, length: int) -> dict:
+    width = batch["input_ids"].shape[1]
+    out = {}
+    for name, value in batch.items():
+        if torch.is_tensor(value) and value.dim() == 2 and value.shape[1] == width:
+            value = value[:, :length] if width >= length else F.pad(value, (0, length - width), value=PAD.get(name, 0))
+        out[name] = value
+    return out
+
+
+def timed_rounds(models: list[nn.Module], batches: list[dict], steps: int) -> list[list[float]]:
+    """Each model's milliseconds per training step (forward, backward, AdamW) in each of `steps` rounds, after one
+    untimed round; in a round every model takes a step on the same batch, in turn. A model with nothing to train runs
+    forward only."""
+    optimizers = []
+    for model in models:
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizers.append(torch.optim.AdamW(trainable, lr=1e-7) if trainable else None)
+        model.train()
+    times: list[list[float]] = [[] for _ in models]
     for i in range(steps + 1):
         batch = batches[i % len(batches)]
-        start = time.perf_counter()
-        if optimizer is None:
-            with torch.no_grad():
-                model(**batch)
-        else:
-            model(**batch).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        if i:
-            times.append(1e3 * (time.perf_counter() - start))
-    return statistics.median(times)
+        for model, optimizer, taken in zip(models, optimizers, times):
+            start = time.perf_counter()
+            if optimizer is None:
+                with torch.no_grad():
+                    model(**batch)
+            else:
+                model(**batch).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            if i:
+                taken.append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def medians(models: list[nn.Module], batches: list[dict], steps: int) -> list[float]:
+    return [statistics.median(taken) for taken in timed_rounds(models, batches, steps)]
+
+
+def backprop_to(model: nn.Module, depth: int) -> nn.Module:
+    """`model` with the smallest frozen tensor of layer `depth` made trainable (none at depth = the number of
+    layers): backpropagation runs down to that layer, as when it is the lowest adapted one."""
+    _, layers = encoder_layers(model)
+    if depth < len(layers):
+        frozen = [p for p in layers[depth].parameters() if not p.requires_grad]
+        min(frozen, key=lambda p: p.numel()).requires_grad_(True)
+    return model
 
 
 def down_to(model: nn.Module, depth: int) -> nn.Module:
-    """A copy of `model` frozen but for its task head and, below it, the smallest tensor of layer `depth` (none at
-    depth = the number of layers): backpropagation runs down to that layer, as when it is the lowest adapted one."""
-    model = train_only(copy.deepcopy(model), task_head(model))
-    _, layers = encoder_layers(model)
-    if depth < len(layers):
-        min(layers[depth].parameters(), key=lambda p: p.numel()).requires_grad_(True)
-    return model
+    """A copy of `model` frozen but for its task head and the smallest tensor of layer `depth` (backprop_to)."""
+    return backprop_to(train_only(copy.deepcopy(model), task_head(model)), depth)
 
 
-def with_option(model: nn.Module, kind: str, method: str, size: int, offered: Menu, build: Build) -> nn.Module:
-    """A copy of `model` with one option, `method` of `size` at the top layer's site of `kind`, and its task head
-    trainable."""
+def with_options(model: nn.Module, kind: str, method: str, size: int, offered: Menu, build: Build) -> nn.Module:
+    """A copy of `model` with `method` of `size` at every layer's site of `kind`, its task head trainable, and
+    backpropagation down to layer 0 (as in down_to(model, 0)), whatever the sites need."""
     model = copy.deepcopy(model)
-    top_layer = len(encoder_layers(model)[1]) - 1
-    top = next(s for s in discover_sites(model, [kind], offered) if s.layer == top_layer)
     chosen = get_method(method)
+    sites = discover_sites(model, [kind], offered)
     if chosen.wrap is not None:
-        return chosen.wrap(model, [(top, size)], build)
-    train_only(model, list(build.head))
-    cast(Any, chosen.attach)(top, size)
-    return model
+        model = chosen.wrap(model, [(site, size) for site in sites], build)
+    else:
+        train_only(model, list(build.head))
+        for site in sites:
+            cast(Any, chosen.attach)(site, size)
+    return backprop_to(model, 0)
 
 
 def monotone(depth_ms: dict[int, float]) -> dict[int, float]:
@@ -132,28 +176,30 @@ def calibrate(
         log.info("calibration read from %s", path)
         return step_times(json.loads(path.read_text()), epochs), 0.0
     with torch.random.fork_rng():
-        full = copy.deepcopy(model).requires_grad_(True)
-        measured: dict[str, Any] = {"layers": layers, "full_ms": timed_steps(full, batches, steps)}
-        del full
-        measured["depth_ms"] = monotone({d: timed_steps(down_to(model, d), batches, steps) for d in depths(layers)})
+        measured: dict[str, Any] = {"layers": layers}
+        (measured["full_ms"],) = medians([copy.deepcopy(model).requires_grad_(True)], batches, steps)
+        timed = depths(layers)
+        measured["depth_ms"] = monotone(dict(zip(timed, medians([down_to(model, d) for d in timed], batches, steps))))
         if caches:
-            measured["cached_depth_ms"] = {}
-            for d in depths(layers)[1:]:
+            cached_models = []
+            for d in timed[1:]:
                 cached = down_to(model, d)
                 FrozenBottomCache(cached, d)
-                timed_steps(cached, batches, len(batches) - 1)  # fills the cache: every batch once
-                measured["cached_depth_ms"][d] = timed_steps(cached, batches, steps)
-            measured["cached_depth_ms"] = monotone(measured["cached_depth_ms"])
-        base = measured["depth_ms"][layers - 1]
+                timed_rounds([cached], batches, len(batches) - 1)  # fills the cache: every batch once
+                cached_models.append(cached)
+            measured["cached_depth_ms"] = monotone(dict(zip(timed[1:], medians(cached_models, batches, steps))))
+            del cached_models
+        base = down_to(model, 0)
         measured["option_ms"] = {}
         for key, sizes in options.items():
             method, kind = key.split("/")
-            timed = sorted({min(sizes), max(sizes)})
-            added = [
-                timed_steps(with_option(model, kind, method, size, offered, build), batches, steps) - base
-                for size in timed
-            ]
-            measured["option_ms"][key] = fit_line(timed, added)
+            sites = len(discover_sites(model, [kind], offered))
+            ends = sorted({min(sizes), max(sizes)})
+            base_ms, *option_ms = timed_rounds(
+                [base, *(with_options(model, kind, method, size, offered, build) for size in ends)], batches, steps
+            )
+            added = [statistics.median(o - b for o, b in zip(taken, base_ms)) / sites for taken in option_ms]
+            measured["option_ms"][key] = fit_line(ends, added)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(measured))

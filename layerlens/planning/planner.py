@@ -37,7 +37,7 @@ class PlannerSettings:
     # times timed on this machine before planning, calibration_steps steps each: lens/calibration.py), cached in
     # calibration_dir per machine, model and batch shape.
     time_model: str = "analytic"
-    calibration_steps: int = 3
+    calibration_steps: int = 8
     calibration_dir: str = "~/.cache/layerlens/calibration"
 
     def __post_init__(self):
