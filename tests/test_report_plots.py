@@ -1,4 +1,5 @@
-"""The report's plots: headline metric vs trainable % with its Pareto front, and time per baseline."""
+"""The report's plots: headline metric vs trainable % and vs total time, each with its Pareto front, and time per
+baseline."""
 
 import numpy as np
 import pandas as pd
@@ -8,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from layerlens.analysis.assemble import make_report
 from layerlens.analysis.comparison import summarise
-from layerlens.analysis.plots import pareto_figure, pareto_front, time_figure
+from layerlens.analysis.plots import pareto_figure, pareto_front, time_figure, time_pareto_figure
 from tests.conftest import compose_config, copy_store
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -36,6 +37,7 @@ def store(tmp_path_factory, store_template):
             run_id = run.info.run_id
             client.log_param(run_id, "task.headline_metric", "val/mcc")
             metrics = {"test/mcc": score, "test/acc": 0.5, "params/trainable_pct": pct, "time/train_s": train[seed]}
+            metrics["time/total_s"] = train[seed] + (profile[seed] if profile else 0.0)
             if profile:
                 metrics["time/profile_s"] = profile[seed]
             for name, value in metrics.items():
@@ -44,9 +46,13 @@ def store(tmp_path_factory, store_template):
     return uri
 
 
-def test_report_writes_both_plots_beside_its_markdown_and_links_them(store, tmp_path):
+def test_report_writes_its_plots_beside_its_markdown_and_links_them(store, tmp_path):
     files = make_report(compose_config("report", [f"tracking_uri={store}", "sweep=p1", f"out_dir={tmp_path}"]))
-    assert [p.name for p in files.plots] == ["comparison-p1-pareto.png", "comparison-p1-time.png"]
+    assert [p.name for p in files.plots] == [
+        "comparison-p1-pareto.png",
+        "comparison-p1-time.png",
+        "comparison-p1-time-pareto.png",
+    ]
     text = files.markdown.read_text()
     for plot in files.plots:
         assert plot.parent == files.markdown.parent
@@ -80,6 +86,7 @@ def table_of_store():
             "test/mcc": score,
             "params/trainable_pct": pct,
             "time/train_s": train[s],
+            "time/total_s": train[s] + (profile[s] if profile else 0.0),
             **({"time/profile_s": profile[s]} if profile else {}),
         }
         for b, (pct, scores, train, profile) in RUNS.items()
@@ -101,6 +108,25 @@ def test_pareto_plot_draws_each_baseline_with_error_bars_on_a_log_axis_and_rings
     vertical = lora.lines[2][-1].get_segments()[0][:, 1]  # the y error bar: the last of the bar line collections
     std = np.std([0.70, 0.74], ddof=1)
     assert sorted(vertical) == pytest.approx([0.72 - std, 0.72 + std])
+
+
+def test_time_pareto_plot_puts_each_total_time_as_a_share_of_full_fine_tunings():
+    fig = time_pareto_figure(table_of_store(), "title", "caption")
+    ax = fig.axes[0]
+    assert ax.get_xscale() == "linear" and "time/total_s" in ax.get_xlabel() and "test/mcc" in ax.get_ylabel()
+    # full_ft 105 s, lora 42 s, layerlens 38.5 s training + 6.5 s profiling: 45 s; every one on the front.
+    front = next(line for line in ax.get_lines() if line.get_label() == "Pareto front")
+    assert list(front.get_xdata()) == pytest.approx([40.0, 100 * 45 / 105, 100.0])
+    assert list(front.get_ydata()) == pytest.approx([0.72, 0.785, 0.81])
+    layerlens = next(c for c in ax.containers if c.get_label() == "layerlens")
+    horizontal = layerlens.lines[2][0].get_segments()[0][:, 0]  # the x error bar
+    std = np.std([44.0, 46.0], ddof=1) / 105 * 100
+    assert sorted(horizontal) == pytest.approx([100 * 45 / 105 - std, 100 * 45 / 105 + std])
+    assert (
+        not time_pareto_figure(table_of_store().drop(columns="total_s_ratio").assign(total_s_ratio=np.nan), "t", "c")
+        .axes[0]
+        .get_lines()
+    )  # no reference: nothing drawn
 
 
 def test_time_plot_stacks_profiling_on_layerlens_only():

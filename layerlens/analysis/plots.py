@@ -1,4 +1,5 @@
-"""The comparison table as pictures: headline metric against trainable share, and time, per baseline."""
+"""The comparison table as pictures: headline metric against trainable share and against total time, and time per
+baseline."""
 
 import textwrap
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ def pareto_front(cost, score) -> np.ndarray:
 
 
 def write_plots(table: pd.DataFrame, out_dir: Path, stem: str, scope: str, source: str) -> list[Plot]:
-    """`{stem}-pareto.png` and `{stem}-time.png` in out_dir, from the summary table's rows.
+    """`{stem}-pareto.png`, `{stem}-time.png` and `{stem}-time-pareto.png` in out_dir, from the summary table's rows.
 
     `scope` names the runs (e.g. "sweep <id>"), `source` the store they were read from.
     """
@@ -58,9 +59,21 @@ def write_plots(table: pd.DataFrame, out_dir: Path, stem: str, scope: str, sourc
         f"layerlens's profiling before training (time/profile_s) stacked on top where logged; {setting}. "
         f"Source: {source}.",
     )
+    time_pareto = Plot(
+        out_dir / f"{stem}-time-pareto.png",
+        "headline metric vs total time",
+        f"Each task's headline metric on the test split against each baseline's total time (time/total_s: "
+        f"calibrating, profiling and planning where a baseline does them, and training) as a share of the "
+        f"reference baseline's, full fine-tuning's by default, whose total is its training time; {setting}. "
+        f"Ringed and joined: the Pareto front, the rows that no other row beats in less time with at least as "
+        f"high a score. Rows without a total time or a reference are left out. Source: {source}.",
+    )
     pareto_figure(table, f"Headline metric vs trainable % — {setting}", pareto.caption).savefig(pareto.path, **SAVE)
     time_figure(table, f"Train time per baseline — {setting}", time.caption).savefig(time.path, **SAVE)
-    return [pareto, time]
+    time_pareto_figure(table, f"Headline metric vs total time — {setting}", time_pareto.caption).savefig(
+        time_pareto.path, **SAVE
+    )
+    return [pareto, time, time_pareto]
 
 
 def pareto_figure(table: pd.DataFrame, title: str, caption: str) -> Figure:
@@ -69,6 +82,10 @@ def pareto_figure(table: pd.DataFrame, title: str, caption: str) -> Figure:
 
 def time_figure(table: pd.DataFrame, title: str, caption: str) -> Figure:
     return _figure(_time_panel, table, title, caption)
+
+
+def time_pareto_figure(table: pd.DataFrame, title: str, caption: str) -> Figure:
+    return _figure(_time_pareto_panel, table, title, caption)
 
 
 def _figure(panel, table: pd.DataFrame, title: str, caption: str) -> Figure:
@@ -90,31 +107,30 @@ def _label(row: pd.Series) -> str:
 
 def _pareto_panel(ax, rows: pd.DataFrame) -> None:
     rows = rows.dropna(subset=["headline_mean", "trainable_pct_mean"])
-    if rows.empty:
-        ax.text(0.5, 0.5, "no row with both a headline metric and a trainable %", ha="center", transform=ax.transAxes)
-        return
-    for _, row in rows.iterrows():
-        ax.errorbar(
-            row["trainable_pct_mean"],
-            row["headline_mean"],
-            xerr=row["trainable_pct_std"],
-            yerr=row["headline_std"],
-            fmt="o",
-            capsize=3,
-            label=_label(row),
-        )
-    front = rows[pareto_front(rows["trainable_pct_mean"], rows["headline_mean"])].sort_values("trainable_pct_mean")
-    ax.step(
-        front["trainable_pct_mean"],
-        front["headline_mean"],
-        where="post",
-        linestyle="--",
-        color="grey",
-        label="Pareto front",
-    )
-    ax.scatter(front["trainable_pct_mean"], front["headline_mean"], s=220, facecolors="none", edgecolors="black")
+    _front_panel(ax, rows, rows["trainable_pct_mean"], rows["trainable_pct_std"], "a trainable %")
     ax.set_xscale("log")
     ax.set_xlabel("trainable % of the backbone (params/trainable_pct, log scale)")
+
+
+def _time_pareto_panel(ax, rows: pd.DataFrame) -> None:
+    rows = rows.dropna(subset=["headline_mean", "total_s_ratio"])
+    share = 100 * rows["total_s_ratio"]
+    _front_panel(ax, rows, share, share * rows["total_s_std"] / rows["total_s_mean"], "a total time and a reference")
+    ax.set_xlabel("total time (time/total_s), % of the reference's")
+
+
+def _front_panel(ax, rows: pd.DataFrame, cost: pd.Series, cost_std: pd.Series, wanted: str) -> None:
+    """Each row's headline metric against its cost, with error bars, and the Pareto front ringed and joined."""
+    if rows.empty:
+        ax.text(0.5, 0.5, f"no row with both a headline metric and {wanted}", ha="center", transform=ax.transAxes)
+        return
+    for (_, row), x, xerr in zip(rows.iterrows(), cost, cost_std):
+        ax.errorbar(x, row["headline_mean"], xerr=xerr, yerr=row["headline_std"], fmt="o", capsize=3, label=_label(row))
+    on_front = pareto_front(cost, rows["headline_mean"])
+    order = np.argsort(cost.to_numpy()[on_front])
+    front_cost, front_score = cost.to_numpy()[on_front][order], rows["headline_mean"].to_numpy()[on_front][order]
+    ax.step(front_cost, front_score, where="post", linestyle="--", color="grey", label="Pareto front")
+    ax.scatter(front_cost, front_score, s=220, facecolors="none", edgecolors="black")
     ax.set_ylabel(f"{', '.join(sorted({on_test(h) for h in rows['headline']}))} (mean ± std over seeds)")
     ax.legend(fontsize=7)
 
