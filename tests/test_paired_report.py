@@ -372,6 +372,38 @@ def test_a_variant_runs_its_baseline_with_its_own_overrides_under_its_own_name(t
         script["parse_variants"](["fast=budget.train_time_pct=30"])
 
 
+def test_time_shares_split_each_runs_wall_time_into_parts_that_add_up():
+    import runpy
+
+    shares = runpy.run_path(str(REPO / "experiments" / "time_shares.py"))["shares"]
+    base = {"time/data_s": 1.0, "time/steps_s": 50.0, "time/checkpoint_s": 2.0, "time/train_s": 60.0}
+    runs = pd.DataFrame(
+        [
+            {"baseline": "lora", **base, "time/validate_s": 10.0, "time/eval_s": 9.0, "time/wall_s": 100.0},
+            {"baseline": "lora", **base, "time/validate_s": 20.0, "time/eval_s": 9.0, "time/wall_s": 100.0},
+            {
+                "baseline": "layerlens",
+                **base,
+                "time/calibrate_s": 5.0,
+                "time/profile_s": 4.0,
+                "time/plan_s": 1.0,
+                "time/validate_s": 10.0,
+                "time/eval_s": 8.0,
+                "time/wall_s": 100.0,
+            },
+            {"baseline": "old", "time/train_s": 60.0, "time/wall_s": float("nan")},  # logged before time/wall_s
+        ]
+    )
+    table = shares(runs)
+    assert list(table.index) == ["layerlens", "lora"]
+    lora, layerlens = table.loc["lora"], table.loc["layerlens"]
+    assert (lora["runs"], lora["validation"], lora["batches, loop"], lora["steps"]) == (2, 15.0, 8.0, 50.0)
+    assert lora["model, build, rest"] == pytest.approx(100 - 1 - 50 - 2 - 8 - 15 - 9)
+    assert layerlens["calibrate, profile, plan"] == 10.0 and layerlens["model, build, rest"] == pytest.approx(11.0)
+    parts = table.drop(columns=["runs", "wall s"])
+    assert list(parts.sum(axis=1)) == pytest.approx([100.0, 100.0])
+
+
 def test_at_least_as_good_reads_a_lower_perplexity_as_better():
     from layerlens.analysis.paired import MetricComparison, PairedComparison
 
