@@ -89,6 +89,8 @@ def test_each_run_records_where_its_wall_time_went(store):
         assert 0 < m["time/steps_s"] < m["time/train_s"]
         assert 0 < m["time/checkpoint_s"] < m["time/train_s"] - m["time/steps_s"]
         assert min(m["time/data_s"], m["time/validate_s"], m["time/eval_s"]) > 0
+        # What training saw, whichever epoch's checkpoint was then restored to be scored: 2 epochs of 3 batches of 8.
+        assert m["throughput/train_samples_per_s"] * m["time/train_s"] == pytest.approx(48)
         inside = m["time/data_s"] + m["time/train_s"] + m["time/validate_s"] + m["time/eval_s"]
         assert inside < m["time/wall_s"] < inside + 60  # + loading the model (and the plan)
 

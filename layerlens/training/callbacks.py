@@ -44,6 +44,7 @@ class FitTimer(L.Callback):
         self.train_samples = 0
         self._fit_start = self._val_start = self._batch_start = 0.0
         self._before_s = 0.0  # training time of the attempts before a resumed fit
+        self._fitted = False
 
     def _elapsed_s(self) -> float:
         return self._before_s + time.perf_counter() - self._fit_start - self.validate_s
@@ -52,6 +53,8 @@ class FitTimer(L.Callback):
         return {"train_s": self._elapsed_s(), "train_samples": self.train_samples, "steps_s": self.steps_s}
 
     def load_state_dict(self, state: dict) -> None:
+        if self._fitted:  # a checkpoint restored to be scored after the fit: the fit's own record stands
+            return
         self._before_s, self.train_samples = state["train_s"], state["train_samples"]
         self.steps_s = state.get("steps_s", 0.0)
 
@@ -74,6 +77,7 @@ class FitTimer(L.Callback):
 
     def on_fit_end(self, trainer, pl_module):
         self.train_s = self._elapsed_s()
+        self._fitted = True
 
 
 def progress_bar_shown(wanted: bool) -> bool:
