@@ -43,7 +43,8 @@ PAD = {"labels": -100}  # what a typical batch's tensors are padded with (0 wher
 def typical_batches(batches: Iterable[dict], count: int) -> list[dict]:
     """The first `count` of `batches` (a whole epoch), each cut or padded on the right to the epoch's mean padded
     length: every tensor as long as its input_ids (labels padded with -100, everything else with 0)."""
-    kept, lengths = [], []
+    kept: list[dict] = []
+    lengths: list[int] = []
     for batch in batches:
         lengths.append(int(batch["input_ids"].shape[1]))
         if len(kept) < count:
