@@ -69,6 +69,11 @@ def parse_variants(specs: list[str]) -> dict[str, list[str]]:
     return variants
 
 
+def run_folder(baseline: str, seed: int) -> str:
+    """The name of a run's folder and log under --work."""
+    return f"{baseline}-s{seed}"
+
+
 class Runner:
     def __init__(
         self,
@@ -92,7 +97,7 @@ class Runner:
             "logger=jsonl",
             f"logger.path={self.out / 'runs.jsonl'}",
             "trainer.enable_progress_bar=false",
-            f"hydra.run.dir={self.work / f'{baseline}-s{seed}'}",
+            f"hydra.run.dir={self.work / run_folder(baseline, seed)}",
             *self.overrides,
         ]
 
@@ -100,7 +105,7 @@ class Runner:
         baseline, seed = job
         if time.monotonic() > self.deadline:
             return f"{baseline} s{seed}: not started (deadline)"
-        name = f"{baseline}-s{seed}"
+        name = run_folder(baseline, seed)
         cmd = self.command(baseline, seed)
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "TOKENIZERS_PARALLELISM": "false"}
         self.work.mkdir(parents=True, exist_ok=True)

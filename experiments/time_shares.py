@@ -40,9 +40,7 @@ def shares(runs: pd.DataFrame) -> pd.DataFrame:
             parts[name] = runs[metric]
     parts["calibrate, profile, plan"] = runs["time/calibrate_s"] + runs["time/profile_s"] + runs["time/plan_s"]
     parts["batches, loop"] = runs["time/train_s"] - runs["time/steps_s"] - runs["time/checkpoint_s"]
-    parts["model, build, rest"] = runs["time/wall_s"] - parts.drop(columns="model, build, rest", errors="ignore").sum(
-        axis=1
-    )
+    parts["model, build, rest"] = runs["time/wall_s"] - parts.sum(axis=1)
     percent = 100 * parts[list(PARTS)].div(runs["time/wall_s"], axis=0)
     percent["baseline"], percent["wall s"] = runs["baseline"], runs["time/wall_s"]
     table = percent.groupby("baseline", sort=True).mean()

@@ -15,7 +15,6 @@ from typing import cast
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from peft import AdaLoraConfig, AdaLoraModel, PeftModel
 from torch.utils.data import DataLoader
@@ -65,7 +64,7 @@ class FitTimer(L.Callback):
         self._val_start = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module):
-        if trainer.state.fn == TrainerFn.FITTING:  # not a trainer.validate() after the fit
+        if not self._fitted:  # not a trainer.validate() after the fit
             self.validate_s += time.perf_counter() - self._val_start
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
