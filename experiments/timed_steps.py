@@ -13,14 +13,15 @@ from layerlens.training.fine_tuning import decay_groups
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-def build(overrides: list[str], out: Path, seed: int = 0):
-    """The adapted model, its data module, the settings and the composed config of a run with these overrides."""
+def build(overrides: list[str], out: Path, seed: int = 0, reuse_plan: bool = False):
+    """The adapted model, its data module, the settings and the composed config of a run with these overrides;
+    with `reuse_plan`, LayerLens applies the plan already in `out` rather than profiling and planning."""
     with initialize_config_dir(str(CONF), version_base=None):
         cfg = compose("run", [*overrides, "logger=none", f"seed={seed}"])
     s = resolve_settings(cfg)
     torch.manual_seed(seed)
     data = build_datamodule(s, s.backbone.tokenizer())
-    adapted, _ = build_classifier(s, cfg, data, out)
+    adapted, _ = build_classifier(s, cfg, data, out, reuse_plan=reuse_plan)
     return adapted, data, s, cfg
 
 
