@@ -20,7 +20,7 @@ STATISTICS = ("grad_norm", "fisher", "sensitivity")
 
 @dataclass
 class ProfileSettings:
-    num_batches: int = 32
+    num_batches: int = 16  # conf/baseline/layerlens.yaml says why
     # Weights of the statistics in the utility; each statistic is first divided by its mean over sites.
     weights: dict[str, float] = field(default_factory=lambda: {"grad_norm": 1.0, "fisher": 1.0, "sensitivity": 1.0})
 
