@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from layerlens.analysis.assemble import make_report
 from layerlens.analysis.comparison import Target, summarise
+from layerlens.analysis.runs import run_config
 from layerlens.errors import LayerLensError
 from layerlens.paths import EMBEDDED_GLUE_DIR
 from layerlens.pipeline import run_experiment
@@ -341,6 +342,18 @@ def test_runs_of_different_configs_are_separate_rows_named_by_what_differs():
     two_references = summarise(pd.DataFrame([*rows, run(4, "full_ft", 0, "1e-05", 0.75)]), targets)
     assert two_references["acc_ratio"].isna().all()
     assert set(two_references["acc"]) == {"n/a"}
+
+
+def test_a_variant_ignores_what_does_not_change_the_computation():
+    params = {
+        "seed": "3",
+        "logger.path": "/tmp/a/runs.jsonl",
+        "baseline.planner.calibration_dir": "/tmp/a/calibration",
+        "trainer.enable_progress_bar": "False",
+        "baseline.lr": "0.001",
+        "baseline.planner.time_model": "measured",
+    }
+    assert run_config(params) == {"baseline.lr": "0.001", "baseline.planner.time_model": "measured"}
 
 
 def test_seed_column_orders_numbers_numerically_and_other_tags_after():

@@ -23,6 +23,9 @@ NOT_CONFIG = (
     "data.num_workers",
     "data.eval_batch_size",
     "resume",  # and resume_sweep: how a run was started
+    # Where the measured time model keeps its calibration: a cache's place. What it holds depends on the machine, as
+    # every timing does; the plan it gives is logged (plan/*).
+    "baseline.planner.calibration_dir",
 )
 COLUMNS = ["run_id", "run_name", "start_time", *IDENTITY_TAGS, "headline", "config"]
 JSONL_SUFFIX = ".jsonl"
