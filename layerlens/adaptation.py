@@ -19,6 +19,7 @@ class AdaptContext:
     output_dir: Path  # where the run writes its files
     reuse_plan: bool = False  # rebuild from the plan in output_dir (a finished run; DDP's other ranks: rank 0's)
     plan_wait_s: float = 0.0  # how long to wait for that plan to appear (another process is making it)
+    device: str = "cpu"  # where training will run (pipeline.training_device): the measured time model times there
 
 
 @dataclass

@@ -7,6 +7,7 @@ from functools import partial
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig
 from torch import nn
@@ -94,7 +95,15 @@ def adapt_context(
         output_dir=Path(output_dir),
         reuse_plan=reuse_plan,
         plan_wait_s=plan_wait_s,
+        device=training_device(cfg.trainer),
     )
+
+
+def training_device(trainer: DictConfig) -> str:
+    """The device the trainer will train on, as far as the measured time model needs it: CUDA where the
+    accelerator allows it (auto, gpu, cuda) and one is present, else the CPU."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    return "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
 
 
 def build_classifier(

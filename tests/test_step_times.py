@@ -169,6 +169,35 @@ def test_calibration_leaves_the_global_random_state_as_it_was(tmp_path, monkeypa
     assert torch.equal(after, torch.rand(3))
 
 
+def test_calibration_times_on_the_device_it_is_given_and_keys_its_file_by_it(tmp_path, monkeypatch):
+    model, batches, options, *rest = calibration_inputs(tmp_path, monkeypatch, [])
+    seen = []
+
+    def rounds(models, batches, steps):
+        seen.append({str(p.device) for m in models for p in m.parameters()} | {str(batches[0]["input_ids"].device)})
+        return [[1.0] * steps for _ in models]
+
+    monkeypatch.setattr(calibration, "timed_rounds", rounds)
+    calibration.calibrate(model, batches, options, *rest, device="meta")
+    assert seen and all(devices == {"meta"} for devices in seen)  # every copy and batch moved there
+    assert next(model.parameters()).device.type == "cpu"  # the model itself stays where it is
+    keys = {calibration.calibration_key(model, batches, options, 2, True, device) for device in ("cpu", "cuda")}
+    assert len(keys) == 2
+
+
+@pytest.mark.parametrize(
+    ("accelerator", "cuda", "device"),
+    [("auto", False, "cpu"), ("auto", True, "cuda"), ("gpu", True, "cuda"), ("cpu", True, "cpu")],
+)
+def test_the_measured_time_model_calibrates_where_the_trainer_will_train(monkeypatch, accelerator, cuda, device):
+    from omegaconf import OmegaConf
+
+    from layerlens.pipeline import training_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert training_device(OmegaConf.create({"accelerator": accelerator})) == device
+
+
 def test_the_depths_times_never_fall_as_backpropagation_runs_deeper():
     assert calibration.monotone({0: 5.0, 1: 9.0, 2: 3.0}) == {0: 9.0, 1: 9.0, 2: 3.0}
     assert calibration.depths(2) == [0, 1, 2] and calibration.depths(30) == [0, 7, 15, 22, 29, 30]

@@ -218,6 +218,7 @@ class LayerLensBaseline:
             self.caches(model),
             planner.calibration_steps,
             planner.calibration_dir,
+            ctx.device,
         )
 
     def others(self, site: Site) -> tuple[tuple[str, int, int], ...]:

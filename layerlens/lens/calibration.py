@@ -9,7 +9,8 @@ AdamW steps after one untimed step; configurations compared with each other take
 that the machine's drift falls alike on all of them, and an option's added time is the median over rounds of its
 step less the backbone's. The batches are the first few of a seed-0 pass over the training data, each cut or padded
 to that epoch's mean padded length: a typical step, the same batches for every run seed. The results are cached
-per machine, model, batches' shape, options and steps (a JSON file in `folder`), so that a sweep times them once.
+per machine, device, model, batches' shape, options and steps (a JSON file in `folder`), so that a sweep times them
+once. Steps are timed on the device training will use (the pipeline's training_device), on copies of the model.
 The global random state is restored afterwards: calibrating leaves a run's draws as they would be without it.
 """
 
@@ -75,9 +76,12 @@ def timed_rounds(models: list[nn.Module], batches: list[dict], steps: int) -> li
         optimizers.append(torch.optim.AdamW(trainable, lr=1e-7) if trainable else None)
         model.train()
     times: list[list[float]] = [[] for _ in models]
+    # On a GPU a step returns before its kernels finish: the clock is read after they have.
+    sync = torch.cuda.synchronize if batches[0]["input_ids"].is_cuda else lambda: None
     for i in range(steps + 1):
         batch = batches[i % len(batches)]
         for model, optimizer, taken in zip(models, optimizers, times):
+            sync()
             start = time.perf_counter()
             if optimizer is None:
                 with torch.no_grad():
@@ -86,6 +90,7 @@ def timed_rounds(models: list[nn.Module], batches: list[dict], steps: int) -> li
                 model(**batch).loss.backward()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+            sync()
             if i:
                 taken.append(1e3 * (time.perf_counter() - start))
     return times
@@ -140,13 +145,13 @@ def depths(layers: int) -> list[int]:
     return sorted({0, layers // 4, layers // 2, (3 * layers) // 4, layers - 1, layers})
 
 
-def calibration_key(model: nn.Module, batches: list[dict], options: dict, steps: int, caches: bool) -> str:
+def calibration_key(model: nn.Module, batches: list[dict], options: dict, steps: int, caches: bool, device: str) -> str:
     config: Any = model.config
     shape = [[int(n) for n in b["input_ids"].shape] for b in batches]
     described = {
         "format": FORMAT,
         "machine": [platform.node(), platform.processor(), os.cpu_count(), torch.get_num_threads()],
-        "device": str(next(model.parameters()).device),
+        "device": device,
         "torch": torch.__version__,
         "model": [type(model).__name__, config.to_json_string() if hasattr(config, "to_json_string") else str(config)],
         "batches": shape,
@@ -167,15 +172,20 @@ def calibrate(
     caches: bool,
     steps: int,
     folder: str | Path,
+    device: str = "cpu",
 ) -> tuple[StepTimes, float]:
-    """The model's step times (see the module docstring) and the seconds it took to time them (0 when read from the
-    cache in `folder`). `options`: "method/kind" -> the sizes offered (the smallest and largest are timed)."""
+    """The model's step times on `device` (see the module docstring) and the seconds it took to time them (0 when
+    read from the cache in `folder`). `options`: "method/kind" -> the sizes offered (the smallest and largest are
+    timed)."""
     start = time.perf_counter()
     layers = len(encoder_layers(model)[1])
-    path = Path(folder).expanduser() / f"{calibration_key(model, batches, options, steps, caches)}.json"
+    path = Path(folder).expanduser() / f"{calibration_key(model, batches, options, steps, caches, device)}.json"
     if path.is_file():
         log.info("calibration read from %s", path)
         return step_times(json.loads(path.read_text()), epochs), 0.0
+    if next(model.parameters()).device != torch.device(device):  # the copies timed below are made from this one
+        model = copy.deepcopy(model).to(device)
+    batches = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()} for batch in batches]
     with torch.random.fork_rng():
         measured: dict[str, Any] = {"layers": layers}
         (measured["full_ms"],) = medians([copy.deepcopy(model).requires_grad_(True)], batches, steps)
