@@ -12,10 +12,7 @@ its ratio to full fine-tuning's in the same round. Writes decoder_cache.csv, REA
 """
 
 import argparse
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 from datetime import datetime, timezone
 from itertools import islice
@@ -23,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from timed_steps import build, seconds_per_step
+from timed_steps import build, provenance, seconds_per_step
 
 from layerlens.planning.choices import Plan
 
@@ -88,14 +85,10 @@ def main() -> None:
         )
         .reset_index()
     )
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     (args.out / "README.md").write_text(
         "# The frozen-layer cache on a decoder: seconds per training step\n\n"
-        f"Command: `{shlex.join(['python', *sys.argv])}` at commit {commit}, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}.\n\n"
-        f"SmolLM2-135M (the dequantised Q4_1 copy) as an MRPC classifier, {args.steps} training batches (batch 8) "
+        + provenance()
+        + f"SmolLM2-135M (the dequantised Q4_1 copy) as an MRPC classifier, {args.steps} training batches (batch 8) "
         "per variant: forward, backward, AdamW step. The LayerLens plan ([plan/plan.json](plan/plan.json)): "
         f"`budget.train_time_pct={args.train_time_pct:g}` (analytic time model), profiled on "
         f"{args.profile_batches} batches, {len(plan.adapted())} of {len(plan.choices)} sites adapted, the lowest "

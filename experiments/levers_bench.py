@@ -16,11 +16,8 @@ in the same round. Writes levers.csv, README.md and each LayerLens variant's pla
 """
 
 import argparse
-import platform
 import re
-import shlex
 import statistics
-import subprocess
 import sys
 from datetime import datetime, timezone
 from itertools import islice
@@ -28,7 +25,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from timed_steps import build, seconds_per_step
+from timed_steps import build, provenance, seconds_per_step
 
 from layerlens.lens.apply import task_head, train_only
 from layerlens.lens.sites import encoder_layers
@@ -185,14 +182,10 @@ def main() -> None:
         )
         .reset_index()
     )
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     (args.out / "README.md").write_text(
         "# Speed levers: seconds per training step\n\n"
-        f"Command: `{shlex.join(['python', *sys.argv])}` at commit {commit}, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}.\n\n"
-        f"Each variant trains {args.steps} MRPC training batches (batch size 8; round r draws them in torch seed r's "
+        + provenance()
+        + f"Each variant trains {args.steps} MRPC training batches (batch size 8; round r draws them in torch seed r's "
         "shuffle, the same for every variant) on all-MiniLM-L6-v2: forward, backward, AdamW step. Median over "
         "rounds of the mean time per step; the ratio is to full_ft's time in the same round (with the same generic "
         "speed-up, if any). For the cached variants, the first pass fills the cache (epoch 1), the second hits it "

@@ -14,18 +14,14 @@ Writes profile_batches.csv and README.md into --out.
 """
 
 import argparse
-import platform
-import shlex
 import statistics
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
-import torch
 from scipy.stats import spearmanr
-from timed_steps import build
+from timed_steps import build, provenance
 
 from layerlens.planning.choices import Plan
 from layerlens.planning.validity import measured_gains, utility_validity
@@ -102,14 +98,10 @@ def main() -> None:
     )
     summary = summary.reset_index()
     formats = tuple("g" if pd.api.types.is_integer_dtype(summary[c]) else ".3f" for c in summary.columns)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     (args.out / "README.md").write_text(
         "# Profiling with fewer batches\n\n"
-        f"Command: `{shlex.join(['python', *sys.argv])}` at commit {commit}, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}.\n\n"
-        "`layerlens` at the default budget on MRPC (all-MiniLM-L6-v2), profiled on the first N training batches "
+        + provenance()
+        + "`layerlens` at the default budget on MRPC (all-MiniLM-L6-v2), profiled on the first N training batches "
         f"(batch 8) of seeds {', '.join(map(str, args.seeds))}. profile_s: median over seeds of the seconds of "
         f"profiling; adapted alike / same method / size Spearman: the plan against the same seed's "
         f"{REFERENCE_BATCHES}-batch plan, the worst seed; grad_corr / fisher_corr: the profile's split-half checks "

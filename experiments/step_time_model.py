@@ -16,16 +16,13 @@ Writes steps.csv and README.md (with the command, commit and machine) into --out
 """
 
 import argparse
-import platform
-import shlex
-import subprocess
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import torch
-from timed_steps import build, seconds_per_step
+from timed_steps import build, provenance, seconds_per_step
 
 from layerlens.lens.baseline import PLAN_FILE, LayerLensBaseline
 from layerlens.planning.choices import Plan
@@ -132,15 +129,11 @@ def main() -> None:
     table["error %"] = 100 * (table["planned run ms"] / table["measured run ms"] - 1)
     table["measured % of full_ft"] = 100 * table["measured run ms"] / full_ms
     table.to_csv(args.out / "steps.csv", index=False)
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     within = int((table["error %"].abs() <= 10).sum())
     (args.out / "README.md").write_text(
         "# The measured time model: planned against measured step times over whole epochs\n\n"
-        f"Command: `{shlex.join(['python', *sys.argv])}` at commit {commit}, "
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}.\n\n"
-        f"Seed {args.seed}; {epochs}-epoch runs at batch {s.batch_size}. Full fine-tuning's measured epoch: "
+        + provenance()
+        + f"Seed {args.seed}; {epochs}-epoch runs at batch {s.batch_size}. Full fine-tuning's measured epoch: "
         f"{full_ms:.1f} ms a step. Planned within 10% of measured (run mean): {within} of {len(table)} plans.\n\n"
         + table.to_markdown(index=False, floatfmt=".1f")
         + "\n"

@@ -1,12 +1,17 @@
 """What the timing experiments share: a run's model built as `layerlens.run` builds it, and its mean training step."""
 
+import platform
+import shlex
+import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
 
 from layerlens.pipeline import build_classifier, build_datamodule
+from layerlens.provenance import git_commit
 from layerlens.settings import resolve_settings
 from layerlens.training.fine_tuning import decay_groups
 
@@ -38,3 +43,13 @@ def seconds_per_step(model, batches, lr: float, bf16: bool = False) -> float:
         optimizer.zero_grad(set_to_none=True)
         steps += 1
     return (time.perf_counter() - start) / steps
+
+
+def provenance() -> str:
+    """The lines that open a timing README: this process's command, commit and time, and the machine it ran on."""
+    return (
+        f"Command: `{shlex.join(['python', *sys.argv])}` at commit {git_commit()}, "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC.\n"
+        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}.\n\n"
+    )
